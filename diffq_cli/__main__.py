@@ -1,0 +1,5 @@
+"""``python -m diffq_cli`` (and ``torchrun -m diffq_cli``) runs the CLI."""
+
+from diffq_cli.cli import main
+
+main()

@@ -1,0 +1,122 @@
+"""``diffq finetune``: data, model, float baseline, one DiffQ run per mu, artifacts, summary."""
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from diffq_cli.artifact import atomic_write, save_artifact
+from diffq_cli.recipe import dump_recipe, output_dir, recipe_to_dict
+
+MB = 2**20
+
+
+class RunContext:
+    """What the loop needs besides the recipe: device, output, distributed helpers, hooks."""
+
+    def __init__(self, device, reporter, dist, resume: bool):
+        self.device, self.reporter, self.dist, self.resume = device, reporter, dist, resume
+
+    def after_epoch(self, epoch: int) -> None:
+        """Called after each epoch's checkpoint (tests use it to simulate an interruption)."""
+
+
+def _float_mb(model) -> float:
+    return sum(p.numel() for p in model.parameters()) * 4 / MB
+
+
+def finetune(recipe, reporter, resume: bool = False) -> dict:
+    """Runs a resolved recipe; returns the summary (also written to ``summary.json``)."""
+    import torch
+
+    from diffq_cli import distributed
+    from diffq_cli.data import DataSpec, build_loaders
+    from diffq_cli.evaluate import accuracy
+    from diffq_cli.models import create_model
+    from diffq_cli.quant.summary import summarize_state
+    from diffq_cli.train import train_one
+
+    started = time.time()
+    device = distributed.resolve_device(recipe.train.device)
+    dist = distributed.setup(device)
+    if not dist.is_main:  # only rank 0 prints
+        reporter.enabled = False
+        reporter.err.quiet = reporter.out.quiet = True
+    torch.manual_seed(recipe.train.seed)
+    run_dir = Path(output_dir(recipe))
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / "config.yaml", dump_recipe(recipe).encode())
+
+    spec = DataSpec(**dataclasses.asdict(recipe.data), seed=recipe.train.seed)
+    train_loader, val_loader, info = build_loaders(spec, distributed=dist.distributed)
+    m = recipe.model
+
+    def fresh_model():
+        net = create_model(m.name, source=m.source, num_classes=info["num_classes"],
+                           in_chans=info["in_chans"], pretrained=m.pretrained, weights=m.weights,
+                           input_size=info["input_size"])
+        return net
+
+    model = fresh_model()
+    for note in getattr(model, "diffq_notes", []):
+        reporter.note(note)
+    model_spec = dict(model.diffq_spec)
+    start_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    model.to(device)
+    float_acc = accuracy(model, val_loader, device)
+    float_mb = _float_mb(model)
+    reporter.note(f"{m.name} on {info['dataset']}: float accuracy {float_acc:.2f}%, "
+                  f"{float_mb:.2f} MB as float32")
+    runs, rows = [], [{"label": "float", "accuracy": float_acc, "delta": 0.0, "true_mb": float_mb,
+                       "artifact_mb": None, "compression": 1.0, "mean_bits": 32.0}]
+    layers = []
+    for mu in recipe.train.mu:
+        # Every mu starts from the same weights: a fresh model, not the previous run's.
+        model = fresh_model()
+        model.load_state_dict(start_weights)
+        model.to(device)
+        if recipe.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        mu_dir = run_dir if len(recipe.train.mu) == 1 else run_dir / f"mu{mu:g}"
+        if dist.is_main:
+            mu_dir.mkdir(parents=True, exist_ok=True)
+        ctx = RunContext(device, reporter, dist, resume)
+        result = train_one(model, recipe, mu, (train_loader, val_loader), mu_dir, ctx)
+        quantizer = result["quantizer"]
+        state = quantizer.get_quantized_state()
+        sizes = summarize_state(state)
+        metrics = {
+            "mu": mu, "float_accuracy": float_acc, "accuracy": result["accuracy"],
+            "float_mb": float_mb, "true_mb": quantizer.true_model_size(),
+            "mean_bits": sizes["mean_bits"], "epochs": len(result["history"]),
+        }
+        artifact = mu_dir / "model.th"
+        nbytes = 0
+        if dist.is_main:
+            nbytes = save_artifact(artifact, state, model_spec, info, recipe_to_dict(recipe),
+                                   metrics)
+        metrics.update(artifact=str(artifact), artifact_mb=nbytes / MB,
+                       compression=float_mb / (nbytes / MB) if nbytes else None,
+                       delta=result["accuracy"] - float_acc)
+        runs.append(metrics)
+        rows.append({"label": f"{mu:g}", "accuracy": metrics["accuracy"],
+                     "delta": metrics["delta"], "true_mb": metrics["true_mb"],
+                     "artifact_mb": metrics["artifact_mb"], "compression": metrics["compression"],
+                     "mean_bits": metrics["mean_bits"]})
+        layers = [row for row in sizes["layers"] if row["name"] in state["quantized"]]
+        last_mu = mu
+        quantizer.detach()
+
+    summary = {
+        "recipe": recipe.name, "model": m.name, "dataset": info["dataset"],
+        "run_dir": str(run_dir), "float": {"accuracy": float_acc, "mb": float_mb},
+        "runs": runs, "seconds": time.time() - started,
+    }
+    if dist.is_main:
+        atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+    if not reporter.json_mode:
+        reporter.tradeoff_table(rows)
+        reporter.layer_table(layers, f"Bits per quantized layer (mu={last_mu:g})")
+    dist.close()
+    return summary

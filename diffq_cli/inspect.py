@@ -1,0 +1,34 @@
+"""``diffq size``: sizes of an artifact, a quantized state or a float checkpoint."""
+
+from pathlib import Path
+
+from diffq_cli.artifact import read_file
+
+MB = 2**20
+
+
+def inspect_file(path) -> dict:
+    """Float32 size, true quantized size, bytes on disk, compression, mean bits, per layer."""
+    path = Path(path)
+    kind, obj = read_file(path)
+    file_bytes = path.stat().st_size
+    if kind == "float":
+        layers = [
+            {"name": name, "numel": t.numel(), "bits_mean": t.element_size() * 8.0,
+             "bits_min": t.element_size() * 8, "bits_max": t.element_size() * 8,
+             "mb": t.numel() * t.element_size() / MB}
+            for name, t in obj.items() if t.is_floating_point()
+        ]
+        float_mb = sum(row["numel"] for row in layers) * 4 / MB
+        summary = {"float_mb": float_mb, "true_mb": sum(r["mb"] for r in layers),
+                   "mean_bits": None, "layers": layers}
+    else:
+        from diffq_cli.quant.summary import summarize_state
+
+        summary = summarize_state(obj["state"] if kind == "artifact" else obj)
+    summary.update(path=str(path), kind=kind, file_bytes=file_bytes,
+                   compression=summary["float_mb"] / (file_bytes / MB) if file_bytes else None)
+    if kind == "artifact":
+        summary["model"] = obj["model"].get("name")
+        summary["metrics"] = obj.get("metrics", {})
+    return summary

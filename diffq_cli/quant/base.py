@@ -1,0 +1,390 @@
+"""The quantizer base class: which parameters are quantized, forward hooks, sizes, saving.
+
+A quantizer never changes a parameter in place during a forward pass. A forward pre-hook on the
+model computes the weights that this forward should see (noisy in training, truly quantized in
+eval) and places them in each owning module's instance ``__dict__``, which Python consults before
+``nn.Module.__getattr__`` finds the registered Parameter; a forward hook removes them again. The
+Parameters themselves stay registered, so optimizers, ``state_dict`` and DDP see the float
+weights, and gradients reach them through the computed tensors.
+"""
+
+import fnmatch
+import weakref
+from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from diffq_cli.quant import state as state_io
+
+MB = 8 * 2**20  # bits in a megabyte (MiB, as in the paper and the reference)
+
+# model -> attached quantizer; weak so that a dropped model frees its quantizer.
+_ATTACHED: "weakref.WeakKeyDictionary[nn.Module, BaseQuantizer]" = weakref.WeakKeyDictionary()
+
+
+def attached_quantizer(model: nn.Module):
+    """The quantizer attached to ``model``, or None."""
+    return _ATTACHED.get(model)
+
+
+@dataclass(eq=False)
+class QParam:
+    """One quantized parameter (shared ones appear once, with several bindings)."""
+
+    name: str
+    param: nn.Parameter
+    bindings: list = field(default_factory=list)  # (module, attribute name) pairs
+    group_size: int = 1  # values per group; the last group may be shorter
+    bit_param: nn.Parameter | None = None  # the learned part (DiffQ logits, LSQ step)
+
+    @property
+    def numel(self) -> int:
+        return self.param.numel()
+
+    @property
+    def n_groups(self) -> int:
+        return -(-self.numel // self.group_size)
+
+
+class BaseQuantizer:
+    """Shared machinery; subclasses fill the ``_prepare``/``_train_weights``/``_encode`` hooks.
+
+    Args:
+        model: the model to quantize (attach before wrapping it in DDP).
+        min_size: tensors smaller than this many MB (as float32) are kept as floats.
+        float16: store the kept float tensors in float16 (and count 16 bits per value).
+        exclude: fnmatch patterns on full (``layer1.0.conv1.weight``) or short (``weight``) names.
+        detect_bound: quantize a Parameter shared by several modules once.
+        group_size: values per group (0: one group per tensor).
+    """
+
+    suffix = "_q"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        min_size: float = 0.01,
+        float16: bool = False,
+        exclude: Iterable[str] | None = None,
+        detect_bound: bool = True,
+        group_size: int = 0,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        if model in _ATTACHED:
+            raise RuntimeError(
+                "a quantizer is already attached to this model; call quantizer.detach() first"
+            )
+        if isinstance(exclude, str):
+            exclude = [exclude]
+        if group_size < 0:
+            raise ValueError(f"group_size must be >= 0 (0 = one group per tensor), got {group_size}")
+        self.model = model
+        self.min_size = float(min_size)
+        self.float16 = bool(float16)
+        self.exclude = list(exclude or [])
+        self.detect_bound = bool(detect_bound)
+        self.group_size = int(group_size)
+        self._qparams, self._others = self._discover()
+        for qp in self._qparams:
+            self._prepare(qp)
+        self._optimizer_ready = not self._bit_parameters()
+        self._optimizer = None
+        self._quantized_backup: list | None = None
+        self._installed: list = []
+        self._eval_cache: dict = {}
+        self._hooks = [
+            model.register_forward_pre_hook(self._pre_forward),
+            model.register_forward_hook(self._post_forward, always_call=True),
+        ]
+        _ATTACHED[model] = self
+
+    # ----------------------------------------------------------------- discovery
+    def _excluded(self, full: str, short: str) -> bool:
+        return any(fnmatch.fnmatchcase(n, p) for p in self.exclude for n in (full, short))
+
+    def _quantizable(self, full: str, short: str, p: nn.Parameter) -> bool:
+        return (
+            p.is_floating_point()
+            and p.numel() * 4 / 2**20 >= self.min_size
+            and not self._excluded(full, short)
+        )
+
+    def _discover(self):
+        qparams, others, seen = [], [], {}
+        for mname, module in self.model.named_modules(remove_duplicate=False):
+            for attr, p in list(module._parameters.items()):
+                if p is None:
+                    continue
+                full = f"{mname}.{attr}" if mname else attr
+                entry = seen.get(id(p))
+                if entry is not None and (self.detect_bound or not isinstance(entry, QParam)):
+                    if isinstance(entry, QParam) and not any(
+                        m is module and a == attr for m, a in entry.bindings
+                    ):
+                        entry.bindings.append((module, attr))
+                    continue
+                if self._quantizable(full, attr, p):
+                    gs = self.group_size if 0 < self.group_size < p.numel() else p.numel()
+                    qp = QParam(full, p, [(module, attr)], max(gs, 1))
+                    qparams.append(qp)
+                    seen[id(p)] = qp
+                else:
+                    others.append((full, p))
+                    seen[id(p)] = full
+        return qparams, others
+
+    # ------------------------------------------------------------ subclass hooks
+    def _prepare(self, qp: QParam) -> None:
+        """Creates and registers the learned tensors of ``qp`` (if any)."""
+
+    def _bit_parameters(self) -> list[nn.Parameter]:
+        return [qp.bit_param for qp in self._qparams if qp.bit_param is not None]
+
+    def _train_weights(self) -> list | None:
+        """Weights seen by a training forward, one per QParam (None: use the floats)."""
+        return None
+
+    def _encode(self, qp: QParam) -> dict:
+        """Integer levels and what is needed to decode them (see ``state.py``)."""
+        raise NotImplementedError
+
+    def _true_bits(self, qp: QParam) -> torch.Tensor:
+        """Integer bit width of each group of ``qp`` as used when saving."""
+        raise NotImplementedError
+
+    def _config(self) -> dict:
+        return {
+            "min_size": self.min_size,
+            "float16": self.float16,
+            "exclude": list(self.exclude),
+            "detect_bound": self.detect_bound,
+            "group_size": self.group_size,
+        }
+
+    # ------------------------------------------------------------ forward hooks
+    def _pre_forward(self, module, args):
+        if self._quantized_backup is not None:
+            return  # quantize(): the parameters already hold quantized values
+        if self.model.training:
+            if not self._optimizer_ready and torch.is_grad_enabled():
+                raise RuntimeError(
+                    "call quantizer.setup_optimizer(optimizer) (or quantizer.no_optimizer()) "
+                    "before training the model"
+                )
+            weights = self._train_weights()
+        else:
+            weights = self._eval_weights()
+        if weights:
+            self._install(weights)
+
+    def _post_forward(self, module, args, output):
+        self._uninstall()
+
+    def _install(self, weights) -> None:
+        rnns = []
+        for qp, w in zip(self._qparams, weights):
+            if w is None:
+                continue
+            for module, attr in qp.bindings:
+                module.__dict__[attr] = w
+                self._installed.append((module, attr))
+                if isinstance(module, nn.RNNBase):
+                    rnns.append(module)
+        for rnn in rnns:  # RNNs read a cached list of their weights
+            rnn._init_flat_weights()
+
+    def _uninstall(self) -> None:
+        rnns = []
+        for module, attr in self._installed:
+            module.__dict__.pop(attr, None)
+            if isinstance(module, nn.RNNBase):
+                rnns.append(module)
+        self._installed = []
+        for rnn in rnns:
+            rnn._init_flat_weights()
+
+    def _eval_weights(self) -> list:
+        """True quantized weights, cached until a parameter or its bits change."""
+        out = []
+        for qp in self._qparams:
+            key = (qp.param._version, qp.param.data_ptr(), qp.param.device, qp.param.dtype)
+            if qp.bit_param is not None:
+                key += (qp.bit_param._version, qp.bit_param.data_ptr())
+            hit = self._eval_cache.get(qp.name)
+            if hit is None or hit[0] != key:
+                with torch.no_grad():
+                    hit = (key, self._dequantized(qp))
+                self._eval_cache[qp.name] = hit
+            out.append(hit[1])
+        return out
+
+    def _dequantized(self, qp: QParam) -> torch.Tensor:
+        enc = self._encode(qp)
+        flat = state_io.decode(enc, qp.numel, qp.group_size)
+        return flat.view(qp.param.shape).to(qp.param.dtype)
+
+    # ------------------------------------------------------------ optimizer
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer, lr: float = 1e-3, **kwargs):
+        """Adds the learned quantization parameters to ``optimizer`` as a new group.
+
+        The group has no weight decay. ``kwargs`` go into the group (e.g. ``betas`` for Adam).
+        Create the main optimizer before the quantizer, so that it does not already hold them.
+        """
+        params = self._bit_parameters()
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if any(id(p) in held for p in params):
+            raise RuntimeError(
+                "the optimizer already holds the quantizer's parameters: create the optimizer "
+                "before the quantizer, or pass a separate optimizer for them"
+            )
+        if params:
+            optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": 0.0, **kwargs})
+        self._optimizer = optimizer
+        self._optimizer_ready = True
+
+    setup_opt = setup_optimizer  # older name, kept for source compatibility
+
+    def no_optimizer(self) -> None:
+        """Declares that the learned parameters stay fixed (training is then allowed)."""
+        self._optimizer_ready = True
+
+    # ------------------------------------------------------------ sizes
+    def _unique(self) -> list[QParam]:
+        seen, out = set(), []
+        for qp in self._qparams:
+            if id(qp.param) not in seen:
+                seen.add(id(qp.param))
+                out.append(qp)
+        return out
+
+    def _float_bits(self) -> int:
+        return (16 if self.float16 else 32) * sum(p.numel() for _, p in self._others)
+
+    @staticmethod
+    def _header_bits(bits: torch.Tensor, bits_bits) -> torch.Tensor:
+        # min/max as two float32, one byte of header, then the packed per-group widths.
+        return 64 + 8 + bits_bits * bits.numel()
+
+    def true_model_size(self) -> float:
+        """Size in MB with integer bit widths and naive bit packing (no compression)."""
+        total = float(self._float_bits())
+        with torch.no_grad():
+            for qp in self._unique():
+                bits = self._true_bits(qp).to(torch.int64)
+                lengths = state_io.group_lengths(qp.numel, qp.group_size, bits.device)
+                spread = int(bits.max() - bits.min()) if bits.numel() else 0
+                total += float((bits * lengths).sum()) + 72 + spread.bit_length() * bits.numel()
+        return total / MB
+
+    def model_size(self, exact: bool = False) -> torch.Tensor:
+        """Differentiable estimate of the size in MB (a tensor usable in the loss)."""
+        return torch.tensor(self.true_model_size())
+
+    def packed_model_size(self) -> float:
+        """MB of the tensors in ``get_quantized_state()`` (what ``torch.save`` stores)."""
+        return state_io.state_nbytes(self.get_quantized_state()) / 2**20
+
+    def compressed_model_size(self, level: int = 6) -> float:
+        """MB of the saved state after gzip-like (zlib) compression, without writing a file."""
+        return len(state_io.compressed_bytes(self.get_quantized_state(), level)) / 2**20
+
+    # ------------------------------------------------------------ state
+    def get_quantized_state(self) -> dict:
+        """The packed quantized state: plain tensors and primitives, keyed by parameter name.
+
+        ``torch.save`` it and ``torch.load`` it with the default ``weights_only=True``.
+        """
+        with torch.no_grad():
+            encoded = {qp.name: self._encode(qp) for qp in self._qparams}
+        return state_io.build_state(
+            type(self).__name__,
+            self._config(),
+            encoded,
+            {qp.name: qp for qp in self._qparams},
+            self._others,
+            dict(self.model.named_buffers()),
+            self.float16,
+        )
+
+    def restore_quantized_state(self, state: dict) -> None:
+        """Loads a state from ``get_quantized_state`` into the model (dequantized floats)."""
+        if self._quantized_backup is not None:
+            self.unquantize()
+        state_io.restore(self.model, state, skip={id(p) for p in self._bit_parameters()})
+        self._eval_cache.clear()
+
+    # ------------------------------------------------------------ manual switching
+    def quantize(self) -> None:
+        """Replaces the float weights by their quantized values (undo with ``unquantize``)."""
+        if self._quantized_backup is not None:
+            return
+        with torch.no_grad():
+            backup = []
+            for qp in self._unique():
+                backup.append(qp.param.detach().clone())
+                qp.param.copy_(self._dequantized(qp))
+        self._quantized_backup = backup
+
+    def unquantize(self) -> None:
+        """Restores the float weights saved by ``quantize``."""
+        if self._quantized_backup is None:
+            return
+        with torch.no_grad():
+            for qp, saved in zip(self._unique(), self._quantized_backup):
+                qp.param.copy_(saved)
+        self._quantized_backup = None
+
+    @contextmanager
+    def enter_quantize(self):
+        """Context manager: quantized weights inside, floats back on exit."""
+        self.quantize()
+        try:
+            yield
+        finally:
+            self.unquantize()
+
+    def noise_state_dict(self) -> dict:
+        """State of the training noise source, if any (for exact resumption)."""
+        return {}
+
+    def load_noise_state_dict(self, state: dict) -> None:
+        """Restores what ``noise_state_dict`` returned."""
+
+    # ------------------------------------------------------------ housekeeping
+    def check_unused(self) -> list[str]:
+        """Zeroes the bit gradients of parameters the task did not use; returns their names.
+
+        Call after ``backward()``: a weight with no gradient would otherwise have its bits
+        driven down by the size penalty alone.
+        """
+        unused = []
+        for qp in self._unique():
+            grad = qp.param.grad
+            if grad is None or not bool(grad.any()):
+                unused.append(qp.name)
+                if qp.bit_param is not None and qp.bit_param.grad is not None:
+                    qp.bit_param.grad.zero_()
+        return unused
+
+    def detach(self) -> None:
+        """Removes hooks and learned parameters; the model is a plain float model again."""
+        self.unquantize()
+        self._uninstall()
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+        for qp in self._qparams:
+            module, attr = qp.bindings[0]
+            if qp.bit_param is not None:
+                module._parameters.pop(attr + self.suffix, None)
+        _ATTACHED.pop(self.model, None)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({len(self._qparams)} quantized tensors, "
+            f"{len(self._others)} kept as float)"
+        )

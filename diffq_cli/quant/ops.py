@@ -1,0 +1,151 @@
+"""Tensor kernels shared by the quantizers: group views, the noisy weight, true quantization.
+
+Every kernel works on a flat weight split into ``full`` groups of ``group_size`` values and an
+optional shorter tail group, so a group size that does not divide the tensor needs no padding copy.
+"""
+
+import torch
+
+_ROW = 4096  # row length of the two-stage arg-max search
+
+
+def split_groups(flat: torch.Tensor, group_size: int):
+    """(main part viewed as (full, group_size), tail) of a flat tensor; the tail may be empty."""
+    full = flat.numel() // group_size
+    main = flat[: full * group_size].view(full, group_size)
+    return main, flat[full * group_size :]
+
+
+def per_value(per_group: torch.Tensor, numel: int, group_size: int) -> torch.Tensor:
+    """Expands a per-group tensor to one value per weight (small tensors, tests and packing)."""
+    return per_group.repeat_interleave(group_size)[:numel]
+
+
+def _arg_extreme(flat: torch.Tensor, largest: bool) -> torch.Tensor:
+    """Index of the max (or min) of ``flat`` as a 0-d tensor, without a host sync.
+
+    ``argmax`` over millions of values is several times slower than a row-wise ``amax``; reduce
+    rows first, then search inside the winning row only.
+    """
+    n = flat.numel()
+    if n <= 4 * _ROW:
+        return flat.argmax() if largest else flat.argmin()
+    rows = flat[: n // _ROW * _ROW].view(-1, _ROW)
+    row_best = rows.amax(1) if largest else rows.amin(1)
+    r = row_best.argmax() if largest else row_best.argmin()
+    row = rows.index_select(0, r.view(1)).view(-1)
+    col = row.argmax() if largest else row.argmin()
+    index = r * _ROW + col
+    tail = flat[n // _ROW * _ROW :]
+    if tail.numel():
+        t = (tail.argmax() if largest else tail.argmin()) + n // _ROW * _ROW
+        better = flat[t] > flat[index] if largest else flat[t] < flat[index]
+        index = torch.where(better, t, index)
+    return index
+
+
+class NoisyWeight(torch.autograd.Function):
+    """``w + noise * unit * mult * (max(w) - min(w))`` per group, with a cheap exact backward.
+
+    ``unit`` holds one noise scale per group for a unit range (``sign / (2 * (2**bits - 1))`` for
+    gaussian noise). Forward is one min/max reduction and one ``addcmul``. Backward returns the
+    incoming gradient itself for ``w`` (plus the range term on two entries), one fused
+    reduction for ``unit`` and no dense temporary for the max/min gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, unit, noise, group_size, mult):
+        flat = weight.reshape(-1)
+        if flat.dtype != torch.float32:
+            flat = flat.float()
+        low, high = torch.aminmax(flat)
+        span = high - low
+        factor = unit * (span * mult)
+        out = torch.empty_like(flat)
+        main, tail = split_groups(flat, group_size)
+        nmain, ntail = split_groups(noise, group_size)
+        omain, otail = split_groups(out, group_size)
+        full = main.shape[0]
+        if full:
+            torch.addcmul(main, nmain, factor[:full, None], out=omain)
+        if tail.numel():
+            torch.addcmul(tail, ntail, factor[full:], out=otail)
+        ctx.save_for_backward(weight, unit, noise, span)
+        ctx.group_size, ctx.mult = group_size, mult
+        return out.view(weight.shape).to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, unit, noise, span = ctx.saved_tensors
+        gs = ctx.group_size
+        gflat = grad.reshape(-1)
+        gf = gflat if gflat.dtype == torch.float32 else gflat.float()
+        gmain, gtail = split_groups(gf, gs)
+        nmain, ntail = split_groups(noise, gs)
+        # r[g] = sum over group g of grad * noise: the derivative wrt that group's factor.
+        parts = []
+        if gmain.shape[0]:
+            parts.append(torch.einsum("gk,gk->g", gmain, nmain))
+        if gtail.numel():
+            parts.append(torch.dot(gtail, ntail).view(1))
+        r = parts[0] if len(parts) == 1 else torch.cat(parts)
+        grad_unit = r * (span * ctx.mult) if ctx.needs_input_grad[1] else None
+        grad_weight = None
+        if ctx.needs_input_grad[0]:
+            # d out / d span = sum_g unit_g * r_g, and d span / d w = e_argmax - e_argmin.
+            dspan = torch.dot(r, unit) * ctx.mult
+            wflat = weight.detach().reshape(-1)
+            idx = torch.stack([_arg_extreme(wflat, True), _arg_extreme(wflat, False)])
+            vals = torch.stack([dspan, -dspan]).to(grad.dtype)
+            # The incoming gradient is a fresh buffer owned by this node when it is contiguous
+            # and not a view; reuse it to avoid a copy of every weight, else copy.
+            own = grad.is_contiguous() and not grad._is_view()
+            grad_weight = grad if own else grad.contiguous().clone()
+            grad_weight.view(-1).index_add_(0, idx, vals)
+        return grad_weight, grad_unit, None, None, None
+
+
+def minmax_levels(flat: torch.Tensor, bits: torch.Tensor, group_size: int, qmax=None):
+    """True quantization of a flat tensor on its [min, max] range, per group.
+
+    Args:
+        flat: 1-D float tensor.
+        bits: integer bit width per group (G,), used for ``qmax = 2**bits - 1`` unless given.
+        group_size: values per group (the last group may be shorter).
+        qmax: optional per-group (or scalar) largest level, for fractional uniform bits.
+
+    Returns:
+        (levels as int32 (numel,), low, high, qmax per group as float32).
+    """
+    flat = flat.detach().float()
+    low, high = torch.aminmax(flat)
+    if qmax is None:
+        qmax = torch.pow(2.0, bits.float()) - 1
+    qmax = torch.as_tensor(qmax, dtype=torch.float32, device=flat.device).expand(bits.shape)
+    span = (high - low).clamp_min(torch.finfo(torch.float32).tiny)
+    inv_delta = qmax / span
+    levels = torch.empty_like(flat)
+    main, tail = split_groups(flat, group_size)
+    lmain, ltail = split_groups(levels, group_size)
+    full = main.shape[0]
+    if full:
+        torch.mul(main - low, inv_delta[:full, None], out=lmain)
+    if tail.numel():
+        torch.mul(tail - low, inv_delta[full:], out=ltail)
+    # (w - low) / span lies in [0, 1], so rounding stays in [0, qmax]; the clamp only guards
+    # against a stray rounding error below zero.
+    levels.round_().clamp_(min=0)
+    return levels.to(torch.int32), low, high, qmax
+
+
+def minmax_dequantize(levels, low, high, qmax, group_size: int) -> torch.Tensor:
+    """``low + levels * (high - low) / qmax`` per group; float32, flat."""
+    delta = (high - low) / qmax
+    out = levels.float()
+    main, tail = split_groups(out, group_size)
+    full = main.shape[0]
+    if full:
+        main.mul_(delta[:full, None])
+    if tail.numel():
+        tail.mul_(delta[full:])
+    return out.add_(low)

@@ -1,0 +1,295 @@
+"""The quantized state: build it from encoded parameters, restore it into a model.
+
+Layout (only tensors and primitives, so ``torch.load(weights_only=True)`` reads it)::
+
+    {"format": "diffq_cli.quantized_state", "version": 1,
+     "quantizer": "DiffQuantizer", "config": {...},
+     "quantized": {name: {"shape", "dtype", "scheme", "group_size", "low", "high", "qmax",
+                          "step", "offset", "bits_min", "bits_width", "bits", "packed"}},
+     "floats": {name: tensor}, "buffers": {name: tensor}}
+
+Groups of a parameter are stored sorted by bit width (stable), each run of equal width packed
+with ``pack``; ``bits`` holds the packed per-group widths (``bits_min`` + a ``bits_width``-bit
+offset each), which is all that is needed to undo the sort. Every ``packed``/``bits`` tensor is
+a view into one shared uint8 buffer and the float tensors into one buffer per dtype, so
+``torch.save`` writes a handful of storages instead of one zip record per tensor.
+"""
+
+import io
+import zlib
+
+import torch
+
+from diffq_cli.quant.ops import minmax_dequantize, split_groups
+from diffq_cli.quant.pack import pack, packed_nbytes, unpack
+
+FORMAT = "diffq_cli.quantized_state"
+VERSION = 1
+
+
+def group_lengths(numel: int, group_size: int, device=None) -> torch.Tensor:
+    """Number of values in each group (the last one may be shorter)."""
+    groups = -(-numel // group_size)
+    lengths = torch.full((groups,), group_size, dtype=torch.int64, device=device)
+    if groups:
+        lengths[-1] = numel - (groups - 1) * group_size
+    return lengths
+
+
+def decode(enc: dict, numel: int, group_size: int) -> torch.Tensor:
+    """Float32 flat values from an encoding made by a quantizer's ``_encode``."""
+    if enc["scheme"] == "lsq":
+        return (enc["levels"].float() - enc["offset"]) * enc["step"]
+    qmax = enc.get("qmax")
+    if qmax is None:
+        qmax = torch.pow(2.0, enc["bits"].float()) - 1
+    qmax = torch.as_tensor(qmax, dtype=torch.float32).expand(enc["bits"].shape)
+    return minmax_dequantize(enc["levels"], enc["low"], enc["high"], qmax, group_size)
+
+
+# ---------------------------------------------------------------------- packing
+def _pack_levels(levels: torch.Tensor, bits: torch.Tensor, group_size: int) -> list:
+    """Packed chunks of one parameter's levels, groups sorted by width."""
+    main, tail = split_groups(levels, group_size)
+    full = main.shape[0]
+    main_bits = bits[:full]
+    lo, hi = (int(v) for v in torch.aminmax(main_bits)) if full else (0, 0)
+    chunks = []
+    if full and lo == hi:
+        chunks.append(pack(main, lo))
+    elif full:
+        order = torch.argsort(main_bits, stable=True)
+        rows = main.index_select(0, order)
+        counts = torch.bincount(main_bits, minlength=16).tolist()
+        start = 0
+        for width, count in enumerate(counts):
+            if count:
+                chunks.append(pack(rows[start : start + count], width))
+                start += count
+    if tail.numel():
+        chunks.append(pack(tail, int(bits[full])))
+    return chunks
+
+
+def _unpack_levels(data: torch.Tensor, bits: torch.Tensor, numel: int, gs: int):
+    full = numel // gs
+    out = torch.empty(numel, dtype=torch.int32)
+    main, tail = split_groups(out, gs)
+    main_bits = bits[:full]
+    pos = 0
+    if full:
+        lo, hi = (int(v) for v in torch.aminmax(main_bits))
+        if lo == hi:
+            n = packed_nbytes(full * gs, lo)
+            main.copy_(unpack(data[:n], lo, full * gs).view(full, gs))
+            pos = n
+        else:
+            order = torch.argsort(main_bits, stable=True)
+            rows = torch.empty(full, gs, dtype=torch.int32)
+            start = 0
+            for width, count in enumerate(torch.bincount(main_bits, minlength=16).tolist()):
+                if count:
+                    n = packed_nbytes(count * gs, width)
+                    rows[start : start + count] = unpack(data[pos : pos + n], width, count * gs).view(
+                        count, gs
+                    )
+                    start += count
+                    pos += n
+            main.index_copy_(0, order, rows)
+    if tail.numel():
+        width = int(bits[full])
+        tail.copy_(unpack(data[pos : pos + packed_nbytes(tail.numel(), width)], width, tail.numel()))
+    return out
+
+
+def build_state(quantizer, config, encoded, qparams, others, buffers, float16) -> dict:
+    """Assembles the state dict (see the module docstring)."""
+    entries, pieces, offset = {}, [], 0
+
+    def add(chunks):
+        nonlocal offset
+        start = offset
+        for c in chunks:
+            pieces.append(c.reshape(-1).to(torch.uint8).cpu())
+            offset += c.numel()
+        return start, offset
+
+    for name, enc in encoded.items():
+        qp = qparams[name]
+        bits = enc["bits"].to(torch.int64).cpu()
+        lo, hi = (int(v) for v in torch.aminmax(bits))
+        width = (hi - lo).bit_length()
+        bits_span = add([pack(bits - lo, width)] if width else [])
+        levels_span = add(_pack_levels(enc["levels"].cpu(), bits, qp.group_size))
+        entries[name] = {
+            "shape": list(qp.param.shape),
+            "dtype": str(qp.param.dtype).replace("torch.", ""),
+            "scheme": enc["scheme"],
+            "group_size": qp.group_size,
+            "low": float(enc.get("low", 0.0)),
+            "high": float(enc.get("high", 0.0)),
+            "qmax": None if enc.get("qmax") is None else float(enc["qmax"]),
+            "step": float(enc.get("step", 0.0)),
+            "offset": int(enc.get("offset", 0)),
+            "bits_min": lo,
+            "bits_width": width,
+            "_spans": (bits_span, levels_span),
+        }
+    blob = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.uint8)
+    for entry in entries.values():
+        (b0, b1), (l0, l1) = entry.pop("_spans")
+        entry["bits"] = blob[b0:b1]
+        entry["packed"] = blob[l0:l1]
+
+    def shared(tensors: dict, cast_half: bool) -> dict:
+        # One storage per dtype; every entry is a view into it.
+        out, by_dtype = {}, {}
+        for name, t in tensors.items():
+            t = t.detach().cpu()
+            if cast_half and t.is_floating_point():
+                t = t.half()
+            by_dtype.setdefault(t.dtype, []).append((name, t))
+        for items in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for _, t in items])
+            pos = 0
+            for name, t in items:
+                out[name] = flat[pos : pos + t.numel()].view(t.shape)
+                pos += t.numel()
+        return out
+
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "quantizer": quantizer,
+        "config": config,
+        "quantized": entries,
+        "floats": shared(dict(others), float16),
+        "buffers": shared(buffers, False),
+    }
+
+
+# ---------------------------------------------------------------------- reading
+def check_state(state) -> None:
+    """Raises ValueError unless ``state`` looks like a quantized state this version reads."""
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError("not a diffq quantized state (missing or wrong 'format' field)")
+    if state.get("version") != VERSION:
+        raise ValueError(
+            f"quantized state version {state.get('version')} is not supported (this diffq reads "
+            f"version {VERSION}); upgrade diffq-cli"
+        )
+
+
+def dequantize_entry(entry: dict) -> torch.Tensor:
+    """The float tensor (original dtype and shape) that one ``quantized`` entry stands for."""
+    shape = entry["shape"]
+    numel = 1
+    for s in shape:
+        numel *= s
+    gs = entry["group_size"]
+    groups = -(-numel // gs)
+    width = entry["bits_width"]
+    if width:
+        bits = unpack(entry["bits"], width, groups).to(torch.int64) + entry["bits_min"]
+    else:
+        bits = torch.full((groups,), entry["bits_min"], dtype=torch.int64)
+    levels = _unpack_levels(entry["packed"], bits, numel, gs)
+    enc = {
+        "scheme": entry["scheme"],
+        "levels": levels,
+        "bits": bits,
+        "low": torch.tensor(entry["low"]),
+        "high": torch.tensor(entry["high"]),
+        "qmax": entry["qmax"],
+        "step": entry["step"],
+        "offset": entry["offset"],
+    }
+    dtype = getattr(torch, entry["dtype"])
+    return decode(enc, numel, gs).view(shape).to(dtype)
+
+
+def restore(model: torch.nn.Module, state: dict, skip=frozenset()) -> None:
+    """Writes a quantized state into ``model``; names and shapes must match exactly.
+
+    Args:
+        skip: ids of model parameters the state does not hold (an attached quantizer's own).
+    """
+    check_state(state)
+    params = {n: p for n, p in model.named_parameters() if id(p) not in skip}
+    buffers = dict(model.named_buffers())
+    stored = {**state["quantized"], **state["floats"]}
+    for name in stored:
+        if name not in params:
+            raise ValueError(f"state has parameter '{name}' that the model does not have")
+    for name in params:
+        if name not in stored:
+            raise ValueError(f"model parameter '{name}' is missing from the quantized state")
+    for name, buf in state["buffers"].items():
+        if name not in buffers:
+            raise ValueError(f"state has buffer '{name}' that the model does not have")
+    values = {}
+    for name, entry in state["quantized"].items():
+        if list(entry["shape"]) != list(params[name].shape):
+            raise ValueError(
+                f"shape mismatch for '{name}': state {tuple(entry['shape'])}, "
+                f"model {tuple(params[name].shape)}"
+            )
+        values[name] = dequantize_entry(entry)
+    for name, t in state["floats"].items():
+        if tuple(t.shape) != tuple(params[name].shape):
+            raise ValueError(
+                f"shape mismatch for '{name}': state {tuple(t.shape)}, "
+                f"model {tuple(params[name].shape)}"
+            )
+        values[name] = t
+    for name, t in state["buffers"].items():
+        if tuple(t.shape) != tuple(buffers[name].shape):
+            raise ValueError(
+                f"shape mismatch for buffer '{name}': state {tuple(t.shape)}, "
+                f"model {tuple(buffers[name].shape)}"
+            )
+    with torch.no_grad():
+        for name, value in values.items():
+            params[name].copy_(value)
+        for name, t in state["buffers"].items():
+            buffers[name].copy_(t)
+
+
+def restore_quantized_state(model: torch.nn.Module, state: dict) -> None:
+    """Restores a quantized state into a plain model, without the original quantizer.
+
+    Example:
+        >>> restore_quantized_state(model, torch.load("model.th"))
+    """
+    from diffq_cli.quant.base import attached_quantizer
+
+    quantizer = attached_quantizer(model)
+    if quantizer is not None:
+        quantizer.restore_quantized_state(state)
+    else:
+        restore(model, state)
+
+
+def state_nbytes(state: dict) -> int:
+    """Bytes of tensor data in a state (shared storages counted once)."""
+    seen, total = set(), 0
+    for group in ("floats", "buffers"):
+        for t in state[group].values():
+            key = t.untyped_storage().data_ptr()
+            if key not in seen:
+                seen.add(key)
+                total += t.untyped_storage().nbytes()
+    for entry in state["quantized"].values():
+        for t in (entry["bits"], entry["packed"]):
+            key = t.untyped_storage().data_ptr()
+            if key not in seen:
+                seen.add(key)
+                total += t.untyped_storage().nbytes()
+    return total
+
+
+def compressed_bytes(state: dict, level: int = 6) -> bytes:
+    """zlib-compressed ``torch.save`` bytes of ``state``."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return zlib.compress(buf.getvalue(), level)

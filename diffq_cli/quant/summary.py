@@ -1,0 +1,80 @@
+"""Sizes and per-layer bit statistics read from a saved quantized state (no model needed)."""
+
+import torch
+
+from diffq_cli.quant.pack import unpack
+from diffq_cli.quant.state import group_lengths
+
+MB_BITS = 8 * 2**20
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def entry_bits(entry: dict) -> torch.Tensor:
+    """Integer bit width of each group of one ``quantized`` entry."""
+    numel = _numel(entry["shape"])
+    groups = -(-numel // entry["group_size"])
+    if entry["bits_width"]:
+        return unpack(entry["bits"], entry["bits_width"], groups).to(torch.int64) + entry["bits_min"]
+    return torch.full((groups,), entry["bits_min"], dtype=torch.int64)
+
+
+def summarize_state(state: dict) -> dict:
+    """Float32 size, true quantized size, mean bits and a per-layer table of a state.
+
+    The true size counts, per quantized tensor, its bits plus 72 header bits and the packed
+    per-group widths; kept tensors count 32 bits per value (16 with ``float16``), as
+    ``true_model_size()`` does.
+    """
+    float16 = bool(state.get("config", {}).get("float16", False))
+    layers, true_bits, float_values, qbits, qnumel = [], 0, 0, 0, 0
+    for name, entry in state["quantized"].items():
+        numel = _numel(entry["shape"])
+        bits = entry_bits(entry)
+        lengths = group_lengths(numel, entry["group_size"])
+        payload = int((bits * lengths).sum())
+        size = payload + 72 + entry["bits_width"] * bits.numel()
+        true_bits += size
+        float_values += numel
+        qbits += payload
+        qnumel += numel
+        layers.append(
+            {
+                "name": name,
+                "numel": numel,
+                "bits_mean": payload / numel,
+                "bits_min": int(bits.min()),
+                "bits_max": int(bits.max()),
+                "mb": size / MB_BITS,
+            }
+        )
+    for name, t in state["floats"].items():
+        width = 16 if float16 and t.is_floating_point() else t.element_size() * 8
+        true_bits += width * t.numel()
+        float_values += t.numel()
+        layers.append(
+            {
+                "name": name,
+                "numel": t.numel(),
+                "bits_mean": float(width),
+                "bits_min": width,
+                "bits_max": width,
+                "mb": width * t.numel() / MB_BITS,
+            }
+        )
+    float_mb = 32 * float_values / MB_BITS
+    true_mb = true_bits / MB_BITS
+    return {
+        "float_mb": float_mb,
+        "true_mb": true_mb,
+        "compression": float_mb / true_mb if true_mb else None,
+        "mean_bits": qbits / qnumel if qnumel else None,
+        "quantized_params": qnumel,
+        "params": float_values,
+        "layers": layers,
+    }

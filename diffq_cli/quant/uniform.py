@@ -1,0 +1,78 @@
+"""Uniform min/max quantization with a fixed number of bits (post-training or QAT)."""
+
+import torch
+from torch import nn
+
+from diffq_cli.quant.base import MB, BaseQuantizer, QParam
+from diffq_cli.quant.ops import minmax_dequantize, minmax_levels
+
+
+class UniformQuantizer(BaseQuantizer):
+    """Every quantized tensor on ``bits`` bits over its [min, max] range.
+
+    Args:
+        model: the model.
+        bits: bits per weight; may be fractional (``2**bits - 1`` steps, stored on
+            ``ceil`` bits).
+        qat: quantization-aware training: training forwards see quantized weights and gradients
+            pass straight through the rounding (straight-through estimator). Without it, training
+            uses the float weights and only evaluation is quantized.
+        min_size, float16, exclude, detect_bound: as in ``DiffQuantizer``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        bits: float = 8.0,
+        qat: bool = False,
+        min_size: float = 0.01,
+        float16: bool = False,
+        exclude=None,
+        detect_bound: bool = True,
+    ):
+        if not 1 <= bits <= 15:
+            raise ValueError(f"bits must be between 1 and 15, got {bits}")
+        self.bits, self.qat = float(bits), bool(qat)
+        self._qmax = 2.0**self.bits - 1
+        # Integer width that holds the largest level round(2**bits - 1).
+        self._width = max(1, int(round(self._qmax)).bit_length())
+        super().__init__(model, min_size, float16, exclude, detect_bound, group_size=0)
+
+    def _config(self) -> dict:
+        return {**super()._config(), "bits": self.bits, "qat": self.qat}
+
+    def _true_bits(self, qp: QParam) -> torch.Tensor:
+        return torch.full((qp.n_groups,), self._width, dtype=torch.int64)
+
+    def _encode(self, qp: QParam) -> dict:
+        bits = self._true_bits(qp)
+        levels, low, high, _ = minmax_levels(qp.param.reshape(-1), bits, qp.group_size, self._qmax)
+        return {
+            "scheme": "minmax",
+            "levels": levels,
+            "bits": bits,
+            "low": low,
+            "high": high,
+            "qmax": self._qmax,
+        }
+
+    def _train_weights(self):
+        if not self.qat:
+            return None
+        out = []
+        for qp in self._qparams:
+            flat = qp.param.reshape(-1)
+            with torch.no_grad():
+                levels, low, high, qmax = minmax_levels(
+                    flat, self._true_bits(qp), qp.group_size, self._qmax
+                )
+                q = minmax_dequantize(levels, low, high, qmax, qp.group_size)
+            # Straight-through estimator: quantized forward, identity gradient.
+            out.append((flat + (q.to(flat.dtype) - flat).detach()).view_as(qp.param))
+        return out
+
+    def model_size(self, exact: bool = False) -> torch.Tensor:
+        """Size in MB with ``bits`` per weight (fractional bits counted as they are)."""
+        bits = self._width if exact else self.bits
+        total = self._float_bits() + sum(bits * qp.numel + 72 for qp in self._unique())
+        return torch.tensor(total / MB)

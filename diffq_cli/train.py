@@ -1,0 +1,171 @@
+"""The DiffQ fine-tuning loop for one value of mu: task loss + mu * model_size().
+
+Read top to bottom: ``train_one`` builds the quantizer and optimizers, optionally resumes from
+``checkpoint.pt``, then loops over epochs; every epoch ends with an evaluation on truly
+quantized weights, a line in ``metrics.jsonl`` and an atomic checkpoint.
+"""
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from diffq_cli.artifact import atomic_write, torch_bytes
+from diffq_cli.errors import TrainingError
+from diffq_cli.evaluate import accuracy
+
+
+def build_quantizer(model, q):
+    """The quantizer a recipe's ``quant`` section asks for, attached to ``model``."""
+    from diffq_cli.quant import LSQ, DiffQuantizer, UniformQuantizer
+
+    common = dict(min_size=q.min_size, float16=q.float16, exclude=list(q.exclude))
+    if q.method == "uniform":
+        return UniformQuantizer(model, bits=q.bits, qat=True, **common)
+    if q.method == "lsq":
+        return LSQ(model, bits=int(q.bits), **common)
+    return DiffQuantizer(
+        model, group_size=q.group_size, min_bits=q.min_bits, max_bits=q.max_bits,
+        init_bits=q.init_bits, extra_bits=q.extra_bits, param=q.param, noise=q.noise,
+        noise_source=q.noise_source, **common,
+    )
+
+
+def build_optimizer(params, o):
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def lr_factor(step: int, total: int, steps_per_epoch: int, o) -> float:
+    """Multiplier of the base learning rate at ``step`` (linear warm-up, then the schedule)."""
+    if o.warmup_steps and step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "cosine":
+        done = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+    if o.schedule == "step":
+        return o.gamma ** (step // (o.step_size * steps_per_epoch))
+    return 1.0
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "none" or (amp == "fp16" and device.type != "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
+    """Fine-tunes ``model`` with DiffQ for one ``mu``; returns the final metrics.
+
+    Args:
+        model: the float model on ``ctx.device``, with the starting weights.
+        recipe: the resolved recipe.
+        mu: the model-size penalty.
+        loaders: (train, val) data loaders.
+        run_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go.
+        ctx: run context (``device``, ``reporter``, ``resume``, ``dist``: distributed helpers).
+    """
+    o, t = recipe.optim, recipe.train
+    train_loader, val_loader = loaders
+    # Order matters: the main optimizer exists before the quantizer adds the bit parameters,
+    # and DDP wraps the model after both (it must see the bit parameters as its own).
+    optimizer = build_optimizer(model.parameters(), o)
+    quantizer = build_quantizer(model, recipe.quant)
+    bits_opt = torch.optim.Adam([{"params": []}], lr=o.bits_lr)  # the paper: Adam for the bits
+    quantizer.setup_optimizer(bits_opt, lr=o.bits_lr)
+    net = ctx.dist.wrap(model)
+    scaler = torch.amp.GradScaler("cuda", enabled=t.amp == "fp16" and ctx.device.type == "cuda")
+    criterion = torch.nn.CrossEntropyLoss()
+    steps_per_epoch = len(train_loader)
+    total = t.epochs * steps_per_epoch if t.max_steps is None else min(
+        t.max_steps, t.epochs * steps_per_epoch)
+    epoch, step, history = 0, 0, []
+    ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
+
+    if ctx.resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        bits_opt.load_state_dict(ckpt["bits_optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        quantizer.load_noise_state_dict(ckpt["noise"])
+        _set_rng_state(ckpt["rng"])
+        epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
+        ctx.reporter.note(f"resumed mu={mu:g} from {ckpt_path} at epoch {epoch}, step {step}")
+
+    with ctx.reporter.progress(total - step, f"mu={mu:g}") as bar:
+        while epoch < t.epochs and step < total:
+            net.train()
+            ctx.dist.set_epoch(train_loader, epoch, recipe.train.seed)
+            start, seen, loss_sum = time.time(), 0, 0.0
+            for x, y in train_loader:
+                if step >= total:
+                    break
+                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+                if t.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                for group in optimizer.param_groups:
+                    group["lr"] = o.lr * lr_factor(step, total, steps_per_epoch, o)
+                with _autocast(ctx.device, t.amp):
+                    task = criterion(net(x), y)
+                # The size term stays in float32, outside autocast.
+                loss = task.float() + mu * quantizer.model_size()
+                value = float(loss.detach())  # one sync per step, for the NaN check and logs
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"loss became {value} at step {step} (mu={mu:g}); lower optim.lr or mu. "
+                        f"The last good checkpoint is kept in {ckpt_path}")
+                optimizer.zero_grad(set_to_none=True)
+                bits_opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if o.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+                scaler.step(optimizer)
+                scaler.step(bits_opt)
+                scaler.update()
+                step += 1
+                seen += 1
+                loss_sum += value
+                bar.update(loss=f"{value:.3f}")
+            epoch += 1
+            acc = accuracy(net, val_loader, ctx.device)
+            record = {
+                "mu": mu, "epoch": epoch, "step": step, "loss": loss_sum / max(seen, 1),
+                "accuracy": acc, "true_mb": quantizer.true_model_size(),
+                "model_size": float(quantizer.model_size().detach()),
+                "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - start,
+            }
+            history.append(record)
+            ctx.reporter.note(
+                f"mu={mu:g} epoch {epoch}/{t.epochs} step {step}: loss {record['loss']:.4f}, "
+                f"quantized acc {acc:.2f}%, true size {record['true_mb']:.3f} MB")
+            if ctx.dist.is_main:
+                _write_metrics(metrics_path, history)
+                atomic_write(ckpt_path, torch_bytes({
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "bits_optimizer": bits_opt.state_dict(), "scaler": scaler.state_dict(),
+                    "noise": quantizer.noise_state_dict(), "rng": _rng_state(),
+                    "epoch": epoch, "step": step, "history": history, "mu": mu,
+                }))
+            ctx.after_epoch(epoch)
+    model.eval()
+    return {"quantizer": quantizer, "history": history, "accuracy": history[-1]["accuracy"]
+            if history else accuracy(net, val_loader, ctx.device)}
+
+
+def _write_metrics(path: Path, history: list) -> None:
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in history).encode())

@@ -1,0 +1,120 @@
+"""Reporter: tables on stdout, notes on stderr, JSON mode, silence, progress only on a TTY."""
+
+import io
+import json
+
+import pytest
+from rich.console import Console
+
+from diffq_cli.report import BAR_WIDTH, Reporter, bits_bar
+
+ROWS = [
+    {"label": "float", "accuracy": 97.5, "delta": 0.0, "true_mb": 42.627, "artifact_mb": None,
+     "compression": 1.0, "mean_bits": 32},
+    {"label": 1e-3, "accuracy": 96.125, "delta": -1.375, "true_mb": 2.1, "artifact_mb": 2.31,
+     "compression": 20.3, "mean_bits": 3.21},
+]
+LAYERS = [
+    {"name": "conv1.weight", "numel": 9408, "bits_mean": 7.5, "bits_min": 3, "bits_max": 11,
+     "mb": 0.0123},
+    {"name": "fc.bias", "numel": 10, "bits_mean": None, "bits_min": None, "bits_max": None,
+     "mb": 4e-5},
+]
+SIZE = {"path": "runs/x/model.th", "float_mb": 42.6, "true_mb": 2.0, "file_bytes": 2_200_000,
+        "mean_bits": 1.5}
+
+
+def test_tradeoff_table_to_stdout(capsys):
+    Reporter().tradeoff_table(ROWS)
+    out, err = capsys.readouterr()
+    assert err == ""
+    for text in ("mu", "accuracy (%)", "Δ vs float (pp)", "true size MB", "artifact MB",
+                 "compression ×", "mean bits", "float", "0.001", "97.50", "96.12", "-1.38",
+                 "42.627", "2.310", "—", "1.00×", "20.30×", "32.00", "3.21"):
+        assert text in out, text
+    assert out.index("float") < out.index("0.001")
+    assert "\x1b[" not in out  # no colour codes when not a TTY
+
+
+def test_layer_table_and_bars(capsys):
+    Reporter().layer_table(LAYERS, title="bits per layer")
+    out = capsys.readouterr().out
+    for text in ("bits per layer", "conv1.weight", "9,408", "7.50", "11", "0.0123", "fc.bias"):
+        assert text in out, text
+    assert bits_bar(7.5) in out
+    assert bits_bar(15) == "█" * BAR_WIDTH and bits_bar(99) == "█" * BAR_WIDTH
+    assert bits_bar(0) == "" and bits_bar(None) == ""
+    assert len(bits_bar(7.5)) == BAR_WIDTH // 2
+
+
+def test_size_table(capsys):
+    Reporter().size_table(SIZE)
+    out = capsys.readouterr().out
+    for text in ("runs/x/model.th", "float32 size", "42.600 MB", "true quantized size",
+                 "2.000 MB", "bytes on disk", "2,200,000", "21.30×", "mean bits", "1.50"):
+        assert text in out, text
+
+
+def test_notes_go_to_stderr_verbatim(capsys):
+    rep = Reporter()
+    long = "epoch 1: loss [fc.*] " + "x" * 150
+    rep.note(long)
+    rep.warn("careful")
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert long in err and "warning: careful" in err  # not wrapped, brackets kept
+
+
+def test_json_mode_prints_exactly_one_document(capsys):
+    rep = Reporter(json_mode=True)
+    rep.tradeoff_table(ROWS)
+    rep.layer_table(LAYERS, title="bits")
+    rep.size_table(SIZE)
+    rep.note("progress goes to stderr")
+    with rep.progress(total=3, description="epoch") as bar:
+        bar.update(loss=1.0)
+    rep.emit_json({"rows": ROWS, "mu": (1e-3,), "nan": float("nan")})
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["rows"][1]["accuracy"] == 96.125 and doc["mu"] == [1e-3] and doc["nan"] is None
+    assert out == json.dumps(doc, indent=2) + "\n"
+    assert "progress goes to stderr" in err
+
+
+def test_disabled_reporter_is_silent(capsys):
+    rep = Reporter(enabled=False)
+    rep.tradeoff_table(ROWS)
+    rep.note("hidden")
+    rep.emit_json({"a": 1})
+    with rep.progress(total=2, description="x") as bar:
+        bar.update()
+    assert capsys.readouterr() == ("", "")
+
+
+def test_progress_is_a_no_op_when_not_a_tty(capsys):
+    rep = Reporter()
+    assert not rep.animated
+    with rep.progress(total=5, description="epoch 1") as bar:
+        for _ in range(5):
+            bar.update(loss=0.5, acc=90.0, size=1.2)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_progress_draws_on_a_tty(monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("TERM", raising=False)
+    rep = Reporter()
+    stream = io.StringIO()
+    rep.err = Console(file=stream, force_terminal=True, width=100)
+    assert rep.animated
+    with rep.progress(total=4, description="epoch 1") as bar:
+        bar.update(advance=4, loss=0.25)
+    assert "epoch 1" in stream.getvalue() and "loss 0.25" in stream.getvalue()
+
+
+@pytest.mark.parametrize("value", ["1", "yes"])
+def test_no_color_disables_animation_and_colour(monkeypatch, value):
+    monkeypatch.setenv("NO_COLOR", value)
+    rep = Reporter()
+    assert rep.no_color and not rep.animated
+    assert rep.out.no_color and rep.err.no_color
