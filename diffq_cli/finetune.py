@@ -25,6 +25,23 @@ def _float_mb(model) -> float:
     return sum(p.numel() for p in model.parameters()) * 4 / MB
 
 
+def _float_stage(model, recipe, train_loader, run_dir: Path, ctx) -> None:
+    """Float pre-training, saved as ``float.pt`` so that ``--resume`` does not redo it."""
+    import torch
+
+    from diffq_cli.artifact import torch_bytes
+    from diffq_cli.train import train_float
+
+    path = run_dir / "float.pt"
+    if ctx.resume and path.exists():
+        model.load_state_dict(torch.load(path, map_location=ctx.device, weights_only=True))
+        ctx.reporter.note(f"resumed: float weights from {path}")
+        return
+    train_float(model, recipe, train_loader, ctx)
+    if ctx.dist.is_main:
+        atomic_write(path, torch_bytes(model.state_dict()))
+
+
 def finetune(recipe, reporter, resume: bool = False) -> dict:
     """Runs a resolved recipe; returns the summary (also written to ``summary.json``)."""
     import torch
@@ -62,8 +79,10 @@ def finetune(recipe, reporter, resume: bool = False) -> dict:
     for note in getattr(model, "diffq_notes", []):
         reporter.note(note)
     model_spec = dict(model.diffq_spec)
-    start_weights = {k: v.clone() for k, v in model.state_dict().items()}
     model.to(device)
+    if recipe.train.float_epochs:
+        _float_stage(model, recipe, train_loader, run_dir, RunContext(device, reporter, dist, resume))
+    start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     float_acc = accuracy(model, val_loader, device)
     float_mb = _float_mb(model)
     reporter.note(f"{m.name} on {info['dataset']}: float accuracy {float_acc:.2f}%, "

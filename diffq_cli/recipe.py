@@ -149,8 +149,10 @@ class TrainConfig(_Section):
 
     section: ClassVar = "train"
     choices: ClassVar = {"amp": ("none", "bf16", "fp16")}
-    bounds: ClassVar = {"epochs": _GE1, "max_steps": _GE1, "log_every": _GE1, "seed": _GE0}
+    bounds: ClassVar = {"epochs": _GE1, "max_steps": _GE1, "log_every": _GE1, "seed": _GE0,
+                        "float_epochs": _GE0}
     epochs: int = 3
+    float_epochs: int = 0
     max_steps: int | None = None
     mu: tuple[float, ...] = (1e-3,)
     seed: int = 0

@@ -169,3 +169,32 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
 
 def _write_metrics(path: Path, history: list) -> None:
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in history).encode())
+
+
+def train_float(model, recipe, train_loader, ctx) -> None:
+    """Plain float training for ``train.float_epochs`` (a starting point when no pretrained
+    weights are available); same optimizer settings, its own cosine schedule."""
+    o, t = recipe.optim, recipe.train
+    optimizer = build_optimizer(model.parameters(), o)
+    net = ctx.dist.wrap(model)
+    criterion = torch.nn.CrossEntropyLoss()
+    total = t.float_epochs * len(train_loader)
+    step = 0
+    net.train()
+    for epoch in range(t.float_epochs):
+        ctx.dist.set_epoch(train_loader, 10_000 + epoch, t.seed)
+        for x, y in train_loader:
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            for group in optimizer.param_groups:
+                group["lr"] = o.lr * lr_factor(step, total, len(train_loader), o)
+            with _autocast(ctx.device, t.amp):
+                loss = criterion(net(x), y)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingError(f"float pre-training loss became {value}; lower optim.lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+        ctx.reporter.note(f"float epoch {epoch + 1}/{t.float_epochs}: loss {value:.4f}")
+    model.eval()

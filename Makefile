@@ -1,0 +1,31 @@
+# diffq developer entry points. `make test` and `make demo` work on a fresh clone: they create
+# .venv and install the package (with the dev extra) first when needed.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint bench demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check diffq_cli tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/quant_bench.py
+
+demo: $(STAMP)
+	$(BIN)/diffq finetune --model resnet18 --mu 1e-3
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

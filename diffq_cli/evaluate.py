@@ -1,0 +1,19 @@
+"""Accuracy of a model on a loader, and of an artifact on its dataset."""
+
+
+def accuracy(model, loader, device="cpu", max_batches=None) -> float:
+    """Top-1 accuracy in percent over ``loader`` (eval mode, no gradients)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for i, (x, y) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = x.to(device), y.to(device)
+            correct += int((model(x).argmax(1) == y).sum())
+            total += y.numel()
+    model.train(was_training)
+    return 100.0 * correct / max(total, 1)
