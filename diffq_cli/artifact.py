@@ -57,10 +57,11 @@ def versions() -> dict:
 
     from diffq_cli import __version__
 
-    out = {"diffq_cli": __version__, "torch": torch.__version__}
+    # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses.
+    out = {"diffq_cli": __version__, "torch": str(torch.__version__)}
     for name in ("torchvision", "timm"):
         try:
-            out[name] = __import__(name).__version__
+            out[name] = str(__import__(name).__version__)
         except ImportError:
             out[name] = None
     return out
@@ -109,9 +110,8 @@ def read_file(path) -> tuple[str, dict]:
             raise InputError(f"{path} is a truncated or corrupt gzip file ({err})") from None
     try:
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for bad bytes; all mean "unreadable"
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise InputError(f"{what} (or it is truncated): {reason}") from None
+    except Exception:  # torch raises many types for bad bytes; all mean "unreadable"
+        raise InputError(f"{what} (unreadable, truncated, or holds pickled code)") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if obj.get("version") != VERSION:
             raise InputError(

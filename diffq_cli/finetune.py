@@ -33,7 +33,7 @@ def _float_stage(model, recipe, train_loader, run_dir: Path, ctx) -> None:
     from diffq_cli.train import train_float
 
     path = run_dir / "float.pt"
-    if ctx.resume and path.exists():
+    if ctx.resume and ctx.dist.agree(path.exists(), str(path)):
         model.load_state_dict(torch.load(path, map_location=ctx.device, weights_only=True))
         ctx.reporter.note(f"resumed: float weights from {path}")
         return
@@ -48,13 +48,13 @@ def finetune(recipe, reporter, resume: bool = False) -> dict:
 
     from diffq_cli import distributed
     from diffq_cli.data import DataSpec, build_loaders
-    from diffq_cli.evaluate import accuracy
     from diffq_cli.models import create_model
     from diffq_cli.quant.summary import summarize_state
     from diffq_cli.train import train_one
 
     started = time.time()
     device = distributed.resolve_device(recipe.train.device)
+    distributed.check_precision(recipe.train.amp, device)
     dist = distributed.setup(device)
     if not dist.is_main:  # only rank 0 prints
         reporter.enabled = False
@@ -83,7 +83,7 @@ def finetune(recipe, reporter, resume: bool = False) -> dict:
     if recipe.train.float_epochs:
         _float_stage(model, recipe, train_loader, run_dir, RunContext(device, reporter, dist, resume))
     start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    float_acc = accuracy(model, val_loader, device)
+    float_acc = dist.accuracy(model, val_loader, device)
     float_mb = _float_mb(model)
     reporter.note(f"{m.name} on {info['dataset']}: float accuracy {float_acc:.2f}%, "
                   f"{float_mb:.2f} MB as float32")
@@ -104,6 +104,7 @@ def finetune(recipe, reporter, resume: bool = False) -> dict:
         result = train_one(model, recipe, mu, (train_loader, val_loader), mu_dir, ctx)
         quantizer = result["quantizer"]
         state = quantizer.get_quantized_state()
+        dist.debug_dump(state, model)  # a test hook; does nothing unless its env var is set
         sizes = summarize_state(state)
         metrics = {
             "mu": mu, "float_accuracy": float_acc, "accuracy": result["accuracy"],

@@ -15,7 +15,6 @@ import torch
 
 from diffq_cli.artifact import atomic_write, torch_bytes
 from diffq_cli.errors import TrainingError
-from diffq_cli.evaluate import accuracy
 
 
 def build_quantizer(model, q):
@@ -95,7 +94,7 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
     epoch, step, history = 0, 0, []
     ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
 
-    if ctx.resume and ckpt_path.exists():
+    if ctx.resume and ctx.dist.agree(ckpt_path.exists(), str(ckpt_path)):  # every rank loads
         ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -142,7 +141,7 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
                 loss_sum += value
                 bar.update(loss=f"{value:.3f}")
             epoch += 1
-            acc = accuracy(net, val_loader, ctx.device)
+            acc = ctx.dist.accuracy(model, val_loader, ctx.device)  # over all ranks' shards
             record = {
                 "mu": mu, "epoch": epoch, "step": step, "loss": loss_sum / max(seen, 1),
                 "accuracy": acc, "true_mb": quantizer.true_model_size(),
@@ -164,7 +163,7 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
             ctx.after_epoch(epoch)
     model.eval()
     return {"quantizer": quantizer, "history": history, "accuracy": history[-1]["accuracy"]
-            if history else accuracy(net, val_loader, ctx.device)}
+            if history else ctx.dist.accuracy(model, val_loader, ctx.device)}
 
 
 def _write_metrics(path: Path, history: list) -> None:

@@ -254,12 +254,9 @@ class BaseQuantizer:
 
     # ------------------------------------------------------------ sizes
     def _unique(self) -> list[QParam]:
-        seen, out = set(), []
-        for qp in self._qparams:
-            if id(qp.param) not in seen:
-                seen.add(id(qp.param))
-                out.append(qp)
-        return out
+        # A shared Parameter is one QParam with several bindings (detect_bound=True), or one
+        # QParam per binding with its own bits, noise, size and saved entry (detect_bound=False).
+        return list(self._qparams)
 
     def _float_bits(self) -> int:
         return (16 if self.float16 else 32) * sum(p.numel() for _, p in self._others)
@@ -334,7 +331,9 @@ class BaseQuantizer:
         if self._quantized_backup is None:
             return
         with torch.no_grad():
-            for qp, saved in zip(self._unique(), self._quantized_backup):
+            # Reversed: with detect_bound=False a Parameter may be backed up twice, and the
+            # first backup holds its float value.
+            for qp, saved in reversed(list(zip(self._unique(), self._quantized_backup))):
                 qp.param.copy_(saved)
         self._quantized_backup = None
 

@@ -162,12 +162,10 @@ class DiffQuantizer(BaseQuantizer):
         windows = self._noise.windows([qp.numel for qp in unique])
         self._noise.refresh()
         half = 0.5 if self.noise == "gaussian" else 1.0
-        by_param = {}
-        for qp, u, (noise, sign) in zip(unique, units, windows):
-            by_param[id(qp.param)] = NoisyWeight.apply(
-                qp.param, u, noise, qp.group_size, sign * half
-            )
-        return [by_param[id(qp.param)] for qp in self._qparams]
+        return [
+            NoisyWeight.apply(qp.param, u, noise, qp.group_size, sign * half)
+            for qp, u, (noise, sign) in zip(unique, units, windows)
+        ]
 
     def noise_state_dict(self) -> dict:
         """State of the noise source (for exact resumption of a training run)."""

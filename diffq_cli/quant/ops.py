@@ -44,6 +44,18 @@ def _arg_extreme(flat: torch.Tensor, largest: bool) -> torch.Tensor:
     return index
 
 
+def _owned(grad: torch.Tensor) -> bool:
+    """True when ``grad`` and its memory are referenced by the caller alone (safe to modify)."""
+    if not grad.is_contiguous() or grad._is_view():
+        return False
+    try:
+        # One reference to the tensor (ours); its storage held by it and the temporary below.
+        storage_refs = torch._C._storage_Use_Count(grad.untyped_storage()._cdata)
+        return grad._use_count() == 1 and storage_refs == 2
+    except (AttributeError, RuntimeError):  # private API gone: play safe
+        return False
+
+
 class NoisyWeight(torch.autograd.Function):
     """``w + noise * unit * mult * (max(w) - min(w))`` per group, with a cheap exact backward.
 
@@ -97,10 +109,9 @@ class NoisyWeight(torch.autograd.Function):
             wflat = weight.detach().reshape(-1)
             idx = torch.stack([_arg_extreme(wflat, True), _arg_extreme(wflat, False)])
             vals = torch.stack([dspan, -dspan]).to(grad.dtype)
-            # The incoming gradient is a fresh buffer owned by this node when it is contiguous
-            # and not a view; reuse it to avoid a copy of every weight, else copy.
-            own = grad.is_contiguous() and not grad._is_view()
-            grad_weight = grad if own else grad.contiguous().clone()
+            # Reuse the incoming gradient to avoid a copy of every weight, but only when no one
+            # else can see it: e.g. ``w_noisy + b`` hands the very same tensor to ``b``'s grad.
+            grad_weight = grad if _owned(grad) else grad.contiguous().clone()
             grad_weight.view(-1).index_add_(0, idx, vals)
         return grad_weight, grad_unit, None, None, None
 

@@ -215,14 +215,20 @@ def restore(model: torch.nn.Module, state: dict, skip=frozenset()) -> None:
         skip: ids of model parameters the state does not hold (an attached quantizer's own).
     """
     check_state(state)
-    params = {n: p for n, p in model.named_parameters() if id(p) not in skip}
+    # Every name of a shared (tied) Parameter: the state may hold it under any of them, or
+    # under several (detect_bound=False), in which case the last one wins.
+    named = [
+        (n, p) for n, p in model.named_parameters(remove_duplicate=False) if id(p) not in skip
+    ]
+    params = dict(named)
     buffers = dict(model.named_buffers())
     stored = {**state["quantized"], **state["floats"]}
     for name in stored:
         if name not in params:
             raise ValueError(f"state has parameter '{name}' that the model does not have")
-    for name in params:
-        if name not in stored:
+    covered = {id(params[name]) for name in stored}
+    for name, p in named:
+        if id(p) not in covered:
             raise ValueError(f"model parameter '{name}' is missing from the quantized state")
     for name, buf in state["buffers"].items():
         if name not in buffers:
