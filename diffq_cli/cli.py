@@ -33,7 +33,9 @@ app = typer.Typer(
 )
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document to stdout.")]
-FileArg = Annotated[Path, typer.Argument(help="An artifact (model.th), a quantized state or a checkpoint.")]
+FileArg = Annotated[
+    Path, typer.Argument(help="An artifact (model.th), a quantized state or a checkpoint.")
+]
 
 
 def _fail(code: int, message: str):
@@ -85,24 +87,50 @@ def finetune(
     overrides: Annotated[
         list[str] | None, typer.Argument(help="Recipe overrides key=value, e.g. optim.lr=0.1.")
     ] = None,
-    recipe: Annotated[str | None, typer.Option(help="Recipe name or YAML path (default: default).")] = None,
+    recipe: Annotated[
+        str | None, typer.Option(help="Recipe name or YAML path (default: default).")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="timm or torchvision model name.")] = None,
     source: Annotated[str | None, typer.Option(help="auto | timm | torchvision.")] = None,
-    dataset: Annotated[str | None, typer.Option(help="digits | mnist | fashion-mnist | cifar10 | cifar100 | imagefolder | idx.")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="digits | mnist | fashion-mnist | cifar10 | cifar100 | imagefolder | idx."
+        ),
+    ] = None,
     data_dir: Annotated[str | None, typer.Option(help="Dataset directory.")] = None,
-    download: Annotated[bool | None, typer.Option("--download", help="Let torchvision download the dataset.")] = None,
-    mu: Annotated[list[float] | None, typer.Option(help="Size penalty; repeat for a trade-off sweep.")] = None,
+    download: Annotated[
+        bool | None, typer.Option("--download", help="Let torchvision download the dataset.")
+    ] = None,
+    mu: Annotated[
+        list[float] | None, typer.Option(help="Size penalty; repeat for a trade-off sweep.")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per mu.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Cap on optimizer steps per mu.")] = None,
-    output: Annotated[str | None, typer.Option(help="Run directory (default runs/<model>-<dataset>-mu<mu>).")] = None,
-    weights: Annotated[str | None, typer.Option(help="Local float checkpoint (.pt/.pth/.safetensors).")] = None,
-    pretrained: Annotated[bool | None, typer.Option("--pretrained", help="Start from the library's pretrained weights (downloads).")] = None,
+    output: Annotated[
+        str | None, typer.Option(help="Run directory (default runs/<model>-<dataset>-mu<mu>).")
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="Local float checkpoint (.pt/.pth/.safetensors).")
+    ] = None,
+    pretrained: Annotated[
+        bool | None,
+        typer.Option(
+            "--pretrained", help="Start from the library's pretrained weights (downloads)."
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
     amp: Annotated[str | None, typer.Option(help="none | bf16 | fp16 mixed precision.")] = None,
-    channels_last: Annotated[bool | None, typer.Option("--channels-last", help="Channels-last memory format.")] = None,
+    channels_last: Annotated[
+        bool | None, typer.Option("--channels-last", help="Channels-last memory format.")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run directory's checkpoint.")] = False,
-    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved recipe and exit.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the run directory's checkpoint.")
+    ] = False,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="Print the resolved recipe and exit.")
+    ] = False,
     json_out: JsonOpt = False,
 ):
     """Fine-tune a model with DiffQ and write a quantized artifact (model.th)."""
@@ -111,11 +139,21 @@ def finetune(
     if mu is not None and any(m < 0 for m in mu):
         raise InputError(f"--mu must be >= 0, got {min(mu):g}")
     flags = {
-        "model.name": model, "model.source": source, "model.weights": weights,
-        "model.pretrained": pretrained, "data.dataset": dataset, "data.data_dir": data_dir,
-        "data.download": download, "train.mu": list(mu) if mu else None, "train.epochs": epochs,
-        "train.max_steps": max_steps, "train.device": device, "train.amp": amp,
-        "train.channels_last": channels_last, "train.seed": seed, "output": output,
+        "model.name": model,
+        "model.source": source,
+        "model.weights": weights,
+        "model.pretrained": pretrained,
+        "data.dataset": dataset,
+        "data.data_dir": data_dir,
+        "data.download": download,
+        "train.mu": list(mu) if mu else None,
+        "train.epochs": epochs,
+        "train.max_steps": max_steps,
+        "train.device": device,
+        "train.amp": amp,
+        "train.channels_last": channels_last,
+        "train.seed": seed,
+        "output": output,
     }
     resolved = load_recipe(recipe, overrides or [], flags)
     if print_config:
@@ -133,7 +171,9 @@ def finetune(
 @handle_errors
 def size(
     file: FileArg,
-    max_mb: Annotated[float | None, typer.Option(help="Exit 1 when the file on disk is larger than this (MB).")] = None,
+    max_mb: Annotated[
+        float | None, typer.Option(help="Exit 1 when the file on disk is larger than this (MB).")
+    ] = None,
     json_out: JsonOpt = False,
 ):
     """Report the sizes of an artifact, a quantized state or a float checkpoint."""
@@ -148,16 +188,22 @@ def size(
         if summary["layers"]:
             reporter.layer_table(summary["layers"], "Per layer")
     if max_mb is not None and summary["file_bytes"] / 2**20 > max_mb:
-        raise GateError(f"{file} is {summary['file_bytes'] / 2**20:.3f} MB, over --max-mb {max_mb:g}")
+        raise GateError(
+            f"{file} is {summary['file_bytes'] / 2**20:.3f} MB, over --max-mb {max_mb:g}"
+        )
 
 
 @app.command("eval")
 @handle_errors
 def eval_(
     file: FileArg,
-    dataset: Annotated[str | None, typer.Option(help="Dataset (default: the one the artifact records).")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset (default: the one the artifact records).")
+    ] = None,
     data_dir: Annotated[str | None, typer.Option(help="Dataset directory.")] = None,
-    min_acc: Annotated[float | None, typer.Option(help="Exit 1 when accuracy (%) is below this.")] = None,
+    min_acc: Annotated[
+        float | None, typer.Option(help="Exit 1 when accuracy (%) is below this.")
+    ] = None,
     json_out: JsonOpt = False,
 ):
     """Rebuild the model from an artifact alone and report its quantized accuracy."""
@@ -178,9 +224,13 @@ def eval_(
 def export(
     file: FileArg,
     out: Annotated[Path, typer.Option("-o", "--output", help="Output file.")],
-    format: Annotated[str, typer.Option("--format", help="compact | torchscript | pt2 | safetensors | onnx.")] = "compact",
+    format: Annotated[
+        str, typer.Option("--format", help="compact | torchscript | pt2 | safetensors | onnx.")
+    ] = "compact",
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 (safetensors).")] = "fp32",
-    atol: Annotated[float, typer.Option(help="Max abs output difference allowed vs the quantized model.")] = 1e-4,
+    atol: Annotated[
+        float, typer.Option(help="Max abs output difference allowed vs the quantized model.")
+    ] = 1e-4,
     json_out: JsonOpt = False,
 ):
     """Export an artifact to a deployable file, checked against the quantized model."""

@@ -17,7 +17,7 @@ import copy
 import torch
 from torch import nn
 
-from diffq_cli.quant.pack import pack, unpack
+from diffq_cli.quant.pack import _planes, pack
 from diffq_cli.quant.state import _unpack_levels
 from diffq_cli.quant.summary import entry_bits
 
@@ -110,22 +110,23 @@ class CompactModel(nn.Module):
 
         gs, groups = plan["gs"], plan["groups"]
         if plan["width"]:
-            bits = unpack(buf("bits"), plan["width"], groups)
+            bits = _unpack(buf("bits"), plan["width"], groups)
         else:
             bits = torch.full((groups,), 0, dtype=torch.uint8)
         dtype = torch.int16 if plan["widths"][-1][0] > 8 else torch.uint8
-        rows = [unpack(buf(f"w{w}"), w, n * gs).to(dtype).view(n, gs) for w, n in plan["widths"]]
+        rows = [_unpack(buf(f"w{w}"), w, n * gs).to(dtype).view(n, gs) for w, n in plan["widths"]]
         rows = torch.cat(rows) if len(rows) > 1 else rows[0]
         if len(plan["widths"]) > 1:
             # Streams hold the groups sorted by width (stable): scatter them back in place.
             order = torch.sort(bits, stable=True).indices
             wide = _as_words(rows)
-            rows = torch.zeros_like(wide).index_copy(0, order, wide).view(rows.dtype).view(-1, gs)
+            rows = torch.empty_like(wide).index_copy_(0, order, wide).view(rows.dtype).view(-1, gs)
         # One (span, low, fixed qmax) row per tensor, expanded to one per group.
         affine = buf("affine").repeat_interleave(buf("counts"), dim=0, output_size=groups)
         span, low, fixed = affine.unbind(1)
         qmax = torch.where(fixed > 0, fixed, torch.pow(2.0, bits.float() + plan["bits_min"]) - 1)
-        flat = torch.addcmul(low[:, None], rows.float(), (span / qmax)[:, None]).view(-1)
+        # In place on the one float copy: each pass over ~all weights costs a fresh buffer.
+        flat = rows.float().mul_((span / qmax)[:, None]).add_(low[:, None]).view(-1)
         out = {}
         for names, start, numel, shape, dtype in plan["tensors"]:
             weight = flat[start : start + numel].view(shape).to(dtype)
@@ -147,3 +148,19 @@ def _as_words(rows: torch.Tensor) -> torch.Tensor:
     """Rows viewed as int64 words when they fit (moving 8 bytes at a time is much faster)."""
     nbytes = rows.shape[1] * rows.element_size()
     return rows.view(torch.int64) if nbytes % 8 == 0 else rows
+
+
+def _unpack(data: torch.Tensor, width: int, n: int) -> torch.Tensor:
+    """``pack.unpack`` as a few broadcast ops per plane (a short graph with contiguous writes)."""
+    out, start = None, 0
+    for shift, bits in _planes(width):
+        size = (n * bits + 7) // 8
+        plane = data[start : start + size]
+        start += size
+        if bits < 8:
+            shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
+            plane = ((plane[:, None] >> shifts) & ((1 << bits) - 1)).view(-1)[:n]
+        if width > 8:
+            plane = plane.to(torch.int16)
+        out = plane if out is None else out | (plane << shift)
+    return out

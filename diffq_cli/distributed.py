@@ -60,6 +60,9 @@ class Single:
         """``flag``, checked to be the same on every rank (e.g. "a checkpoint exists")."""
         return bool(flag)
 
+    def sync_buffers(self, model) -> None:
+        """Makes every rank's buffers (BatchNorm statistics) rank 0's; nothing to do here."""
+
     def accuracy(self, model, loader, device) -> float:
         """Top-1 accuracy in percent over the whole of ``loader``'s dataset."""
         from diffq_cli.evaluate import accuracy
@@ -144,16 +147,29 @@ class Ddp(Single):
                              "only; put the run directory on a filesystem every node shares")
         return bool(count)
 
+    def sync_buffers(self, model) -> None:
+        """Copies rank 0's buffers (BatchNorm statistics) to every rank.
+
+        DDP broadcasts them at the start of each training forward, so after the last step each
+        rank holds the statistics of its own last batch; the model that is evaluated, and that
+        rank 0 saves, must be the same everywhere.
+        """
+        import torch.distributed as dist
+
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
     def accuracy(self, model, loader, device) -> float:
         # Call the unwrapped model: an eval forward through DDP would sync buffers, and the
         # ranks may see different numbers of batches here.
         from diffq_cli.evaluate import count_correct
 
+        self.sync_buffers(model)
         real = _real_samples(loader)
         if real is None:  # not sharded: every rank sees the whole set
             correct, total = count_correct(model, loader, device)
             return 100.0 * correct / max(total, 1)
-        correct, total = count_correct(model, loader, device, limit=real)
+        correct, total = count_correct(model, _first_samples(loader, real), device)
         counts = self.all_reduce_sum(torch.tensor([correct, total], dtype=torch.int64))
         return 100.0 * int(counts[0]) / max(int(counts[1]), 1)
 
@@ -173,6 +189,17 @@ def _real_samples(loader) -> int | None:
     if sampler.drop_last:
         return len(sampler)
     return len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))
+
+
+def _first_samples(loader, limit: int):
+    """The batches of ``loader`` cut after ``limit`` samples (this rank's padding dropped)."""
+    seen = 0
+    for x, y in loader:
+        if seen >= limit:
+            break
+        x, y = x[: limit - seen], y[: limit - seen]
+        seen += len(y)
+        yield x, y
 
 
 def _launched_ranks() -> tuple[int, int]:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from diffq_cli.artifact import atomic_write, read_file, rebuild_model
 from diffq_cli.errors import InputError
+from diffq_cli.evaluate import logits as _logits
 
 FORMATS = ("compact", "pt2", "torchscript", "safetensors", "onnx")
 DTYPES = ("fp32", "fp16", "bf16")
@@ -91,8 +92,9 @@ def load_artifact(path) -> dict:
     """The artifact at ``path``; InputError for anything else (states, checkpoints, junk)."""
     kind, obj = read_file(path)
     if kind != "artifact":
-        raise InputError(f"{path} is a {'quantized state' if kind == 'state' else 'float checkpoint'}"
-                         ", not an artifact; pass the model.th written by diffq finetune")
+        what = "quantized state" if kind == "state" else "float checkpoint"
+        raise InputError(f"{path} is a {what}, not an artifact; pass the model.th written by "
+                         "diffq finetune")
     return obj
 
 
@@ -122,26 +124,30 @@ def sample_batch(artifact: dict, n: int = SAMPLES):
 def _compact_bytes(model, artifact, x, dtype) -> bytes:
     from diffq_cli.compact import CompactModel
 
-    return _program_bytes(CompactModel(model, artifact["state"]).eval(), x)
+    # Module paths would name the wrapper's internals: drop them too to keep the file small.
+    return _program_bytes(CompactModel(model, artifact["state"]).eval(), x, ("nn_module_stack",))
 
 
 def _pt2_bytes(model, artifact, x, dtype) -> bytes:
     return _program_bytes(model, x)
 
 
-def _program_bytes(module, x) -> bytes:
+def _program_bytes(module, x, drop=()) -> bytes:
     import torch
 
     try:
         try:
-            program = torch.export.export(module, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+            batch = ({0: torch.export.Dim("batch")},)
+            program = torch.export.export(module, (x,), dynamic_shapes=batch)
         except Exception:  # noqa: BLE001 - some models only export with a fixed batch size
             program = torch.export.export(module, (x,))
     except Exception as err:  # noqa: BLE001 - any tracing failure: report it on one line
         raise InputError(f"torch.export could not trace the model ({_first_line(err)}); "
                          "try --format torchscript or safetensors") from None
-    for node in program.graph.nodes:  # source paths of this machine: noise in the file
-        node.meta.pop("stack_trace", None)
+    for node in program.graph.nodes:  # this machine's source paths: noise in the file
+        for key in ("stack_trace", "torch_fn", *drop):
+            node.meta.pop(key, None)
+    program.example_inputs = None  # the sample images are user data, not part of the model
     buf = io.BytesIO()
     torch.export.save(program, buf)
     return buf.getvalue()
@@ -150,7 +156,8 @@ def _program_bytes(module, x) -> bytes:
 def _run_program(out, artifact, x):
     import torch
 
-    return torch.export.load(str(out)).module()(x)
+    with open(out, "rb") as f:  # a file object: torch warns about paths not ending in .pt2
+        return torch.export.load(f).module()(x)
 
 
 def _torchscript_bytes(model, artifact, x, dtype) -> bytes:
@@ -251,15 +258,6 @@ def _output_path(src: Path, out, fmt: str) -> Path:
         out = out / name
     if out.resolve() == src.resolve():
         raise InputError(f"output {out} would overwrite the artifact; pass another -o")
-    return out
-
-
-def _logits(out):
-    """The logits of models that return a tuple or a dict (auxiliary heads, HF style)."""
-    if isinstance(out, dict):
-        out = out.get("logits", next(iter(out.values())))
-    while isinstance(out, (tuple, list)):
-        out = out[0]
     return out
 
 

@@ -70,9 +70,15 @@ def finetune(recipe, reporter, resume: bool = False) -> dict:
     m = recipe.model
 
     def fresh_model():
-        net = create_model(m.name, source=m.source, num_classes=info["num_classes"],
-                           in_chans=info["in_chans"], pretrained=m.pretrained, weights=m.weights,
-                           input_size=info["input_size"])
+        net = create_model(
+            m.name,
+            source=m.source,
+            num_classes=info["num_classes"],
+            in_chans=info["in_chans"],
+            pretrained=m.pretrained,
+            weights=m.weights,
+            input_size=info["input_size"],
+        )
         return net
 
     model = fresh_model()
@@ -81,14 +87,30 @@ def finetune(recipe, reporter, resume: bool = False) -> dict:
     model_spec = dict(model.diffq_spec)
     model.to(device)
     if recipe.train.float_epochs:
-        _float_stage(model, recipe, train_loader, run_dir, RunContext(device, reporter, dist, resume))
+        _float_stage(
+            model, recipe, train_loader, run_dir, RunContext(device, reporter, dist, resume)
+        )
     start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     float_acc = dist.accuracy(model, val_loader, device)
     float_mb = _float_mb(model)
-    reporter.note(f"{m.name} on {info['dataset']}: float accuracy {float_acc:.2f}%, "
-                  f"{float_mb:.2f} MB as float32")
-    runs, rows = [], [{"label": "float", "accuracy": float_acc, "delta": 0.0, "true_mb": float_mb,
-                       "artifact_mb": None, "compression": 1.0, "mean_bits": 32.0}]
+    reporter.note(
+        f"{m.name} on {info['dataset']}: float accuracy {float_acc:.2f}%, "
+        f"{float_mb:.2f} MB as float32"
+    )
+    runs, rows = (
+        [],
+        [
+            {
+                "label": "float",
+                "accuracy": float_acc,
+                "delta": 0.0,
+                "true_mb": float_mb,
+                "artifact_mb": None,
+                "compression": 1.0,
+                "mean_bits": 32.0,
+            }
+        ],
+    )
     layers = []
     for mu in recipe.train.mu:
         # Every mu starts from the same weights: a fresh model, not the previous run's.
@@ -107,31 +129,50 @@ def finetune(recipe, reporter, resume: bool = False) -> dict:
         dist.debug_dump(state, model)  # a test hook; does nothing unless its env var is set
         sizes = summarize_state(state)
         metrics = {
-            "mu": mu, "float_accuracy": float_acc, "accuracy": result["accuracy"],
-            "float_mb": float_mb, "true_mb": quantizer.true_model_size(),
-            "mean_bits": sizes["mean_bits"], "epochs": len(result["history"]),
+            "mu": mu,
+            "float_accuracy": float_acc,
+            "accuracy": result["accuracy"],
+            "float_mb": float_mb,
+            "true_mb": quantizer.true_model_size(),
+            "mean_bits": sizes["mean_bits"],
+            "epochs": len(result["history"]),
         }
         artifact = mu_dir / "model.th"
         nbytes = 0
         if dist.is_main:
-            nbytes = save_artifact(artifact, state, model_spec, info, recipe_to_dict(recipe),
-                                   metrics)
-        metrics.update(artifact=str(artifact), artifact_mb=nbytes / MB,
-                       compression=float_mb / (nbytes / MB) if nbytes else None,
-                       delta=result["accuracy"] - float_acc)
+            nbytes = save_artifact(
+                artifact, state, model_spec, info, recipe_to_dict(recipe), metrics
+            )
+        metrics.update(
+            artifact=str(artifact),
+            artifact_mb=nbytes / MB,
+            compression=float_mb / (nbytes / MB) if nbytes else None,
+            delta=result["accuracy"] - float_acc,
+        )
         runs.append(metrics)
-        rows.append({"label": f"{mu:g}", "accuracy": metrics["accuracy"],
-                     "delta": metrics["delta"], "true_mb": metrics["true_mb"],
-                     "artifact_mb": metrics["artifact_mb"], "compression": metrics["compression"],
-                     "mean_bits": metrics["mean_bits"]})
+        rows.append(
+            {
+                "label": f"{mu:g}",
+                "accuracy": metrics["accuracy"],
+                "delta": metrics["delta"],
+                "true_mb": metrics["true_mb"],
+                "artifact_mb": metrics["artifact_mb"],
+                "compression": metrics["compression"],
+                "mean_bits": metrics["mean_bits"],
+            }
+        )
         layers = [row for row in sizes["layers"] if row["name"] in state["quantized"]]
         last_mu = mu
         quantizer.detach()
 
     summary = {
-        "recipe": recipe.name, "model": m.name, "dataset": info["dataset"],
-        "run_dir": str(run_dir), "float": {"accuracy": float_acc, "mb": float_mb},
-        "runs": runs, "seconds": time.time() - started,
+        "recipe": recipe.name,
+        "model": m.name,
+        "dataset": info["dataset"],
+        "run_dir": str(run_dir),
+        "float": {"accuracy": float_acc, "mb": float_mb},
+        "runs": runs,
+        "seconds": time.time() - started,
     }
     if dist.is_main:
         atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2).encode())

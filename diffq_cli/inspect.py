@@ -14,20 +14,34 @@ def inspect_file(path) -> dict:
     file_bytes = path.stat().st_size
     if kind == "float":
         layers = [
-            {"name": name, "numel": t.numel(), "bits_mean": t.element_size() * 8.0,
-             "bits_min": t.element_size() * 8, "bits_max": t.element_size() * 8,
-             "mb": t.numel() * t.element_size() / MB}
-            for name, t in obj.items() if t.is_floating_point()
+            {
+                "name": name,
+                "numel": t.numel(),
+                "bits_mean": t.element_size() * 8.0,
+                "bits_min": t.element_size() * 8,
+                "bits_max": t.element_size() * 8,
+                "mb": t.numel() * t.element_size() / MB,
+            }
+            for name, t in obj.items()
+            if t.is_floating_point()
         ]
         float_mb = sum(row["numel"] for row in layers) * 4 / MB
-        summary = {"float_mb": float_mb, "true_mb": sum(r["mb"] for r in layers),
-                   "mean_bits": None, "layers": layers}
+        summary = {
+            "float_mb": float_mb,
+            "true_mb": sum(r["mb"] for r in layers),
+            "mean_bits": None,
+            "layers": layers,
+        }
     else:
         from diffq_cli.quant.summary import summarize_state
 
         summary = summarize_state(obj["state"] if kind == "artifact" else obj)
-    summary.update(path=str(path), kind=kind, file_bytes=file_bytes,
-                   compression=summary["float_mb"] / (file_bytes / MB) if file_bytes else None)
+    summary.update(
+        path=str(path),
+        kind=kind,
+        file_bytes=file_bytes,
+        compression=summary["float_mb"] / (file_bytes / MB) if file_bytes else None,
+    )
     if kind == "artifact":
         summary["model"] = obj["model"].get("name")
         summary["metrics"] = obj.get("metrics", {})

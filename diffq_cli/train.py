@@ -27,9 +27,16 @@ def build_quantizer(model, q):
     if q.method == "lsq":
         return LSQ(model, bits=int(q.bits), **common)
     return DiffQuantizer(
-        model, group_size=q.group_size, min_bits=q.min_bits, max_bits=q.max_bits,
-        init_bits=q.init_bits, extra_bits=q.extra_bits, param=q.param, noise=q.noise,
-        noise_source=q.noise_source, **common,
+        model,
+        group_size=q.group_size,
+        min_bits=q.min_bits,
+        max_bits=q.max_bits,
+        init_bits=q.init_bits,
+        extra_bits=q.extra_bits,
+        param=q.param,
+        noise=q.noise,
+        noise_source=q.noise_source,
+        **common,
     )
 
 
@@ -89,8 +96,11 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=t.amp == "fp16" and ctx.device.type == "cuda")
     criterion = torch.nn.CrossEntropyLoss()
     steps_per_epoch = len(train_loader)
-    total = t.epochs * steps_per_epoch if t.max_steps is None else min(
-        t.max_steps, t.epochs * steps_per_epoch)
+    total = (
+        t.epochs * steps_per_epoch
+        if t.max_steps is None
+        else min(t.max_steps, t.epochs * steps_per_epoch)
+    )
     epoch, step, history = 0, 0, []
     ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
 
@@ -126,7 +136,8 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
                 if not math.isfinite(value):
                     raise TrainingError(
                         f"loss became {value} at step {step} (mu={mu:g}); lower optim.lr or mu. "
-                        f"The last good checkpoint is kept in {ckpt_path}")
+                        f"The last good checkpoint is kept in {ckpt_path}"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 bits_opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -143,27 +154,49 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
             epoch += 1
             acc = ctx.dist.accuracy(model, val_loader, ctx.device)  # over all ranks' shards
             record = {
-                "mu": mu, "epoch": epoch, "step": step, "loss": loss_sum / max(seen, 1),
-                "accuracy": acc, "true_mb": quantizer.true_model_size(),
+                "mu": mu,
+                "epoch": epoch,
+                "step": step,
+                "loss": loss_sum / max(seen, 1),
+                "accuracy": acc,
+                "true_mb": quantizer.true_model_size(),
                 "model_size": float(quantizer.model_size().detach()),
-                "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - start,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.time() - start,
             }
             history.append(record)
             ctx.reporter.note(
                 f"mu={mu:g} epoch {epoch}/{t.epochs} step {step}: loss {record['loss']:.4f}, "
-                f"quantized acc {acc:.2f}%, true size {record['true_mb']:.3f} MB")
+                f"quantized acc {acc:.2f}%, true size {record['true_mb']:.3f} MB"
+            )
             if ctx.dist.is_main:
                 _write_metrics(metrics_path, history)
-                atomic_write(ckpt_path, torch_bytes({
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "bits_optimizer": bits_opt.state_dict(), "scaler": scaler.state_dict(),
-                    "noise": quantizer.noise_state_dict(), "rng": _rng_state(),
-                    "epoch": epoch, "step": step, "history": history, "mu": mu,
-                }))
+                atomic_write(
+                    ckpt_path,
+                    torch_bytes(
+                        {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "bits_optimizer": bits_opt.state_dict(),
+                            "scaler": scaler.state_dict(),
+                            "noise": quantizer.noise_state_dict(),
+                            "rng": _rng_state(),
+                            "epoch": epoch,
+                            "step": step,
+                            "history": history,
+                            "mu": mu,
+                        }
+                    ),
+                )
             ctx.after_epoch(epoch)
     model.eval()
-    return {"quantizer": quantizer, "history": history, "accuracy": history[-1]["accuracy"]
-            if history else ctx.dist.accuracy(model, val_loader, ctx.device)}
+    return {
+        "quantizer": quantizer,
+        "history": history,
+        "accuracy": history[-1]["accuracy"]
+        if history
+        else ctx.dist.accuracy(model, val_loader, ctx.device),
+    }
 
 
 def _write_metrics(path: Path, history: list) -> None:

@@ -14,8 +14,15 @@ from diffq_cli.cli import app
 
 # A tiny, fast run: 16x16 digits subset, one epoch of a few steps.
 FAST = [
-    "--model", "resnet18", "--epochs", "1", "data.input_size=16", "data.train_subset=192",
-    "data.val_subset=96", "data.batch_size=32", "train.float_epochs=0",
+    "--model",
+    "resnet18",
+    "--epochs",
+    "1",
+    "data.input_size=16",
+    "data.train_subset=192",
+    "data.val_subset=96",
+    "data.batch_size=32",
+    "train.float_epochs=0",
 ]
 
 
@@ -70,7 +77,9 @@ def test_finetune_end_to_end(runner, tmp_path):
 
 
 def test_finetune_json_prints_one_document(runner, tmp_path):
-    result = run(runner, "finetune", *FAST, "--max-steps", "2", "--output", tmp_path / "r", "--json")
+    result = run(
+        runner, "finetune", *FAST, "--max-steps", "2", "--output", tmp_path / "r", "--json"
+    )
     assert result.exit_code == 0
     summary = json.loads(result.stdout)  # the whole stdout is one JSON document
     assert summary["runs"][0]["artifact"].endswith("model.th")
@@ -78,8 +87,9 @@ def test_finetune_json_prints_one_document(runner, tmp_path):
 
 def test_several_mu_share_start_and_make_one_table(runner, tmp_path):
     out = tmp_path / "sweep"
-    result = run(runner, "finetune", *FAST, "--max-steps", "2", "--mu", "0", "--mu", "10",
-                 "--output", out)
+    result = run(
+        runner, "finetune", *FAST, "--max-steps", "2", "--mu", "0", "--mu", "10", "--output", out
+    )
     assert result.exit_code == 0, result.output
     assert (out / "mu0" / "model.th").is_file() and (out / "mu10" / "model.th").is_file()
     summary = json.loads((out / "summary.json").read_text())
@@ -88,8 +98,16 @@ def test_several_mu_share_start_and_make_one_table(runner, tmp_path):
 
 
 def test_print_config_applies_flags_and_overrides(runner):
-    result = run(runner, "finetune", "--print-config", "--model", "mobilenet_v2", "--mu", "0.5",
-                 "optim.lr=0.2")
+    result = run(
+        runner,
+        "finetune",
+        "--print-config",
+        "--model",
+        "mobilenet_v2",
+        "--mu",
+        "0.5",
+        "optim.lr=0.2",
+    )
     assert result.exit_code == 0
     assert "name: mobilenet_v2" in result.stdout
     assert "lr: 0.2" in result.stdout and "mu: [0.5]" in result.stdout
@@ -146,8 +164,13 @@ def test_size_reads_library_state_and_float_checkpoint(runner, tmp_path):
 def test_recipes_and_models_listing(runner):
     result = run(runner, "recipes")
     assert result.exit_code == 0
-    for name in ("default", "fashion-mnist-resnet18", "cifar10-resnet18", "cifar100-mobilenetv2",
-                 "imagenet-deit-tiny"):
+    for name in (
+        "default",
+        "fashion-mnist-resnet18",
+        "cifar10-resnet18",
+        "cifar100-mobilenetv2",
+        "imagenet-deit-tiny",
+    ):
         assert name in result.stdout
     one = run(runner, "recipes", "default")
     assert one.exit_code == 0 and "quant:" in one.stdout

@@ -333,7 +333,8 @@ class BaseQuantizer:
         with torch.no_grad():
             # Reversed: with detect_bound=False a Parameter may be backed up twice, and the
             # first backup holds its float value.
-            for qp, saved in reversed(list(zip(self._unique(), self._quantized_backup))):
+            pairs = list(zip(self._unique(), self._quantized_backup, strict=True))
+            for qp, saved in reversed(pairs):
                 qp.param.copy_(saved)
         self._quantized_backup = None
 

@@ -7,6 +7,7 @@ differentiable function of those bits, so ``loss + mu * model_size()`` trades si
 """
 
 import math
+import weakref
 
 import torch
 from torch import nn
@@ -14,6 +15,23 @@ from torch import nn
 from diffq_cli.quant.base import MB, BaseQuantizer, QParam
 from diffq_cli.quant.noise import FreshNoise, NoisePool
 from diffq_cli.quant.ops import NoisyWeight, minmax_levels
+
+
+def _forget_hook(quantizer, entry):
+    """Gradient hook dropping ``entry`` from the bits cache once a backward runs through it.
+
+    That backward frees the graph, so ``loss.backward(); quantizer.model_size().backward()``
+    must build a new one. Holds the quantizer weakly: no reference cycle through the graph.
+    """
+    ref = weakref.ref(quantizer)
+    token = id(entry)
+
+    def forget(grad):
+        q = ref()
+        if q is not None and q._bits_cache is not None and id(q._bits_cache) == token:
+            q._bits_cache = None
+
+    return forget
 
 
 class DiffQuantizer(BaseQuantizer):
@@ -149,6 +167,8 @@ class DiffQuantizer(BaseQuantizer):
         bits, unit = self._bits_and_unit(torch.cat([qp.bit_param for qp in unique]))
         if not reuse and torch.is_grad_enabled():
             self._bits_cache = (key, bits, unit)
+            if unit.requires_grad:
+                unit.register_hook(_forget_hook(self, self._bits_cache))
         return bits, unit
 
     def _train_weights(self):
@@ -164,7 +184,7 @@ class DiffQuantizer(BaseQuantizer):
         half = 0.5 if self.noise == "gaussian" else 1.0
         return [
             NoisyWeight.apply(qp.param, u, noise, qp.group_size, sign * half)
-            for qp, u, (noise, sign) in zip(unique, units, windows)
+            for qp, u, (noise, sign) in zip(unique, units, windows, strict=True)
         ]
 
     def noise_state_dict(self) -> dict:

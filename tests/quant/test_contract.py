@@ -6,6 +6,7 @@ from torch import nn
 
 from diffq_cli import DiffQuantizer, restore_quantized_state
 from diffq_cli.quant.base import MB
+from diffq_cli.quant.summary import summarize_state
 
 ALLOWED_LEAVES = (torch.Tensor, str, int, float, bool, type(None))
 
@@ -90,8 +91,14 @@ def test_state_holds_only_plain_types(h, qconfig):
         assert isinstance(leaf, ALLOWED_LEAVES), f"{path} is a {type(leaf).__name__}"
     assert set(state["quantized"]) == {"conv2.weight", "fc1.weight"}
     assert set(state["floats"]) == {
-        "conv1.weight", "conv1.bias", "bn1.weight", "bn1.bias", "conv2.bias", "fc1.bias",
-        "fc2.weight", "fc2.bias",
+        "conv1.weight",
+        "conv1.bias",
+        "bn1.weight",
+        "bn1.bias",
+        "conv2.bias",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
     }
 
 
@@ -295,3 +302,49 @@ def test_a_training_forward_does_not_change_the_parameters(h, qconfig, batch):
         if "num_batches" not in key:
             assert torch.equal(net.state_dict()[key], value), key
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_module_level_restore_on_an_attached_model(h, qconfig, batch):
+    _, cls, kwargs = qconfig
+    net, quantizer = _trained(h, cls, kwargs, batch)
+    state = h.save_load(quantizer.get_quantized_state())
+    with quantizer.enter_quantize():
+        expected = _weights(net, quantizer)
+    # The model also holds the quantizer's own parameters; the state does not.
+    restore_quantized_state(net, state)
+    for name, value in _weights(net, quantizer).items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_summary_of_a_saved_state_matches_the_quantizer(h, qconfig, batch):
+    _, cls, kwargs = qconfig
+    for float16 in (False, True):
+        net, quantizer = _trained(h, cls, kwargs, batch, float16=float16)
+        summary = summarize_state(h.save_load(quantizer.get_quantized_state()))
+        assert summary["true_mb"] == pytest.approx(quantizer.true_model_size(), rel=1e-9)
+        assert summary["params"] == sum(
+            p.numel()
+            for p in net.parameters()
+            if all(p is not b for b in quantizer._bit_parameters())
+        )
+        assert summary["float_mb"] == pytest.approx(summary["params"] * 4 / 2**20)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_a_failing_forward_leaves_the_floats_in_place(h, qconfig, batch, train):
+    _, cls, kwargs = qconfig
+    net = h.make_net(0)
+    quantizer, _ = h.attach(cls, net, **kwargs)
+    net.train(train)
+    with pytest.raises(RuntimeError):
+        net(batch[:, :2])  # wrong number of channels
+    for module in net.modules():
+        assert not set(module.__dict__) & set(module._parameters), type(module).__name__
+    net.eval()
+    with torch.no_grad():
+        first = net(batch)
+    restored = h.zeroed(h.make_net(1))
+    restore_quantized_state(restored, quantizer.get_quantized_state())
+    restored.eval()
+    with torch.no_grad():
+        assert torch.equal(restored(batch), first)

@@ -42,7 +42,9 @@ def test_group_size_that_does_not_divide_a_tensor(h):
     # Biases of 10 and 64 values, weights of 1024 and 640, with groups of 8 and of 24.
     for group_size in (8, 24):
         quantizer, expected, restored = _train_eval_round_trip(
-            h, _mlp, lambda m, g=group_size: DiffQuantizer(m, min_size=0, group_size=g),
+            h,
+            _mlp,
+            lambda m, g=group_size: DiffQuantizer(m, min_size=0, group_size=g),
             torch.randn(4, 16),
         )
         assert torch.equal(restored, expected)
