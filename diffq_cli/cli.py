@@ -120,7 +120,7 @@ def finetune(
         ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
-    amp: Annotated[str | None, typer.Option(help="none | bf16 | fp16 mixed precision.")] = None,
+    amp: Annotated[str | None, typer.Option(help="none | bf16 | fp16 mixed precision (fp16: CUDA only).")] = None,
     channels_last: Annotated[
         bool | None, typer.Option("--channels-last", help="Channels-last memory format.")
     ] = None,
@@ -214,7 +214,7 @@ def eval_(
     if json_out:
         reporter.emit_json(result)
     else:
-        reporter.kv_table([(k, v) for k, v in result.items()], "Evaluation")
+        reporter.kv_table(result, "Evaluation")
     if min_acc is not None and result["accuracy"] < min_acc:
         raise GateError(f"accuracy {result['accuracy']:.2f}% is below --min-acc {min_acc:g}")
 
@@ -241,7 +241,7 @@ def export(
     if json_out:
         reporter.emit_json(result)
     else:
-        reporter.kv_table([(k, v) for k, v in result.items()], "Export")
+        reporter.kv_table(result, "Export")
     if not result["ok"]:
         raise GateError(
             f"exported model differs from the quantized one by {result['max_abs_diff']:.3g} "

@@ -251,7 +251,10 @@ def _finetune(tmp_path, *extra):
 
 
 def test_bf16_channels_last_run_on_cpu(tmp_path):
-    result = _finetune(tmp_path, "--amp", "bf16", "--channels-last", "--json")
+    # 32x32, not 16x16: PyTorch 2.14's CPU bf16 conv backward returns inf weight gradients now
+    # and then for a stride-2 3x3 conv on a 1x1 feature map (test_resnet's layer4 at 16x16).
+    result = _finetune(tmp_path, "--amp", "bf16", "--channels-last", "--json",
+                       "data.input_size=32")
     assert result.exit_code == 0, result.output
     run = json.loads(result.stdout)["runs"][0]
     assert 0 <= run["accuracy"] <= 100

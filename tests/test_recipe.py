@@ -44,7 +44,7 @@ def test_default_recipe_matches_the_brief():
     assert (r.model.name, r.data.dataset, r.data.input_size) == ("resnet18", "digits", 32)
     assert (r.optim.name, r.optim.lr, r.optim.momentum, r.optim.schedule) == (
         "sgd", 0.05, 0.9, "cosine")
-    assert r.optim.weight_decay == 5e-4 and r.optim.bits_lr == 1e-3
+    assert r.optim.weight_decay == 5e-4 and r.optim.bits_lr == 2e-2
     assert r.quant.group_size == 8 and r.train.mu == (1e-3,) and r.data.batch_size == 64
     assert output_dir(r) == "runs/resnet18-digits-mu0.001"
 

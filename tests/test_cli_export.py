@@ -1,0 +1,83 @@
+"""``diffq eval`` and ``diffq export`` through CliRunner: exit 0 ok, 1 gate failed, 2 bad input."""
+
+import json
+import sys
+
+import pytest
+from artifact_factory import make_artifact
+from typer.testing import CliRunner
+
+from diffq_cli.cli import app
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "model.th"
+    make_artifact(path, metrics={"accuracy": 11.0})
+    return path
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_error_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_eval_json(artifact):
+    result = run("eval", artifact, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)  # exactly one JSON document on stdout
+    assert doc["dataset"] == "digits" and doc["samples"] == 359
+    assert 0 <= doc["accuracy"] <= 100 and doc["recorded_accuracy"] == 11.0
+
+
+def test_eval_table_and_min_acc_gate(artifact):
+    result = run("eval", artifact)
+    assert result.exit_code == 0 and "accuracy" in result.stdout
+    result = run("eval", artifact, "--min-acc", "101")
+    assert result.exit_code == 1
+    assert "min-acc" in one_error_line(result)
+
+
+def test_eval_bad_input(artifact, tmp_path):
+    result = run("eval", tmp_path / "missing.th")
+    assert result.exit_code == 2 and "no such file" in one_error_line(result)
+    result = run("eval", artifact, "--dataset", "cifar10")
+    assert result.exit_code == 2 and "data-dir" in one_error_line(result)
+
+
+def test_export_compact_json(artifact, tmp_path):
+    out = tmp_path / "model.pt2"
+    result = run("export", artifact, "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["format"] == "compact" and doc["ok"] and doc["path"] == str(out)
+    assert out.stat().st_size == doc["bytes"] and doc["max_abs_diff"] <= 1e-4
+
+
+def test_export_tolerance_gate(artifact, tmp_path):
+    out = tmp_path / "m.safetensors"
+    result = run("export", artifact, "-o", out, "--format", "safetensors", "--dtype", "fp16")
+    assert result.exit_code == 0, result.output  # fp16 has its own default tolerance
+    result = run("export", artifact, "-o", out, "--format", "safetensors", "--dtype", "fp16",
+                 "--atol", "0")
+    assert result.exit_code == 1
+    assert "atol" in one_error_line(result)
+
+
+def test_export_bad_input(artifact, tmp_path, monkeypatch):
+    result = run("export", artifact, "-o", tmp_path / "m.x", "--format", "tflite")
+    assert result.exit_code == 2 and "compact, pt2" in one_error_line(result)
+    corrupt = tmp_path / "corrupt.th"
+    corrupt.write_bytes(artifact.read_bytes()[:1000])
+    result = run("export", corrupt, "-o", tmp_path / "m.pt2")
+    assert result.exit_code == 2
+    one_error_line(result)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    result = run("export", artifact, "-o", tmp_path / "m.onnx", "--format", "onnx")
+    assert result.exit_code == 2
+    assert "pip install 'diffq-cli[onnx]'" in one_error_line(result)
