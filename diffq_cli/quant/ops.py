@@ -126,7 +126,8 @@ def minmax_levels(flat: torch.Tensor, bits: torch.Tensor, group_size: int, qmax=
         qmax: optional per-group (or scalar) largest level, for fractional uniform bits.
 
     Returns:
-        (levels as int32 (numel,), low, high, qmax per group as float32).
+        (levels (numel,) as uint8 when every width is at most 8 bits, else int16; low, high,
+        qmax per group as float32).
     """
     flat = flat.detach().float()
     low, high = torch.aminmax(flat)
@@ -135,18 +136,19 @@ def minmax_levels(flat: torch.Tensor, bits: torch.Tensor, group_size: int, qmax=
     qmax = torch.as_tensor(qmax, dtype=torch.float32, device=flat.device).expand(bits.shape)
     span = (high - low).clamp_min(torch.finfo(torch.float32).tiny)
     inv_delta = qmax / span
+    shift = -low * inv_delta  # (w - low) * inv == w * inv + shift: one fused addcmul per group
     levels = torch.empty_like(flat)
     main, tail = split_groups(flat, group_size)
     lmain, ltail = split_groups(levels, group_size)
     full = main.shape[0]
     if full:
-        torch.mul(main - low, inv_delta[:full, None], out=lmain)
+        torch.addcmul(shift[:full, None], main, inv_delta[:full, None], out=lmain)
     if tail.numel():
-        torch.mul(tail - low, inv_delta[full:], out=ltail)
-    # (w - low) / span lies in [0, 1], so rounding stays in [0, qmax]; the clamp only guards
-    # against a stray rounding error below zero.
-    levels.round_().clamp_(min=0)
-    return levels.to(torch.int32), low, high, qmax
+        torch.addcmul(shift[full:], tail, inv_delta[full:], out=ltail)
+    # (w - low) / span lies in [0, 1], so rounding stays in [0, qmax] (a rounding error below
+    # zero rounds to -0, which converts to 0). Narrow integers keep the packing passes cheap.
+    dtype = torch.uint8 if float(qmax.max()) < 255.5 else torch.int16
+    return levels.round_().to(dtype), low, high, qmax
 
 
 def minmax_dequantize(levels, low, high, qmax, group_size: int) -> torch.Tensor:

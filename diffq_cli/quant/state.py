@@ -48,6 +48,21 @@ def decode(enc: dict, numel: int, group_size: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- packing
+def _as_words(rows: torch.Tensor) -> torch.Tensor:
+    """(G, k) view of (G, group_size) narrow-integer rows using the widest dtype that divides a
+    row: moving 8-byte words is several times faster than moving bytes when reordering rows."""
+    nbytes = rows.shape[1] * rows.element_size()
+    for dtype, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2)):
+        if nbytes % size == 0 and rows.element_size() <= size:
+            return rows.view(dtype)
+    return rows
+
+
+def _width_order(main_bits: torch.Tensor) -> torch.Tensor:
+    # Stable sort by width; sorting uint8 keys is ~3x faster than int64 ones.
+    return torch.argsort(main_bits.to(torch.uint8), stable=True)
+
+
 def _pack_levels(levels: torch.Tensor, bits: torch.Tensor, group_size: int) -> list:
     """Packed chunks of one parameter's levels, groups sorted by width."""
     main, tail = split_groups(levels, group_size)
@@ -58,8 +73,8 @@ def _pack_levels(levels: torch.Tensor, bits: torch.Tensor, group_size: int) -> l
     if full and lo == hi:
         chunks.append(pack(main, lo))
     elif full:
-        order = torch.argsort(main_bits, stable=True)
-        rows = main.index_select(0, order)
+        rows = _as_words(main.contiguous()).index_select(0, _width_order(main_bits))
+        rows = rows.view(main.dtype)
         counts = torch.bincount(main_bits, minlength=16).tolist()
         start = 0
         for width, count in enumerate(counts):
@@ -72,8 +87,10 @@ def _pack_levels(levels: torch.Tensor, bits: torch.Tensor, group_size: int) -> l
 
 
 def _unpack_levels(data: torch.Tensor, bits: torch.Tensor, numel: int, gs: int):
+    """Levels (uint8 up to 8 bits, else int16) of one parameter, in the original group order."""
     full = numel // gs
-    out = torch.empty(numel, dtype=torch.int32)
+    dtype = torch.uint8 if int(bits.max()) <= 8 else torch.int16
+    out = torch.empty(numel, dtype=dtype)
     main, tail = split_groups(out, gs)
     main_bits = bits[:full]
     pos = 0
@@ -84,18 +101,16 @@ def _unpack_levels(data: torch.Tensor, bits: torch.Tensor, numel: int, gs: int):
             main.copy_(unpack(data[:n], lo, full * gs).view(full, gs))
             pos = n
         else:
-            order = torch.argsort(main_bits, stable=True)
-            rows = torch.empty(full, gs, dtype=torch.int32)
+            rows = torch.empty(full, gs, dtype=dtype)
             start = 0
             for width, count in enumerate(torch.bincount(main_bits, minlength=16).tolist()):
                 if count:
                     n = packed_nbytes(count * gs, width)
-                    rows[start : start + count] = unpack(data[pos : pos + n], width, count * gs).view(
-                        count, gs
-                    )
+                    values = unpack(data[pos : pos + n], width, count * gs)
+                    rows[start : start + count] = values.view(count, gs)
                     start += count
                     pos += n
-            main.index_copy_(0, order, rows)
+            _as_words(main).index_copy_(0, _width_order(main_bits), _as_words(rows))
     if tail.numel():
         width = int(bits[full])
         tail.copy_(unpack(data[pos : pos + packed_nbytes(tail.numel(), width)], width, tail.numel()))
