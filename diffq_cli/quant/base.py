@@ -81,7 +81,9 @@ class BaseQuantizer:
         if isinstance(exclude, str):
             exclude = [exclude]
         if group_size < 0:
-            raise ValueError(f"group_size must be >= 0 (0 = one group per tensor), got {group_size}")
+            raise ValueError(
+                f"group_size must be >= 0 (0 = one group per tensor), got {group_size}"
+            )
         self.model = model
         self.min_size = float(min_size)
         self.float16 = bool(float16)
@@ -186,7 +188,7 @@ class BaseQuantizer:
 
     def _install(self, weights) -> None:
         rnns = []
-        for qp, w in zip(self._qparams, weights):
+        for qp, w in zip(self._qparams, weights, strict=True):
             if w is None:
                 continue
             for module, attr in qp.bindings:

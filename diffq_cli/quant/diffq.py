@@ -138,9 +138,7 @@ class DiffQuantizer(BaseQuantizer):
 
     # ------------------------------------------------------------ hooks
     def _prepare(self, qp: QParam) -> None:
-        logit = nn.Parameter(
-            torch.full((qp.n_groups,), self._init_logit(), device=qp.param.device)
-        )
+        logit = nn.Parameter(torch.full((qp.n_groups,), self._init_logit(), device=qp.param.device))
         module, attr = qp.bindings[0]
         module.register_parameter(attr + self.suffix, logit)
         qp.bit_param = logit

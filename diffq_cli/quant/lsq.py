@@ -61,7 +61,9 @@ class LSQ(BaseQuantizer):
 
     def _fake_quant(self, qp: QParam) -> torch.Tensor:
         w = qp.param.float()
-        step = _grad_scale(qp.bit_param.float().abs().clamp_min(1e-8), 1 / math.sqrt(qp.numel * self._qp))
+        step = _grad_scale(
+            qp.bit_param.float().abs().clamp_min(1e-8), 1 / math.sqrt(qp.numel * self._qp)
+        )
         q = _round_ste(torch.clamp(w / step, -self._qn, self._qp))
         return (q * step).to(qp.param.dtype)
 
@@ -73,7 +75,9 @@ class LSQ(BaseQuantizer):
 
     def _encode(self, qp: QParam) -> dict:
         step = qp.bit_param.detach().float().abs().clamp_min(1e-8).reshape(())
-        levels = torch.clamp(torch.round(qp.param.detach().float().reshape(-1) / step), -self._qn, self._qp)
+        levels = torch.clamp(
+            torch.round(qp.param.detach().float().reshape(-1) / step), -self._qn, self._qp
+        )
         return {
             "scheme": "lsq",
             "levels": (levels + self._qn).to(torch.int32),

@@ -57,7 +57,7 @@ class NoisePool:
         # One host-side draw for all parameters: CPU RNG, so no device synchronisation.
         draws = torch.randint(0, 1 << 62, (len(sizes),)).tolist()
         out = []
-        for size, draw in zip(sizes, draws):
+        for size, draw in zip(sizes, draws, strict=True):
             chunk = self.chunks[draw % self.num_chunks]
             offset = (draw >> 4) % (self.chunk_size - size + 1)
             sign = 1.0 if (draw >> 3) & 1 else -1.0

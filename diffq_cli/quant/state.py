@@ -113,7 +113,9 @@ def _unpack_levels(data: torch.Tensor, bits: torch.Tensor, numel: int, gs: int):
             _as_words(main).index_copy_(0, _width_order(main_bits), _as_words(rows))
     if tail.numel():
         width = int(bits[full])
-        tail.copy_(unpack(data[pos : pos + packed_nbytes(tail.numel(), width)], width, tail.numel()))
+        tail.copy_(
+            unpack(data[pos : pos + packed_nbytes(tail.numel(), width)], width, tail.numel())
+        )
     return out
 
 
@@ -232,9 +234,7 @@ def restore(model: torch.nn.Module, state: dict, skip=frozenset()) -> None:
     check_state(state)
     # Every name of a shared (tied) Parameter: the state may hold it under any of them, or
     # under several (detect_bound=False), in which case the last one wins.
-    named = [
-        (n, p) for n, p in model.named_parameters(remove_duplicate=False) if id(p) not in skip
-    ]
+    named = [(n, p) for n, p in model.named_parameters(remove_duplicate=False) if id(p) not in skip]
     params = dict(named)
     buffers = dict(model.named_buffers())
     stored = {**state["quantized"], **state["floats"]}
@@ -245,7 +245,7 @@ def restore(model: torch.nn.Module, state: dict, skip=frozenset()) -> None:
     for name, p in named:
         if id(p) not in covered:
             raise ValueError(f"model parameter '{name}' is missing from the quantized state")
-    for name, buf in state["buffers"].items():
+    for name in state["buffers"]:
         if name not in buffers:
             raise ValueError(f"state has buffer '{name}' that the model does not have")
     values = {}

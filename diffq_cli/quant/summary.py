@@ -20,7 +20,9 @@ def entry_bits(entry: dict) -> torch.Tensor:
     numel = _numel(entry["shape"])
     groups = -(-numel // entry["group_size"])
     if entry["bits_width"]:
-        return unpack(entry["bits"], entry["bits_width"], groups).to(torch.int64) + entry["bits_min"]
+        return (
+            unpack(entry["bits"], entry["bits_width"], groups).to(torch.int64) + entry["bits_min"]
+        )
     return torch.full((groups,), entry["bits_min"], dtype=torch.int64)
 
 
