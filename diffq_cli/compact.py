@@ -1,15 +1,16 @@
 """The ``compact`` export: a module whose weights stay bit-packed, for ``torch.export``.
 
-``CompactModel(model, state)`` holds the quantized levels of ``state`` re-packed for a small
+``CompactModel(model, state)`` holds the quantized levels of ``state`` re-packed for a short
 graph: parameters with the same group size form a bucket; in a bucket, the groups of each bit
 width (across all its tensors) are one ``pack`` stream, so the graph unpacks at most 15 streams
 per bucket whatever the number of layers. Forward unpacks them, puts the groups back in order
-(a stable sort of the packed per-group widths gives the permutation, nothing else is stored),
-dequantizes with one range per tensor and runs the network with
+(a stable sort of the packed per-group widths gives the permutation: nothing else is stored),
+dequantizes tensor by tensor with the same float32 operations as ``quant.state.restore`` (so
+the weights are bit for bit those of the artifact) and runs the network through
 ``torch.func.functional_call``. Tensors that were not quantized stay ordinary parameters.
 
-The module is only traced by ``torch.export``; the saved program holds aten ops and uint8/
-float buffers, so loading it needs neither this class nor diffq_cli.
+The module is only traced by ``torch.export``: the saved program holds aten ops, uint8 streams
+and the float parameters, so loading it needs neither this class nor diffq_cli.
 """
 
 import copy
@@ -39,13 +40,20 @@ def _entry_rows(entry: dict, bits: torch.Tensor, gs: int) -> torch.Tensor:
     return levels.view(-1, gs)
 
 
-def _affine(entry: dict) -> tuple[float, float, float]:
-    """(span, low, fixed qmax or 0) so that ``value = low + level * span / qmax``."""
-    if entry["scheme"] == "lsq":  # (level - offset) * step
-        return entry["step"], -entry["offset"] * entry["step"], 1.0
-    # float32 like the reference decode, so both give the same rounding
-    span = float(torch.tensor(entry["high"]) - torch.tensor(entry["low"]))
-    return span, entry["low"], float(entry["qmax"] or 0.0)
+def _affine(entry: dict) -> tuple:
+    """How one tensor's levels become values, as float32 constants (the reference decode's
+    rounding, op for op): ``("lsq", offset, step)`` for ``(level - offset) * step``, else
+    ``("minmax", span, low, qmax)`` for ``level * (span / qmax) + low``, qmax None meaning
+    ``2**bits - 1`` per group."""
+    def f32(v):
+        return torch.tensor(v, dtype=torch.float32)
+
+    if entry["scheme"] == "lsq":
+        return "lsq", float(entry["offset"]), float(entry["step"])
+    span = f32(entry["high"]) - f32(entry["low"])
+    if entry["qmax"] is None:
+        return "minmax", float(span), float(f32(entry["low"])), None
+    return "minmax", float(span / f32(entry["qmax"])), float(f32(entry["low"])), 1.0
 
 
 class CompactModel(nn.Module):
@@ -62,32 +70,30 @@ class CompactModel(nn.Module):
         aliases = {}  # a tied parameter is fed under each of its names
         for name, p in net.named_parameters(remove_duplicate=False):
             aliases.setdefault(id(p), []).append(name)
-        params = dict(net.named_parameters())
+        params = dict(net.named_parameters(remove_duplicate=False))  # a state may use any alias
         by_size = {}
         for name, entry in state["quantized"].items():
             by_size.setdefault(entry["group_size"], []).append(name)
         self._plan = [self._add_bucket(b, gs, names, state, params, aliases)
                       for b, (gs, names) in enumerate(by_size.items())]
-        for bucket in self._plan:
-            for names, *_ in bucket["tensors"]:
-                for name in names:
-                    module, _, attr = name.rpartition(".")
-                    del net.get_submodule(module)._parameters[attr]
+        dropped = {name for plan in self._plan for names, *_ in plan["tensors"] for name in names}
+        for name in dropped:
+            module, _, attr = name.rpartition(".")
+            del net.get_submodule(module)._parameters[attr]
         self.net = net
 
     def _add_bucket(self, b, gs, names, state, params, aliases) -> dict:
-        bits, rows, affine, counts, tensors, start = [], [], [], [], [], 0
+        bits, rows, tensors, start = [], [], [], 0
         for name in names:
             entry = state["quantized"][name]
             group_bits = entry_bits(entry)
             bits.append(group_bits)
             rows.append(_entry_rows(entry, group_bits, gs))
-            affine.append(_affine(entry))
-            counts.append(group_bits.numel())
             param = params[name]
-            tensors.append((aliases[id(param)], start * gs, param.numel(), tuple(param.shape),
+            end = start + group_bits.numel()
+            tensors.append((aliases[id(param)], start, end, _affine(entry), tuple(param.shape),
                             param.dtype))
-            start += group_bits.numel()
+            start = end
         bits, rows = torch.cat(bits), torch.cat(rows)
         lo, hi = int(bits.min()), int(bits.max())
         width = (hi - lo).bit_length()
@@ -99,8 +105,6 @@ class CompactModel(nn.Module):
             if chosen.numel():
                 self.register_buffer(f"b{b}_w{w}", pack(chosen, w))
                 widths.append((w, chosen.shape[0]))
-        self.register_buffer(f"b{b}_affine", torch.tensor(affine, dtype=torch.float32))
-        self.register_buffer(f"b{b}_counts", torch.tensor(counts, dtype=torch.int64))
         return {"id": b, "gs": gs, "groups": bits.numel(), "bits_min": lo, "width": width,
                 "widths": widths, "tensors": tensors}
 
@@ -108,28 +112,42 @@ class CompactModel(nn.Module):
         def buf(key):
             return getattr(self, f"b{plan['id']}_{key}")
 
-        gs, groups = plan["gs"], plan["groups"]
+        gs, groups, widths = plan["gs"], plan["groups"], plan["widths"]
         if plan["width"]:
             bits = _unpack(buf("bits"), plan["width"], groups)
         else:
-            bits = torch.full((groups,), 0, dtype=torch.uint8)
-        dtype = torch.int16 if plan["widths"][-1][0] > 8 else torch.uint8
-        rows = [_unpack(buf(f"w{w}"), w, n * gs).to(dtype).view(n, gs) for w, n in plan["widths"]]
-        rows = torch.cat(rows) if len(rows) > 1 else rows[0]
-        if len(plan["widths"]) > 1:
-            # Streams hold the groups sorted by width (stable): scatter them back in place.
-            order = torch.sort(bits, stable=True).indices
-            wide = _as_words(rows)
-            rows = torch.empty_like(wide).index_copy_(0, order, wide).view(rows.dtype).view(-1, gs)
-        # One (span, low, fixed qmax) row per tensor, expanded to one per group.
-        affine = buf("affine").repeat_interleave(buf("counts"), dim=0, output_size=groups)
-        span, low, fixed = affine.unbind(1)
-        qmax = torch.where(fixed > 0, fixed, torch.pow(2.0, bits.float() + plan["bits_min"]) - 1)
-        # In place on the one float copy: each pass over ~all weights costs a fresh buffer.
-        flat = rows.float().mul_((span / qmax)[:, None]).add_(low[:, None]).view(-1)
+            bits = torch.zeros(groups, dtype=torch.uint8)
+        dtype = torch.int16 if widths[-1][0] > 8 else torch.uint8
+        streams = [_unpack(buf(f"w{w}"), w, n * gs).to(dtype).view(n, gs) for w, n in widths]
+        if len(streams) == 1:
+            rows = streams[0]
+        else:
+            # Streams hold the groups sorted by width (stable sort): the sort of the widths
+            # says where each group goes back.
+            order, start = torch.sort(bits, stable=True).indices, 0
+            rows = torch.empty(groups, gs, dtype=dtype)
+            words = _as_words(rows)
+            for stream in streams:
+                words.index_copy_(0, order[start : start + len(stream)], _as_words(stream))
+                start += len(stream)
+        if any(affine[-1] is None for _, _, _, affine, _, _ in plan["tensors"]):
+            qmax = torch.pow(2.0, bits.float() + plan["bits_min"]) - 1  # per group
         out = {}
-        for names, start, numel, shape, dtype in plan["tensors"]:
-            weight = flat[start : start + numel].view(shape).to(dtype)
+        for names, g0, g1, affine, shape, dtype in plan["tensors"]:
+            # Tensor by tensor: buffers of one layer's size are reused by the allocator
+            # from call to call, where one buffer for the whole model would be mapped afresh.
+            values = rows[g0:g1].float()
+            if affine[0] == "lsq":
+                values.sub_(affine[1]).mul_(affine[2])
+            else:
+                _, span, low, fixed = affine
+                # A tensor divided by a tensor: ``span / qmax`` would be reciprocal-and-multiply.
+                delta = span if fixed else (torch.full((), span) / qmax[g0:g1])[:, None]
+                values.mul_(delta).add_(low)
+            numel = _numel(shape)
+            if numel != values.numel():  # the last group was padded
+                values = values.view(-1)[:numel]
+            weight = values.view(shape).to(dtype)
             out.update((name, weight) for name in names)
         return out
 
@@ -145,9 +163,13 @@ class CompactModel(nn.Module):
 
 
 def _as_words(rows: torch.Tensor) -> torch.Tensor:
-    """Rows viewed as int64 words when they fit (moving 8 bytes at a time is much faster)."""
+    """Each row as one wide element where possible (a bit cast), so that moving rows is a
+    plain gather of scalars: 16 bytes as complex128, 8 as int64; else rows stay as they are."""
     nbytes = rows.shape[1] * rows.element_size()
-    return rows.view(torch.int64) if nbytes % 8 == 0 else rows
+    for dtype in (torch.complex128, torch.int64):
+        if nbytes == dtype.itemsize:
+            return rows.view(dtype).view(-1)
+    return rows
 
 
 def _unpack(data: torch.Tensor, width: int, n: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ import pytest
 from artifact_factory import make_artifact
 from typer.testing import CliRunner
 
+from diffq_cli import export
 from diffq_cli.cli import app
 
 
@@ -59,14 +60,17 @@ def test_export_compact_json(artifact, tmp_path):
     assert out.stat().st_size == doc["bytes"] and doc["max_abs_diff"] <= 1e-4
 
 
-def test_export_tolerance_gate(artifact, tmp_path):
+def test_export_tolerance_gate(artifact, tmp_path, monkeypatch):
     out = tmp_path / "m.safetensors"
     result = run("export", artifact, "-o", out, "--format", "safetensors", "--dtype", "fp16")
-    assert result.exit_code == 0, result.output  # fp16 has its own default tolerance
-    result = run("export", artifact, "-o", out, "--format", "safetensors", "--dtype", "fp16",
-                 "--atol", "0")
+    assert result.exit_code == 0, result.output  # checked against the fp16-rounded weights
+    writer, runner = export._FORMATS["pt2"]
+    monkeypatch.setitem(export._FORMATS, "pt2", (writer, lambda *args: runner(*args) + 1e-3))
+    result = run("export", artifact, "-o", tmp_path / "m.pt2", "--format", "pt2")
     assert result.exit_code == 1
     assert "atol" in one_error_line(result)
+    result = run("export", artifact, "-o", tmp_path / "m.pt2", "--format", "pt2", "--atol", "0.01")
+    assert result.exit_code == 0
 
 
 def test_export_bad_input(artifact, tmp_path, monkeypatch):
