@@ -18,8 +18,8 @@ import copy
 import torch
 from torch import nn
 
-from diffq_cli.quant.pack import _planes, pack
-from diffq_cli.quant.state import _unpack_levels
+from diffq_cli.quant.pack import pack, planes
+from diffq_cli.quant.state import entry_levels_data, unpack_levels
 from diffq_cli.quant.summary import entry_bits
 
 
@@ -33,7 +33,7 @@ def _numel(shape) -> int:
 def _entry_rows(entry: dict, bits: torch.Tensor, gs: int) -> torch.Tensor:
     """Integer levels of one entry as (groups, gs) rows, the short last group zero-padded."""
     numel = _numel(entry["shape"])
-    levels = _unpack_levels(entry["packed"], bits, numel, gs)
+    levels = unpack_levels(entry_levels_data(entry), bits, numel, gs)
     pad = bits.numel() * gs - numel
     if pad:
         levels = torch.cat([levels, levels.new_zeros(pad)])
@@ -175,7 +175,7 @@ def _as_words(rows: torch.Tensor) -> torch.Tensor:
 def _unpack(data: torch.Tensor, width: int, n: int) -> torch.Tensor:
     """``pack.unpack`` as a few broadcast ops per plane (a short graph with contiguous writes)."""
     out, start = None, 0
-    for shift, bits in _planes(width):
+    for shift, bits in planes(width):
         size = (n * bits + 7) // 8
         plane = data[start : start + size]
         start += size

@@ -12,7 +12,7 @@ import torch
 MAX_WIDTH = 15
 
 
-def _planes(width: int) -> list[tuple[int, int]]:
+def planes(width: int) -> list[tuple[int, int]]:
     """(shift, bits) of each plane of ``width``, e.g. 13 -> [(0, 8), (8, 4), (12, 1)]."""
     planes, shift = [], 0
     for bits in (8, 4, 2, 1):
@@ -29,7 +29,7 @@ def _check_width(width: int) -> None:
 
 def packed_nbytes(n: int, width: int) -> int:
     """Bytes that ``pack`` returns for ``n`` values of ``width`` bits."""
-    return sum((n * bits + 7) // 8 for _, bits in _planes(width))
+    return sum((n * bits + 7) // 8 for _, bits in planes(width))
 
 
 def _pack_plane(plane: torch.Tensor, bits: int) -> torch.Tensor:
@@ -80,7 +80,7 @@ def pack(values: torch.Tensor, width: int) -> torch.Tensor:
     elif width > 8 and values.dtype not in (torch.int16, torch.int32):
         values = values.to(torch.int32)
     chunks = []
-    for shift, bits in _planes(width):
+    for shift, bits in planes(width):
         plane = values >> shift if shift else values
         if bits < 8 or plane.dtype != torch.uint8:
             plane = (plane & ((1 << bits) - 1)).to(torch.uint8)
@@ -102,7 +102,7 @@ def unpack(data: torch.Tensor, width: int, n: int) -> torch.Tensor:
     wide = width > 8
     out = None
     start = 0
-    for shift, bits in _planes(width):
+    for shift, bits in planes(width):
         size = (n * bits + 7) // 8
         plane = _unpack_plane(data[start : start + size], bits, n)
         start += size

@@ -5,13 +5,13 @@ Layout (only tensors and primitives, so ``torch.load(weights_only=True)`` reads 
     {"format": "diffq_cli.quantized_state", "version": 1,
      "quantizer": "DiffQuantizer", "config": {...},
      "quantized": {name: {"shape", "dtype", "scheme", "group_size", "low", "high", "qmax",
-                          "step", "offset", "bits_min", "bits_width", "bits", "packed"}},
+                          "step", "offset", "bits_min", "bits_width", "bits_nbytes", "data"}},
      "floats": {name: tensor}, "buffers": {name: tensor}}
 
 Groups of a parameter are stored sorted by bit width (stable), each run of equal width packed
-with ``pack``; ``bits`` holds the packed per-group widths (``bits_min`` + a ``bits_width``-bit
-offset each), which is all that is needed to undo the sort. Every ``packed``/``bits`` tensor is
-a view into one shared uint8 buffer and the float tensors into one buffer per dtype, so
+with ``pack``. ``data`` holds first (``bits_nbytes`` bytes) the packed per-group widths
+(``bits_min`` + a ``bits_width``-bit offset each), which is all that is needed to undo the sort,
+then the packed levels. Every ``data`` tensor is a view into one shared uint8 buffer and the float tensors into one buffer per dtype, so
 ``torch.save`` writes a handful of storages instead of one zip record per tensor.
 """
 
@@ -86,7 +86,7 @@ def _pack_levels(levels: torch.Tensor, bits: torch.Tensor, group_size: int) -> l
     return chunks
 
 
-def _unpack_levels(data: torch.Tensor, bits: torch.Tensor, numel: int, gs: int):
+def unpack_levels(data: torch.Tensor, bits: torch.Tensor, numel: int, gs: int):
     """Levels (uint8 up to 8 bits, else int16) of one parameter, in the original group order."""
     full = numel // gs
     dtype = torch.uint8 if int(bits.max()) <= 8 else torch.int16
@@ -155,8 +155,9 @@ def build_state(quantizer, config, encoded, qparams, others, buffers, float16) -
     blob = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.uint8)
     for entry in entries.values():
         (b0, b1), (l0, l1) = entry.pop("_spans")
-        entry["bits"] = blob[b0:b1]
-        entry["packed"] = blob[l0:l1]
+        # One view per entry (bits then levels): each tensor view costs ~100 bytes of pickle.
+        entry["data"] = blob[b0:l1]
+        entry["bits_nbytes"] = b1 - b0
 
     def shared(tensors: dict, cast_half: bool) -> dict:
         # One storage per dtype; every entry is a view into it.
@@ -197,20 +198,35 @@ def check_state(state) -> None:
         )
 
 
+def entry_group_bits(entry: dict) -> torch.Tensor:
+    """Integer bit width of each group of one ``quantized`` entry (int64)."""
+    numel = _numel(entry["shape"])
+    groups = -(-numel // entry["group_size"])
+    if entry["bits_width"]:
+        data = entry["data"][: entry["bits_nbytes"]]
+        return unpack(data, entry["bits_width"], groups).to(torch.int64) + entry["bits_min"]
+    return torch.full((groups,), entry["bits_min"], dtype=torch.int64)
+
+
+def entry_levels_data(entry: dict) -> torch.Tensor:
+    """The packed levels (uint8) of one ``quantized`` entry."""
+    return entry["data"][entry["bits_nbytes"] :]
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
 def dequantize_entry(entry: dict) -> torch.Tensor:
     """The float tensor (original dtype and shape) that one ``quantized`` entry stands for."""
     shape = entry["shape"]
-    numel = 1
-    for s in shape:
-        numel *= s
+    numel = _numel(shape)
     gs = entry["group_size"]
-    groups = -(-numel // gs)
-    width = entry["bits_width"]
-    if width:
-        bits = unpack(entry["bits"], width, groups).to(torch.int64) + entry["bits_min"]
-    else:
-        bits = torch.full((groups,), entry["bits_min"], dtype=torch.int64)
-    levels = _unpack_levels(entry["packed"], bits, numel, gs)
+    bits = entry_group_bits(entry)
+    levels = unpack_levels(entry_levels_data(entry), bits, numel, gs)
     enc = {
         "scheme": entry["scheme"],
         "levels": levels,
@@ -301,7 +317,7 @@ def state_nbytes(state: dict) -> int:
                 seen.add(key)
                 total += t.untyped_storage().nbytes()
     for entry in state["quantized"].values():
-        for t in (entry["bits"], entry["packed"]):
+        for t in (entry["data"],):
             key = t.untyped_storage().data_ptr()
             if key not in seen:
                 seen.add(key)

@@ -2,8 +2,7 @@
 
 import torch
 
-from diffq_cli.quant.pack import unpack
-from diffq_cli.quant.state import group_lengths
+from diffq_cli.quant.state import entry_group_bits, group_lengths
 
 MB_BITS = 8 * 2**20
 
@@ -17,13 +16,7 @@ def _numel(shape) -> int:
 
 def entry_bits(entry: dict) -> torch.Tensor:
     """Integer bit width of each group of one ``quantized`` entry."""
-    numel = _numel(entry["shape"])
-    groups = -(-numel // entry["group_size"])
-    if entry["bits_width"]:
-        return (
-            unpack(entry["bits"], entry["bits_width"], groups).to(torch.int64) + entry["bits_min"]
-        )
-    return torch.full((groups,), entry["bits_min"], dtype=torch.int64)
+    return entry_group_bits(entry)
 
 
 def summarize_state(state: dict) -> dict:
