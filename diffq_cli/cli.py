@@ -120,7 +120,9 @@ def finetune(
         ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
-    amp: Annotated[str | None, typer.Option(help="none | bf16 | fp16 mixed precision (fp16: CUDA only).")] = None,
+    amp: Annotated[
+        str | None, typer.Option(help="none | bf16 | fp16 mixed precision (fp16: CUDA only).")
+    ] = None,
     channels_last: Annotated[
         bool | None, typer.Option("--channels-last", help="Channels-last memory format.")
     ] = None,

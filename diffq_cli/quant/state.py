@@ -11,8 +11,9 @@ Layout (only tensors and primitives, so ``torch.load(weights_only=True)`` reads 
 Groups of a parameter are stored sorted by bit width (stable), each run of equal width packed
 with ``pack``. ``data`` holds first (``bits_nbytes`` bytes) the packed per-group widths
 (``bits_min`` + a ``bits_width``-bit offset each), which is all that is needed to undo the sort,
-then the packed levels. Every ``data`` tensor is a view into one shared uint8 buffer and the float tensors into one buffer per dtype, so
-``torch.save`` writes a handful of storages instead of one zip record per tensor.
+then the packed levels. Every ``data`` tensor is a view into one shared uint8 buffer and the
+float tensors into one buffer per dtype, so ``torch.save`` writes a handful of storages
+instead of one zip record per tensor.
 """
 
 import io
