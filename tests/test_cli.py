@@ -219,3 +219,16 @@ def test_interrupted_run_resumes_to_the_same_metrics(runner, tmp_path, monkeypat
     drop = ("seconds",)
     clean = [{k: v for k, v in json.loads(x).items() if k not in drop} for x in expected]
     assert [{k: v for k, v in json.loads(x).items() if k not in drop} for x in got] == clean
+
+
+def test_startup_imports_no_heavy_modules():
+    """`diffq --help` stays fast: the CLI module must not import torch, timm or torchvision."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, diffq_cli.cli; "
+        "print(sorted(m for m in ('torch', 'timm', 'torchvision', 'rich') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
