@@ -19,20 +19,12 @@ import torch
 from torch import nn
 
 from diffq_cli.quant.pack import pack, planes
-from diffq_cli.quant.state import entry_levels_data, unpack_levels
-from diffq_cli.quant.summary import entry_bits
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+from diffq_cli.quant.state import entry_group_bits, entry_levels_data, numel_of, unpack_levels
 
 
 def _entry_rows(entry: dict, bits: torch.Tensor, gs: int) -> torch.Tensor:
     """Integer levels of one entry as (groups, gs) rows, the short last group zero-padded."""
-    numel = _numel(entry["shape"])
+    numel = numel_of(entry["shape"])
     levels = unpack_levels(entry_levels_data(entry), bits, numel, gs)
     pad = bits.numel() * gs - numel
     if pad:
@@ -86,7 +78,7 @@ class CompactModel(nn.Module):
         bits, rows, tensors, start = [], [], [], 0
         for name in names:
             entry = state["quantized"][name]
-            group_bits = entry_bits(entry)
+            group_bits = entry_group_bits(entry)
             bits.append(group_bits)
             rows.append(_entry_rows(entry, group_bits, gs))
             param = params[name]
@@ -144,7 +136,7 @@ class CompactModel(nn.Module):
                 # A tensor divided by a tensor: ``span / qmax`` would be reciprocal-and-multiply.
                 delta = span if fixed else (torch.full((), span) / qmax[g0:g1])[:, None]
                 values.mul_(delta).add_(low)
-            numel = _numel(shape)
+            numel = numel_of(shape)
             if numel != values.numel():  # the last group was padded
                 values = values.view(-1)[:numel]
             weight = values.view(shape).to(dtype)

@@ -201,7 +201,7 @@ def check_state(state) -> None:
 
 def entry_group_bits(entry: dict) -> torch.Tensor:
     """Integer bit width of each group of one ``quantized`` entry (int64)."""
-    numel = _numel(entry["shape"])
+    numel = numel_of(entry["shape"])
     groups = -(-numel // entry["group_size"])
     if entry["bits_width"]:
         data = entry["data"][: entry["bits_nbytes"]]
@@ -214,7 +214,8 @@ def entry_levels_data(entry: dict) -> torch.Tensor:
     return entry["data"][entry["bits_nbytes"] :]
 
 
-def _numel(shape) -> int:
+def numel_of(shape) -> int:
+    """Number of values of a tensor of this shape."""
     n = 1
     for s in shape:
         n *= s
@@ -224,7 +225,7 @@ def _numel(shape) -> int:
 def dequantize_entry(entry: dict) -> torch.Tensor:
     """The float tensor (original dtype and shape) that one ``quantized`` entry stands for."""
     shape = entry["shape"]
-    numel = _numel(shape)
+    numel = numel_of(shape)
     gs = entry["group_size"]
     bits = entry_group_bits(entry)
     levels = unpack_levels(entry_levels_data(entry), bits, numel, gs)

@@ -1,22 +1,8 @@
 """Sizes and per-layer bit statistics read from a saved quantized state (no model needed)."""
 
-import torch
-
-from diffq_cli.quant.state import entry_group_bits, group_lengths
+from diffq_cli.quant.state import entry_group_bits, group_lengths, numel_of
 
 MB_BITS = 8 * 2**20
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def entry_bits(entry: dict) -> torch.Tensor:
-    """Integer bit width of each group of one ``quantized`` entry."""
-    return entry_group_bits(entry)
 
 
 def summarize_state(state: dict) -> dict:
@@ -29,8 +15,8 @@ def summarize_state(state: dict) -> dict:
     float16 = bool(state.get("config", {}).get("float16", False))
     layers, true_bits, float_values, qbits, qnumel = [], 0, 0, 0, 0
     for name, entry in state["quantized"].items():
-        numel = _numel(entry["shape"])
-        bits = entry_bits(entry)
+        numel = numel_of(entry["shape"])
+        bits = entry_group_bits(entry)
         lengths = group_lengths(numel, entry["group_size"])
         payload = int((bits * lengths).sum())
         size = payload + 72 + entry["bits_width"] * bits.numel()

@@ -11,7 +11,7 @@ from torch import nn
 from diffq_cli import LSQ, DiffQuantizer, UniformQuantizer, restore_quantized_state
 from diffq_cli.quant.noise import FreshNoise, NoisePool
 from diffq_cli.quant.ops import noisy_weight
-from diffq_cli.quant.summary import entry_bits
+from diffq_cli.quant.state import entry_group_bits as entry_bits
 
 
 def _float_out(h, x, train=True):
