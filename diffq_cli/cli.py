@@ -20,11 +20,14 @@ app = typer.Typer(
     help=(
         "Quantization-aware fine-tuning with DiffQ (differentiable model compression).\n\n"
         "Examples:\n\n"
-        "  diffq finetune --model resnet18 --mu 1e-3\n\n"
-        "  diffq finetune --recipe fashion-mnist-resnet18 --mu 1e-3 --mu 1e-2 optim.lr=0.02\n\n"
-        "  diffq size runs/resnet18-digits-mu0.001/model.th --max-mb 2\n\n"
-        "  diffq eval model.th --min-acc 90\n\n"
-        "  diffq export model.th -o model.pt2 --format compact"
+        "\b\n"  # click: keep the example lines as they are (no re-wrapping)
+        "  diffq finetune --model resnet18 --mu 1e-3\n"
+        "  diffq finetune --mu 1e-3 --mu 0.1 --mu 1          # trade-off sweep, one table\n"
+        "  diffq finetune --recipe fashion-mnist-resnet18 optim.lr=0.02\n"
+        "  diffq size runs/resnet18-digits-mu0.001/model.th --max-mb 12\n"
+        "  diffq eval runs/resnet18-digits-mu0.001/model.th --min-acc 90\n"
+        "  diffq export runs/resnet18-digits-mu0.001/model.th -o model.pt2\n"
+        "  torchrun --nproc_per_node 2 -m diffq_cli finetune --recipe cifar10-resnet18"
     ),
     no_args_is_help=True,
     add_completion=False,
