@@ -219,6 +219,8 @@ def _timm_model(name, num_classes, in_chans, pretrained, input_size):
     kwargs = {"pretrained": pretrained, "num_classes": num_classes, "in_chans": in_chans}
     if pretrained and not timm.models.is_model_pretrained(name):
         raise InputError(f"timm has no pretrained weights for {name}; drop --pretrained")
+    if pretrained and not _hub_reachable():
+        _hub_offline()
     try:
         if input_size:  # ViT-like models take img_size; the others raise TypeError at once
             try:
@@ -230,6 +232,28 @@ def _timm_model(name, num_classes, in_chans, pretrained, input_size):
         if not pretrained:
             raise
         raise _offline_error(name) from err
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (a 3 s TCP probe)."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_offline() -> None:
+    """Switch the hub client to offline mode: cached weights still load, missing ones fail at
+    once instead of after ~45 s of retries."""
+    try:
+        import huggingface_hub.constants as hub_constants
+
+        hub_constants.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
 
 
 def _network_errors() -> tuple:

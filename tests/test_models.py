@@ -174,3 +174,17 @@ def test_torchvision_pretrained_grayscale_sums_rgb_kernels(tmp_path, monkeypatch
             reference.conv1(gray.expand(1, 3, 32, 32))))))
         got = model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(gray)))))
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_timm_pretrained_offline_fails_fast(monkeypatch):
+    """No hub: the hub client goes offline mode, so the error comes at once, not after retries."""
+    import huggingface_hub.constants as hub_constants
+
+    from diffq_cli import models
+
+    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HOME", "/nonexistent-diffq-test-cache")
+    with pytest.raises(InputError, match="--weights"):
+        models.create_model("resnet10t", source="timm", num_classes=10, in_chans=1, pretrained=True)
+    assert hub_constants.HF_HUB_OFFLINE is True
