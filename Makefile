@@ -1,5 +1,6 @@
 # diffq developer entry points. `make test` and `make demo` work on a fresh clone: they create
-# .venv and install the package (with the dev extra) first when needed.
+# .venv and install the package (with the dev extra) first when needed. The demo passes
+# --overwrite so that running it again replaces its previous run directory.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -25,7 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/quant_bench.py
 
 demo: $(STAMP)
-	$(BIN)/diffq finetune --model resnet18 --mu 1e-3
+	$(BIN)/diffq finetune --model resnet18 --mu 1e-3 --overwrite
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

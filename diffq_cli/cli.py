@@ -130,6 +130,9 @@ def finetune(
         bool | None, typer.Option("--channels-last", help="Channels-last memory format.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier run in the run directory.")
+    ] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the run directory's checkpoint.")
     ] = False,
@@ -167,7 +170,7 @@ def finetune(
     from diffq_cli.finetune import finetune as run
 
     reporter = _reporter(json_out)
-    summary = run(resolved, reporter, resume=resume)
+    summary = run(resolved, reporter, resume=resume, overwrite=overwrite)
     if json_out:
         reporter.emit_json(summary)
 

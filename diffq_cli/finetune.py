@@ -42,7 +42,21 @@ def _float_stage(model, recipe, train_loader, run_dir: Path, ctx) -> None:
         atomic_write(path, torch_bytes(model.state_dict()))
 
 
-def finetune(recipe, reporter, resume: bool = False) -> dict:
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuses to silently replace an earlier run's results."""
+    from diffq_cli.errors import InputError
+
+    if resume or overwrite or not run_dir.is_dir():
+        return
+    found = [p for name in ("model.th", "checkpoint.pt") for p in run_dir.glob(f"**/{name}")]
+    if found:
+        raise InputError(
+            f"{run_dir} already holds a run ({found[0].name}); pass --resume to continue it, "
+            "--overwrite to replace it, or --output DIR to write elsewhere"
+        )
+
+
+def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False) -> dict:
     """Runs a resolved recipe; returns the summary (also written to ``summary.json``)."""
     import torch
 
@@ -61,6 +75,7 @@ def finetune(recipe, reporter, resume: bool = False) -> dict:
         reporter.err.quiet = reporter.out.quiet = True
     torch.manual_seed(recipe.train.seed)
     run_dir = Path(output_dir(recipe))
+    _check_run_dir(run_dir, resume, overwrite)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", dump_recipe(recipe).encode())

@@ -232,3 +232,14 @@ def test_startup_imports_no_heavy_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_existing_run_is_not_replaced_without_overwrite(runner, tmp_path):
+    out = tmp_path / "run"
+    assert run(runner, "finetune", *FAST, "--max-steps", "1", "--output", out).exit_code == 0
+    before = (out / "model.th").read_bytes()
+    again = run(runner, "finetune", *FAST, "--max-steps", "1", "--output", out)
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
+    assert (out / "model.th").read_bytes() == before
+    replaced = run(runner, "finetune", *FAST, "--max-steps", "1", "--output", out, "--overwrite")
+    assert replaced.exit_code == 0
