@@ -102,6 +102,10 @@ def read_file(path) -> tuple[str, dict]:
     from diffq_cli.quant.state import check_state
 
     path = Path(path)
+    if path.is_dir():
+        found = next(iter(sorted(path.glob("**/model.th"))), None)
+        hint = f", e.g. {found}" if found else ""
+        raise InputError(f"{path} is a directory; pass a file (a run's model.th{hint})")
     if not path.is_file():
         raise InputError(f"no such file: {path}")
     raw = path.read_bytes()

@@ -53,3 +53,10 @@ def test_read_file_kinds(tmp_path):
     torch.save({"format": "diffq_cli.quantized_state", "version": 99}, wrong)
     with pytest.raises(InputError, match="version 99"):
         read_file(wrong)
+
+
+def test_read_file_on_a_directory_points_to_the_artifact(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.th").write_bytes(b"x")
+    with pytest.raises(InputError, match="is a directory.*model.th"):
+        read_file(tmp_path)
