@@ -200,3 +200,14 @@ def test_importing_recipe_does_not_import_yaml():
 
     code = "import sys, diffq_cli.recipe; assert 'yaml' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_recipe_data_section_matches_the_data_module():
+    """finetune builds data.DataSpec(**recipe.data, seed=...): the two must not drift apart."""
+    import dataclasses
+
+    from diffq_cli.data import DataSpec
+    from diffq_cli.recipe import DataConfig
+
+    recipe_fields = {f.name for f in dataclasses.fields(DataConfig)}
+    assert recipe_fields | {"seed"} == {f.name for f in dataclasses.fields(DataSpec)}
