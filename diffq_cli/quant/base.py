@@ -263,20 +263,12 @@ class BaseQuantizer:
     def _float_bits(self) -> int:
         return (16 if self.float16 else 32) * sum(p.numel() for _, p in self._others)
 
-    @staticmethod
-    def _header_bits(bits: torch.Tensor, bits_bits) -> torch.Tensor:
-        # min/max as two float32, one byte of header, then the packed per-group widths.
-        return 64 + 8 + bits_bits * bits.numel()
-
     def true_model_size(self) -> float:
         """Size in MB with integer bit widths and naive bit packing (no compression)."""
         total = float(self._float_bits())
         with torch.no_grad():
             for qp in self._unique():
-                bits = self._true_bits(qp).to(torch.int64)
-                lengths = state_io.group_lengths(qp.numel, qp.group_size, bits.device)
-                spread = int(bits.max() - bits.min()) if bits.numel() else 0
-                total += float((bits * lengths).sum()) + 72 + spread.bit_length() * bits.numel()
+                total += state_io.tensor_bits(self._true_bits(qp), qp.numel, qp.group_size)[1]
         return total / MB
 
     def model_size(self, exact: bool = False) -> torch.Tensor:

@@ -15,6 +15,7 @@ from torch import nn
 from diffq_cli.quant.base import MB, BaseQuantizer, QParam
 from diffq_cli.quant.noise import FreshNoise, NoisePool
 from diffq_cli.quant.ops import minmax_levels, noisy_weight
+from diffq_cli.quant.state import HEADER_BITS, group_lengths
 
 
 def _forget_hook(quantizer, entry):
@@ -219,8 +220,6 @@ class DiffQuantizer(BaseQuantizer):
         # only depend on shapes: cached.
         key = (tuple(qp.numel for qp in unique), self.group_size, device)
         if self._shape_cache is None or self._shape_cache[0] != key:
-            from diffq_cli.quant.state import group_lengths
-
             lengths = torch.cat([group_lengths(qp.numel, qp.group_size, device) for qp in unique])
             groups = torch.tensor([qp.n_groups for qp in unique], device=device)
             self._shape_cache = (key, lengths.float(), groups)
@@ -232,5 +231,5 @@ class DiffQuantizer(BaseQuantizer):
         # (segment_reduce is 20x slower on CPU), on device: no host sync.
         top = torch.stack(torch._foreach_max(list(bits.detach().split(self._group_counts))))
         bits_bits = torch.ceil(torch.log2(1 + (torch.round(top) - self.min_bits).clamp_min(0)))
-        headers = 72 * len(unique) + torch.dot(bits_bits, groups.float())
+        headers = HEADER_BITS * len(unique) + torch.dot(bits_bits, groups.float())
         return (payload + headers + self._float_bits()) / MB

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from diffq_cli.quant.base import MB, BaseQuantizer, QParam
+from diffq_cli.quant.state import HEADER_BITS
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -88,5 +89,7 @@ class LSQ(BaseQuantizer):
 
     def model_size(self, exact: bool = False) -> torch.Tensor:
         """Size in MB: ``bits`` per weight plus a float step per tensor."""
-        total = self._float_bits() + sum(self.bits * qp.numel + 72 for qp in self._unique())
+        total = self._float_bits() + sum(
+            self.bits * qp.numel + HEADER_BITS for qp in self._unique()
+        )
         return torch.tensor(total / MB)

@@ -16,11 +16,6 @@ def split_groups(flat: torch.Tensor, group_size: int):
     return main, flat[full * group_size :]
 
 
-def per_value(per_group: torch.Tensor, numel: int, group_size: int) -> torch.Tensor:
-    """Expands a per-group tensor to one value per weight (small tensors, tests and packing)."""
-    return per_group.repeat_interleave(group_size)[:numel]
-
-
 def _arg_extreme(flat: torch.Tensor, largest: bool) -> torch.Tensor:
     """Index of the max (or min) of ``flat`` as a 0-d tensor, without a host sync.
 

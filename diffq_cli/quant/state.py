@@ -28,6 +28,23 @@ FORMAT = "diffq_cli.quantized_state"
 VERSION = 1
 
 
+# Per quantized tensor: min and max as two float32 plus one byte of header.
+HEADER_BITS = 72
+
+
+def tensor_bits(bits: torch.Tensor, numel: int, group_size: int) -> tuple[int, int]:
+    """(payload, total) bits of one quantized tensor with integer widths ``bits`` per group.
+
+    The total adds ``HEADER_BITS`` and each group's width packed on as many bits as the
+    spread of widths needs; ``true_model_size()`` and the size report of a saved state both
+    count this way.
+    """
+    lengths = group_lengths(numel, group_size, bits.device)
+    payload = int((bits.to(torch.int64) * lengths).sum())
+    spread = int(bits.max() - bits.min()) if bits.numel() else 0
+    return payload, payload + HEADER_BITS + spread.bit_length() * bits.numel()
+
+
 def group_lengths(numel: int, group_size: int, device=None) -> torch.Tensor:
     """Number of values in each group (the last one may be shorter)."""
     groups = -(-numel // group_size)

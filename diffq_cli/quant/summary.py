@@ -1,6 +1,6 @@
 """Sizes and per-layer bit statistics read from a saved quantized state (no model needed)."""
 
-from diffq_cli.quant.state import entry_group_bits, group_lengths, numel_of
+from diffq_cli.quant.state import entry_group_bits, numel_of, tensor_bits
 
 MB_BITS = 8 * 2**20
 
@@ -8,8 +8,8 @@ MB_BITS = 8 * 2**20
 def summarize_state(state: dict) -> dict:
     """Float32 size, true quantized size, mean bits and a per-layer table of a state.
 
-    The true size counts, per quantized tensor, its bits plus 72 header bits and the packed
-    per-group widths; kept tensors count 32 bits per value (16 with ``float16``), as
+    The true size counts each quantized tensor as ``tensor_bits`` does (bits, header, packed
+    per-group widths); kept tensors count 32 bits per value (16 with ``float16``), as
     ``true_model_size()`` does.
     """
     float16 = bool(state.get("config", {}).get("float16", False))
@@ -17,9 +17,7 @@ def summarize_state(state: dict) -> dict:
     for name, entry in state["quantized"].items():
         numel = numel_of(entry["shape"])
         bits = entry_group_bits(entry)
-        lengths = group_lengths(numel, entry["group_size"])
-        payload = int((bits * lengths).sum())
-        size = payload + 72 + entry["bits_width"] * bits.numel()
+        payload, size = tensor_bits(bits, numel, entry["group_size"])
         true_bits += size
         float_values += numel
         qbits += payload

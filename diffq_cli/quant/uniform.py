@@ -5,6 +5,7 @@ from torch import nn
 
 from diffq_cli.quant.base import MB, BaseQuantizer, QParam
 from diffq_cli.quant.ops import minmax_dequantize, minmax_levels
+from diffq_cli.quant.state import HEADER_BITS
 
 
 class UniformQuantizer(BaseQuantizer):
@@ -74,5 +75,5 @@ class UniformQuantizer(BaseQuantizer):
     def model_size(self, exact: bool = False) -> torch.Tensor:
         """Size in MB with ``bits`` per weight (fractional bits counted as they are)."""
         bits = self._width if exact else self.bits
-        total = self._float_bits() + sum(bits * qp.numel + 72 for qp in self._unique())
+        total = self._float_bits() + sum(bits * qp.numel + HEADER_BITS for qp in self._unique())
         return torch.tensor(total / MB)
