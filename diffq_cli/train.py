@@ -73,6 +73,35 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+def _batch(x, y, ctx, channels_last: bool):
+    x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def _set_lr(optimizer, o, step: int, total: int, steps_per_epoch: int) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = o.lr * lr_factor(step, total, steps_per_epoch, o)
+
+
+def _optimize(loss, optimizers, scaler, params, grad_clip) -> None:
+    """Backward and one step of every optimizer (loss scaling and clipping as configured)."""
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizers[0])
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    for opt in optimizers:
+        scaler.step(opt)
+    scaler.update()
+
+
+def _scaler(ctx, amp: str):
+    return torch.amp.GradScaler("cuda", enabled=amp == "fp16" and ctx.device.type == "cuda")
+
+
 def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
     """Fine-tunes ``model`` with DiffQ for one ``mu``; returns the final metrics.
 
@@ -95,7 +124,7 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
     bits_opt = torch.optim.Adam([{"params": []}], lr=o.bits_lr, fused=True)
     quantizer.setup_optimizer(bits_opt, lr=o.bits_lr)
     net = ctx.dist.wrap(model)
-    scaler = torch.amp.GradScaler("cuda", enabled=t.amp == "fp16" and ctx.device.type == "cuda")
+    scaler = _scaler(ctx, t.amp)
     criterion = torch.nn.CrossEntropyLoss()
     steps_per_epoch = len(train_loader)
     total = (
@@ -125,11 +154,8 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
             for x, y in train_loader:
                 if step >= total:
                     break
-                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-                if t.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                for group in optimizer.param_groups:
-                    group["lr"] = o.lr * lr_factor(step, total, steps_per_epoch, o)
+                x, y = _batch(x, y, ctx, t.channels_last)
+                _set_lr(optimizer, o, step, total, steps_per_epoch)
                 with _autocast(ctx.device, t.amp):
                     task = criterion(net(x), y)
                 # The size term stays in float32, outside autocast.
@@ -140,15 +166,7 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
                         f"loss became {value} at step {step} (mu={mu:g}); lower optim.lr or mu. "
                         f"The last good checkpoint is kept in {ckpt_path}"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                bits_opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if o.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-                scaler.step(optimizer)
-                scaler.step(bits_opt)
-                scaler.update()
+                _optimize(loss, [optimizer, bits_opt], scaler, model.parameters(), o.grad_clip)
                 step += 1
                 seen += 1
                 loss_sum += value
@@ -207,10 +225,11 @@ def _write_metrics(path: Path, history: list) -> None:
 
 def train_float(model, recipe, train_loader, ctx) -> None:
     """Plain float training for ``train.float_epochs`` (a starting point when no pretrained
-    weights are available); same optimizer settings, its own cosine schedule."""
+    weights are available); same optimizer, precision and clipping settings, its own schedule."""
     o, t = recipe.optim, recipe.train
     optimizer = build_optimizer(model.parameters(), o)
     net = ctx.dist.wrap(model)
+    scaler = _scaler(ctx, t.amp)
     criterion = torch.nn.CrossEntropyLoss()
     total = t.float_epochs * len(train_loader)
     step = 0
@@ -218,17 +237,14 @@ def train_float(model, recipe, train_loader, ctx) -> None:
     for epoch in range(t.float_epochs):
         ctx.dist.set_epoch(train_loader, 10_000 + epoch, t.seed)
         for x, y in train_loader:
-            x, y = x.to(ctx.device), y.to(ctx.device)
-            for group in optimizer.param_groups:
-                group["lr"] = o.lr * lr_factor(step, total, len(train_loader), o)
+            x, y = _batch(x, y, ctx, t.channels_last)
+            _set_lr(optimizer, o, step, total, len(train_loader))
             with _autocast(ctx.device, t.amp):
                 loss = criterion(net(x), y)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingError(f"float pre-training loss became {value}; lower optim.lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            _optimize(loss, [optimizer], scaler, model.parameters(), o.grad_clip)
             step += 1
         ctx.reporter.note(f"float epoch {epoch + 1}/{t.float_epochs}: loss {value:.4f}")
     model.eval()
