@@ -243,3 +243,15 @@ def test_existing_run_is_not_replaced_without_overwrite(runner, tmp_path):
     assert (out / "model.th").read_bytes() == before
     replaced = run(runner, "finetune", *FAST, "--max-steps", "1", "--output", out, "--overwrite")
     assert replaced.exit_code == 0
+
+
+def test_float_stage_runs_first_and_is_reused_on_resume(runner, tmp_path):
+    out = tmp_path / "float"
+    args = [*FAST, "--max-steps", "1", "train.float_epochs=1", "--output", out]
+    result = run(runner, "finetune", *args)
+    assert result.exit_code == 0, result.output
+    assert "float epoch 1/1" in result.stderr
+    assert (out / "float.pt").is_file()
+    resumed = run(runner, "finetune", *args, "--resume")
+    assert resumed.exit_code == 0
+    assert "float epoch" not in resumed.stderr and "float weights from" in resumed.stderr
