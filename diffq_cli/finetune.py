@@ -56,8 +56,12 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
-def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False) -> dict:
-    """Runs a resolved recipe; returns the summary (also written to ``summary.json``)."""
+def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
+             keep_checkpoint: bool = False) -> dict:
+    """Runs a resolved recipe; returns the summary (also written to ``summary.json``).
+
+    ``checkpoint.pt`` (optimizer state: several times the model) is deleted once a run has
+    finished, unless ``keep_checkpoint``; ``float.pt`` stays as the float starting point."""
     import torch
 
     from diffq_cli import distributed
@@ -84,19 +88,19 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False) ->
     train_loader, val_loader, info = build_loaders(spec, distributed=dist.distributed)
     m = recipe.model
 
-    def fresh_model():
+    def fresh_model(with_weights: bool = False):
         net = create_model(
             m.name,
             source=m.source,
             num_classes=info["num_classes"],
             in_chans=info["in_chans"],
-            pretrained=m.pretrained,
-            weights=m.weights,
+            pretrained=m.pretrained and with_weights,
+            weights=m.weights if with_weights else None,
             input_size=info["input_size"],
         )
         return net
 
-    model = fresh_model()
+    model = fresh_model(with_weights=True)  # the per-mu copies get start_weights instead
     for note in getattr(model, "diffq_notes", []):
         reporter.note(note)
     model_spec = dict(model.diffq_spec)
@@ -176,6 +180,8 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False) ->
                 "mean_bits": metrics["mean_bits"],
             }
         )
+        if dist.is_main and not keep_checkpoint:
+            (mu_dir / "checkpoint.pt").unlink(missing_ok=True)  # the run is complete in model.th
         layers = [row for row in sizes["layers"] if row["name"] in state["quantized"]]
         last_mu = mu
         quantizer.detach()
