@@ -43,13 +43,26 @@ def _float_stage(model, recipe, train_loader, run_dir: Path, ctx) -> None:
 
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuses to silently replace an earlier run's results."""
+    """Refuses contradictory flags, an unwritable output, a resume with nothing to resume, and
+    a silent replacement of an earlier run's results: all before any work is done."""
+    from diffq_cli.artifact import check_writable
     from diffq_cli.errors import InputError
 
-    if resume or overwrite or not run_dir.is_dir():
-        return
-    found = [p for name in ("model.th", "checkpoint.pt") for p in run_dir.glob(f"**/{name}")]
-    if found:
+    if resume and overwrite:
+        raise InputError("--resume continues a run and --overwrite replaces it; pass only one")
+    check_writable(run_dir, "run directory")
+    found = [p for name in ("checkpoint.pt", "float.pt", "model.th")
+             for p in sorted(run_dir.glob(f"**/{name}"))] if run_dir.is_dir() else []
+    # A finished run has summary.json and, unless --keep-checkpoint, no checkpoint.pt left.
+    done = (run_dir / "summary.json").is_file() and not any(p.name == "checkpoint.pt"
+                                                              for p in found)
+    if resume and (done or not any(p.name != "model.th" for p in found)):
+        finished = f" (it holds a finished run's {found[0].name})" if found else ""
+        raise InputError(
+            f"--resume: {run_dir} holds no checkpoint to resume{finished}; drop --resume to "
+            "start a new run, or pass the --output of an interrupted run"
+        )
+    if found and not (resume or overwrite):
         raise InputError(
             f"{run_dir} already holds a run ({found[0].name}); pass --resume to continue it, "
             "--overwrite to replace it, or --output DIR to write elsewhere"
@@ -80,9 +93,6 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     torch.manual_seed(recipe.train.seed)
     run_dir = Path(output_dir(recipe))
     _check_run_dir(run_dir, resume, overwrite)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "config.yaml", dump_recipe(recipe).encode())
 
     spec = DataSpec(**dataclasses.asdict(recipe.data), seed=recipe.train.seed)
     train_loader, val_loader, info = build_loaders(spec, distributed=dist.distributed)
@@ -104,6 +114,11 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     for note in getattr(model, "diffq_notes", []):
         reporter.note(note)
     model_spec = dict(model.diffq_spec)
+    # The run directory appears only once data and model are known good: a run that fails on
+    # bad input leaves nothing behind.
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / "config.yaml", dump_recipe(recipe).encode())
     model.to(device)
     if recipe.train.float_epochs:
         _float_stage(
@@ -130,7 +145,7 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
             }
         ],
     )
-    layers = []
+    layers, mu_dirs = [], []
     for mu in recipe.train.mu:
         # Every mu starts from the same weights: a fresh model, not the previous run's.
         model = fresh_model()
@@ -139,6 +154,7 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
         if recipe.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         mu_dir = run_dir if len(recipe.train.mu) == 1 else run_dir / f"mu{mu:g}"
+        mu_dirs.append(mu_dir)
         if dist.is_main:
             mu_dir.mkdir(parents=True, exist_ok=True)
         ctx = RunContext(device, reporter, dist, resume)
@@ -180,8 +196,6 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
                 "mean_bits": metrics["mean_bits"],
             }
         )
-        if dist.is_main and not keep_checkpoint:
-            (mu_dir / "checkpoint.pt").unlink(missing_ok=True)  # the run is complete in model.th
         layers = [row for row in sizes["layers"] if row["name"] in state["quantized"]]
         last_mu = mu
         quantizer.detach()
@@ -197,6 +211,9 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     }
     if dist.is_main:
         atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        if not keep_checkpoint:  # only now: an interrupted sweep resumes its finished mu runs
+            for mu_dir in mu_dirs:
+                (mu_dir / "checkpoint.pt").unlink(missing_ok=True)
     if not reporter.json_mode:
         reporter.tradeoff_table(rows)
         reporter.layer_table(layers, f"Bits per quantized layer (mu={last_mu:g})")

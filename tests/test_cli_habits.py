@@ -137,10 +137,10 @@ def test_size_gate_in_json(artifact):
 
 def test_eval_options_and_gate_in_json(artifact):
     result = run("eval", artifact, "--json", "--device", "cpu", "--batch-size", "7",
-                 "--val-subset", "20", "--min-acc", "101")
+                 "--val-subset", "20", "--min-acc", "99.9")
     assert result.exit_code == 1
     doc = json.loads(result.stdout)
-    assert doc["samples"] == 20 and doc["gate"] == {"min_acc": 101.0, "passed": False}
+    assert doc["samples"] == 20 and doc["gate"] == {"min_acc": 99.9, "passed": False}
     for bad in (["--batch-size", "0"], ["--val-subset", "0"], ["--device", "gpu9"]):
         assert run("eval", artifact, *bad).exit_code == 2
 

@@ -92,3 +92,29 @@ def test_checkpoint_removed_after_a_finished_run_unless_kept(tmp_path):
     kept = run("finetune", *common, "--keep-checkpoint", "--output", tmp_path / "c")
     assert kept.exit_code == 0
     assert torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)["step"] == 1
+
+
+def test_resume_refuses_a_finished_run_and_resumes_a_sweep(tmp_path, monkeypatch):
+    from diffq_cli import finetune as finetune_mod
+
+    common = [*BASE, "--float-epochs", "1", "--max-steps", "1"]
+    assert run("finetune", *common, "--output", tmp_path / "a").exit_code == 0
+    again = run("finetune", *common, "--output", tmp_path / "a", "--resume")
+    assert again.exit_code == 2 and "no checkpoint to resume" in again.stderr
+
+    calls = {"n": 0}
+
+    def stop_in_second_mu(self, epoch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    sweep = [*common, "--mu", "0", "--mu", "1", "--output", tmp_path / "s"]
+    monkeypatch.setattr(finetune_mod.RunContext, "after_epoch", stop_in_second_mu)
+    assert run("finetune", *sweep).exit_code == 130
+    monkeypatch.undo()
+    assert (tmp_path / "s" / "mu0" / "checkpoint.pt").is_file()  # kept until the sweep ends
+    resumed = run("finetune", *sweep, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed mu=0 from" in resumed.stderr  # the finished mu is not trained again
+    assert not list((tmp_path / "s").glob("**/checkpoint.pt"))
