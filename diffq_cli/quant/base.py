@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from diffq_cli.quant import state as state_io
+from diffq_cli.quant.install import Installer
 
 MB = 8 * 2**20  # bits in a megabyte (MiB, as in the paper and the reference)
 
@@ -102,7 +103,7 @@ class BaseQuantizer:
         self._optimizer_ready = not self._bit_parameters()
         self._optimizer = None
         self._quantized_backup: list | None = None
-        self._installed: list = []
+        self._installer = Installer(model, [qp.bindings for qp in self._qparams])
         self._eval_cache: dict = {}
         self._half_cache: dict = {}
         self._hooks = [
@@ -194,42 +195,29 @@ class BaseQuantizer:
                     "call quantizer.setup_optimizer(optimizer) (or quantizer.no_optimizer()) "
                     "before training the model"
                 )
-            self._install(self._train_weights())
+            self._installer.stage(self._train_factories())
         else:
             # Kept floats as the saved state stores them: the accuracy measured live is the
             # accuracy of the restored state, bit for bit.
-            self._install(self._eval_weights(), self._half_floats())
+            weights = self._eval_weights()
+            self._installer.place(
+                [
+                    *((m, a, w) for qp, w in zip(self._qparams, weights, strict=True)
+                      for m, a in qp.bindings),
+                    *self._half_floats(),
+                ]
+            )
 
     def _post_forward(self, module, args, output):
-        self._uninstall()
+        self._installer.clear()
 
-    def _install(self, weights, extra=()) -> None:
-        """Places one weight per QParam (None: keep the float) and the ``extra`` (module,
-        attr, value) triples in the modules' ``__dict__`` for this forward."""
-        placed = [
-            (module, attr, w)
-            for qp, w in zip(self._qparams, weights or [None] * len(self._qparams), strict=True)
-            if w is not None
-            for module, attr in qp.bindings
-        ]
-        rnns = []
-        for module, attr, w in [*placed, *extra]:
-            module.__dict__[attr] = w
-            self._installed.append((module, attr))
-            if isinstance(module, nn.RNNBase):
-                rnns.append(module)
-        for rnn in rnns:  # RNNs read a cached list of their weights
-            rnn._init_flat_weights()
-
-    def _uninstall(self) -> None:
-        rnns = []
-        for module, attr in self._installed:
-            module.__dict__.pop(attr, None)
-            if isinstance(module, nn.RNNBase):
-                rnns.append(module)
-        self._installed = []
-        for rnn in rnns:
-            rnn._init_flat_weights()
+    def _train_factories(self) -> list:
+        """One factory per QParam returning (training weight, recompute fn or None), or None to
+        keep the float; by default wraps the eagerly computed ``_train_weights``."""
+        weights = self._train_weights()
+        if weights is None:
+            return [None] * len(self._qparams)
+        return [None if w is None else (lambda w=w: (w, None)) for w in weights]
 
     def _eval_weights(self) -> list:
         """True quantized weights, cached until a parameter or its bits change."""
@@ -408,7 +396,7 @@ class BaseQuantizer:
     def detach(self) -> None:
         """Removes hooks and learned parameters; the model is a plain float model again."""
         self.unquantize()
-        self._uninstall()
+        self._installer.remove_hooks()
         for handle in self._hooks:
             handle.remove()
         self._hooks = []

@@ -6,6 +6,7 @@ quantization error for its current (real valued) number of bits; ``model_size()`
 differentiable function of those bits, so ``loss + mu * model_size()`` trades size for accuracy.
 """
 
+import functools
 import math
 import weakref
 
@@ -14,7 +15,7 @@ from torch import nn
 
 from diffq_cli.quant.base import MB, BaseQuantizer, QParam
 from diffq_cli.quant.noise import FreshNoise, NoisePool
-from diffq_cli.quant.ops import minmax_levels, noisy_weight
+from diffq_cli.quant.ops import BitsAndUnit, minmax_levels, noisy_weight_and_again
 from diffq_cli.quant.state import HEADER_BITS, group_lengths
 
 
@@ -125,17 +126,14 @@ class DiffQuantizer(BaseQuantizer):
         t = min(max(t, 1e-4), 1 - 1e-4)  # init at a bound would need an infinite logit
         return math.log(t / (1 - t))
 
-    def _bits_and_unit(self, logits: torch.Tensor):
-        """Real bits and noise unit (step for a range of 1) from logits."""
-        t = torch.sigmoid(logits.float())
+    def _bits_and_unit(self, *logits: torch.Tensor):
+        """Real bits and noise unit (step for a range of 1) of the groups of ``logits``
+        (several tensors are concatenated)."""
         if self.param == "bits":
-            bits = self.min_bits + (self.max_bits - self.min_bits) * t
-            unit = 1 / (torch.exp2(bits) - 1)
+            lo, hi = self.min_bits, self.max_bits
         else:
             lo, hi = self._unit_bounds()
-            unit = torch.exp(lo + (hi - lo) * t)
-            bits = torch.log2(1 + 1 / unit)
-        return bits, unit
+        return BitsAndUnit.apply(lo, hi, self.param == "noise", *logits)
 
     # ------------------------------------------------------------ hooks
     def _prepare(self, qp: QParam) -> None:
@@ -163,26 +161,31 @@ class DiffQuantizer(BaseQuantizer):
         cached, self._bits_cache = self._bits_cache, None
         if reuse and cached is not None and cached[0] == key and torch.is_grad_enabled():
             return cached[1], cached[2]
-        bits, unit = self._bits_and_unit(torch.cat([qp.bit_param for qp in unique]))
+        bits, unit = self._bits_and_unit(*(qp.bit_param for qp in unique))
         if not reuse and torch.is_grad_enabled():
             self._bits_cache = (key, bits, unit)
             if unit.requires_grad:
                 unit.register_hook(_forget_hook(self, self._bits_cache))
         return bits, unit
 
-    def _train_weights(self):
+    def _train_factories(self):
         unique = self._unique()
         if not unique:
-            return None
+            return []
         if self._noise.device != unique[0].param.device:
             self._noise.to(unique[0].param.device)
         _, unit = self._batched_bits(unique)
         units = unit.split([qp.n_groups for qp in unique])
-        windows = self._noise.windows([qp.numel for qp in unique])
+        # Refresh first: the previous step's windows are released by now, so the replaced
+        # chunk is freed at once instead of living alongside its successor until the backward.
         self._noise.refresh()
+        windows = self._noise.windows([qp.numel for qp in unique])
         half = 0.5 if self.noise == "gaussian" else 1.0
+        # Lazy: each noisy weight is computed when its layer is about to run (see install.py).
         return [
-            noisy_weight(qp.param, u, noise, qp.group_size, sign * half)
+            functools.partial(
+                noisy_weight_and_again, qp.param, u, noise, qp.group_size, sign * half
+            )
             for qp, u, (noise, sign) in zip(unique, units, windows, strict=True)
         ]
 

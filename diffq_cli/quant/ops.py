@@ -4,6 +4,8 @@ Every kernel works on a flat weight split into ``full`` groups of ``group_size``
 optional shorter tail group, so a group size that does not divide the tensor needs no padding copy.
 """
 
+import math
+
 import torch
 
 _ROW = 4096  # row length of the two-stage arg-max search
@@ -49,28 +51,14 @@ class NoisyWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, range_weight, weight, unit, noise, group_size, mult):
+    def forward(ctx, range_weight, weight, unit, noise, span, group_size, mult):
         # ``range_weight`` is ``weight`` again: the max/min gradient is returned for it as a
         # 2-entry sparse tensor, which autograd adds into the dense gradient in place when it
         # may (and out of place when the dense one is shared), so no weight-sized copy is made.
-        flat = weight.reshape(-1)
-        if flat.dtype != torch.float32:
-            flat = flat.float()
-        low, high = torch.aminmax(flat)
-        span = high - low
-        factor = unit * (span * mult)
-        out = torch.empty_like(flat)
-        main, tail = split_groups(flat, group_size)
-        nmain, ntail = split_groups(noise, group_size)
-        omain, otail = split_groups(out, group_size)
-        full = main.shape[0]
-        if full:
-            torch.addcmul(main, nmain, factor[:full, None], out=omain)
-        if tail.numel():
-            torch.addcmul(tail, ntail, factor[full:], out=otail)
+        # ``span`` (max - min, computed by ``noisy_weight``) is a constant here.
         ctx.save_for_backward(weight, unit, noise, span)
         ctx.group_size, ctx.mult = group_size, mult
-        return out.view(weight.shape).to(weight.dtype)
+        return _add_noise(weight, unit, noise, span, group_size, mult)
 
     @staticmethod
     def backward(ctx, grad):
@@ -100,7 +88,86 @@ class NoisyWeight(torch.autograd.Function):
                 coords, vals, weight.shape, check_invariants=False
             )
         grad_weight = grad if ctx.needs_input_grad[1] else None
-        return grad_range, grad_weight, grad_unit, None, None, None
+        return grad_range, grad_weight, grad_unit, None, None, None, None
+
+
+def _float_flat(weight: torch.Tensor) -> torch.Tensor:
+    flat = weight.detach().reshape(-1)
+    return flat if flat.dtype == torch.float32 else flat.float()
+
+
+def _add_noise(weight, unit, noise, span, group_size: int, mult: float) -> torch.Tensor:
+    """``weight + noise * unit * span * mult`` per group: one ``addcmul`` per part."""
+    flat = _float_flat(weight)
+    factor = unit.detach() * (span * mult)
+    out = torch.empty_like(flat)
+    main, tail = split_groups(flat, group_size)
+    nmain, ntail = split_groups(noise, group_size)
+    omain, otail = split_groups(out, group_size)
+    full = main.shape[0]
+    if full:
+        torch.addcmul(main, nmain, factor[:full, None], out=omain)
+    if tail.numel():
+        torch.addcmul(tail, ntail, factor[full:], out=otail)
+    return out.view(weight.shape).to(weight.dtype)
+
+
+class BitsAndUnit(torch.autograd.Function):
+    """Learned bits and noise unit (``1 / (2**bits - 1)``) of every group from the logits of
+    several parameters at once (concatenated in their order).
+
+    One Function instead of a cat -> sigmoid -> affine -> exp2 -> reciprocal chain: it saves
+    only references to the logit parameters (the chain kept four group-sized tensors alive until
+    the backward) and recomputes the cheap elementwise values there, in place.
+
+    ``param="bits"``: ``bits = lo + (hi - lo) * sigmoid(logit)``; ``param="noise"``: ``log(unit)
+    = lo + (hi - lo) * sigmoid(logit)`` (``lo``, ``hi`` are then the log units).
+
+    Call as ``BitsAndUnit.apply(lo, hi, noise_param, *logits)``.
+    """
+
+    @staticmethod
+    def forward(ctx, lo, hi, noise_param, *logits):
+        flat = torch.cat([x.detach().reshape(-1).float() for x in logits])
+        t = torch.sigmoid(flat)
+        if noise_param:
+            unit = t.mul_(hi - lo).add_(lo).exp_()
+            bits = unit.reciprocal().add_(1).log2_()
+        else:
+            bits = t.mul_(hi - lo).add_(lo)
+            unit = torch.exp2(bits).sub_(1).reciprocal_()
+        ctx.save_for_backward(*logits)  # the parameters themselves: no copy
+        ctx.lo, ctx.hi, ctx.noise_param = lo, hi, noise_param
+        return bits, unit
+
+    @staticmethod
+    def backward(ctx, grad_bits, grad_unit):
+        # In place wherever possible: this runs at the end of the backward, when every weight
+        # gradient is alive, so each group-sized temporary adds to the step's peak memory.
+        logits = ctx.saved_tensors
+        lo, hi = ctx.lo, ctx.hi
+        t = torch.sigmoid(torch.cat([x.reshape(-1).float() for x in logits]))
+        if ctx.noise_param:
+            grad = torch.mul(t, hi - lo).add_(lo).exp_()  # unit
+            # d unit = unit * d(log unit); d bits / d unit = -1 / (ln2 * unit * (unit + 1))
+            if grad_bits is not None:
+                scale = grad.add(1).mul_(math.log(2)).reciprocal_().mul_(grad_bits)
+                grad.mul_(grad_unit).sub_(scale)
+                del scale
+            else:
+                grad.mul_(grad_unit)
+        else:
+            grad = torch.mul(t, hi - lo).add_(lo).exp2_().sub_(1).reciprocal_()  # unit
+            # d unit / d bits = -ln2 * unit * (unit + 1) = -ln2 * (unit + unit**2)
+            grad.addcmul_(grad, grad).mul_(grad_unit).mul_(-math.log(2))
+            if grad_bits is not None:
+                grad.add_(grad_bits)
+        grad.mul_(t)  # d sigmoid = t * (1 - t), times the affine's slope
+        grad.mul_(t.neg_().add_(1)).mul_(hi - lo)
+        sizes = [x.numel() for x in logits]
+        parts = grad.split(sizes)
+        return (None, None, None,
+                *(g.view(x.shape).to(x.dtype) for g, x in zip(parts, logits, strict=True)))
 
 
 def minmax_levels(flat: torch.Tensor, bits: torch.Tensor, group_size: int, qmax=None):
@@ -153,4 +220,20 @@ def minmax_dequantize(levels, low, high, qmax, group_size: int) -> torch.Tensor:
 
 def noisy_weight(weight, unit, noise, group_size: int, mult: float) -> torch.Tensor:
     """``weight`` plus pseudo quantization noise; see ``NoisyWeight``."""
-    return NoisyWeight.apply(weight, weight, unit, noise, group_size, mult)
+    return noisy_weight_and_again(weight, unit, noise, group_size, mult)[0]
+
+
+def noisy_weight_and_again(weight, unit, noise, group_size: int, mult: float):
+    """``noisy_weight`` and a function that computes the same values again without autograd
+    (so that a backward can recompute the noisy weight instead of keeping it alive)."""
+    with torch.no_grad():
+        low, high = torch.aminmax(_float_flat(weight))
+        span = high - low
+    out = NoisyWeight.apply(weight, weight, unit, noise, span, group_size, mult)
+    unit = unit.detach()
+
+    def again() -> torch.Tensor:
+        with torch.no_grad():
+            return _add_noise(weight, unit, noise, span, group_size, mult)
+
+    return out, again

@@ -555,3 +555,35 @@ def test_model_size_after_a_separate_backward(h, batch):
     net.zero_grad()
     (net(batch).pow(2).sum() * 0 + quantizer.model_size()).backward()
     assert torch.allclose(net.fc1.weight_diffq.grad, alone.model.fc1.weight_diffq.grad)
+
+
+@pytest.mark.parametrize("param", ["bits", "noise"])
+def test_bits_and_unit_function_matches_the_plain_chain(param):
+    """The fused logits -> (bits, unit) Function gives the autograd chain's values and
+    gradients (for either output alone and both together)."""
+    import math
+
+    from diffq_cli.quant.ops import BitsAndUnit
+
+    lo, hi = (2.0, 15.0) if param == "bits" else (-math.log(2**15 - 1), -math.log(3))
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(300, generator=gen) * 3).requires_grad_()
+    g_bits, g_unit = torch.randn(300, generator=gen), torch.randn(300, generator=gen) * 1e3
+
+    def chain(x):
+        t = torch.sigmoid(x)
+        if param == "bits":
+            bits = lo + (hi - lo) * t
+            return bits, 1 / (torch.exp2(bits) - 1)
+        unit = torch.exp(lo + (hi - lo) * t)
+        return unit.reciprocal().add(1).log2(), unit
+
+    for weights in ((1, 0), (0, 1), (1, 1)):
+        grads = []
+        for fn in (chain, lambda x: BitsAndUnit.apply(lo, hi, param == "noise", x[:100], x[100:])):
+            bits, unit = fn(logits)
+            (weights[0] * (bits * g_bits).sum() + weights[1] * (unit * g_unit).sum()).backward()
+            grads.append((bits.detach(), unit.detach(), logits.grad.clone()))
+            logits.grad = None
+        for a, b in zip(*grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
