@@ -17,6 +17,7 @@ import gzip
 import io
 import os
 import tempfile
+import zlib
 from pathlib import Path
 
 from diffq_cli.errors import InputError
@@ -99,7 +100,6 @@ def read_file(path) -> tuple[str, dict]:
     import torch
 
     from diffq_cli.quant.state import FORMAT as STATE_FORMAT
-    from diffq_cli.quant.state import check_state
 
     path = Path(path)
     if path.is_dir():
@@ -113,7 +113,8 @@ def read_file(path) -> tuple[str, dict]:
     if raw[:2] == GZIP_MAGIC:
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError, ValueError) as err:
+        except (OSError, EOFError, ValueError, zlib.error) as err:
+            # zlib.error: a damaged deflate stream; OSError: bad header or CRC; EOFError: cut.
             raise InputError(f"{path} is a truncated or corrupt gzip file ({err})") from None
     try:
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
@@ -125,10 +126,10 @@ def read_file(path) -> tuple[str, dict]:
                 f"{path}: artifact version {obj.get('version')} is not supported by this diffq "
                 f"(reads version {VERSION}); upgrade diffq-cli"
             )
-        _check(path, obj.get("state"), check_state)
+        _check(path, obj, _check_artifact)
         return "artifact", obj
     if isinstance(obj, dict) and obj.get("format") == STATE_FORMAT:
-        _check(path, obj, check_state)
+        _check(path, obj, _check_state)
         return "state", obj
     if isinstance(obj, dict):
         inner = obj.get("state_dict", obj.get("model", obj))
@@ -137,9 +138,24 @@ def read_file(path) -> tuple[str, dict]:
     raise InputError(what)
 
 
-def _check(path, state, check_state) -> None:
+def _check_state(state) -> None:
+    from diffq_cli.quant.state import check_state
+    from diffq_cli.statecheck import check_state_deep
+
+    check_state(state)
+    check_state_deep(state)
+
+
+def _check_artifact(obj) -> None:
+    from diffq_cli.statecheck import check_artifact_sections
+
+    _check_state(obj.get("state"))
+    check_artifact_sections(obj)
+
+
+def _check(path, obj, check) -> None:
     try:
-        check_state(state)
+        check(obj)
     except ValueError as err:
         raise InputError(f"{path}: {err}") from None
 
