@@ -2,6 +2,8 @@
 wrong, give exit 2 with exactly one line on stderr from ``size``, ``eval`` and ``export``."""
 
 import gzip
+import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,8 +83,22 @@ def test_flipped_deflate_bytes_and_truncation_through_every_command(tmp_path, co
 
 
 def _state(tmp_path):
+    """A version-1 artifact (bit-packed state inside) of the tiny model, as a dict."""
     tiny_artifact(tmp_path / "model.th")
-    return read_file(tmp_path / "model.th")[1]
+    obj = read_file(tmp_path / "model.th")[1]
+    obj.pop("disk_bytes")
+    obj["version"] = 1
+    return obj
+
+
+def _coded(tmp_path):
+    """The version-2 artifact of the tiny model as stored (coded state inside)."""
+    raw = gzip.decompress(tiny_artifact(tmp_path / "model.th").read_bytes())
+    return torch.load(io.BytesIO(raw), weights_only=True)
+
+
+def _stream(obj, index=0):
+    return next(iter(obj["state"]["quantized"].values()))["streams"][index]
 
 
 def _first_entry(obj):
@@ -144,6 +160,48 @@ def test_content_that_decompresses_but_is_wrong(tmp_path, name):
     with pytest.raises(InputError):
         read_file(bad)
     assert_one_line_exit_2(run("size", bad), name)
+
+
+V2_CORRUPTIONS = {
+    "not coded": lambda obj: obj["state"].update(coding="zip"),
+    "no payload": lambda obj: obj["state"].pop("payload"),
+    "payload wrong dtype": lambda obj: obj["state"].update(payload=torch.zeros(3)),
+    "entry without streams": lambda obj: next(iter(obj["state"]["quantized"].values())).pop(
+        "streams"),
+    "unknown mode": lambda obj: _stream(obj).update(mode="lz"),
+    "span outside payload": lambda obj: _stream(obj).update(data=[0, 10**9]),
+    "span of text": lambda obj: _stream(obj).update(data=["a", 3]),
+    "wrong count": lambda obj: _stream(obj, 1).update(n=_stream(obj, 1)["n"] + 1),
+    "crc": lambda obj: _stream(obj, 1).update(crc=_stream(obj, 1)["crc"] ^ 1),
+    "missing stream": lambda obj: next(iter(obj["state"]["quantized"].values()))[
+        "streams"].pop(),
+    "payload zeroed": lambda obj: obj["state"]["payload"].zero_(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(V2_CORRUPTIONS))
+def test_v2_content_that_decompresses_but_is_wrong(tmp_path, name):
+    obj = _coded(tmp_path)
+    assert obj["version"] == 2
+    V2_CORRUPTIONS[name](obj)
+    bad = tmp_path / "bad.th"
+    bad.write_bytes(torch_bytes(obj, compress=True))
+    with pytest.raises(InputError):
+        read_file(bad)
+    assert_one_line_exit_2(run("size", bad), name)
+
+
+def test_every_flipped_byte_of_the_golden_v1_file_is_caught(tmp_path):
+    good = (Path(__file__).parent / "data" / "golden_v1.th").read_bytes()
+    bad = tmp_path / "bad.th"
+    for pos in range(len(good)):
+        if pos in UNCHECKED_HEADER:
+            continue
+        data = bytearray(good)
+        data[pos] ^= 0xFF
+        bad.write_bytes(bytes(data))
+        with pytest.raises(InputError):
+            read_file(bad)
 
 
 @pytest.mark.parametrize("command", ["eval", "export"])
