@@ -84,7 +84,9 @@ class _Writer:
                   "table": [0, 0], "data": [0, 0], "crc": _crc(values)}
         if n == 0:
             return stream
-        symbols, counts = np.unique(values, return_counts=True)
+        counts = np.bincount(values)  # linear time; np.unique would sort millions of values
+        symbols = np.flatnonzero(counts)
+        counts = counts[symbols]
         if symbols.size == 1:
             stream.update(mode="const", table=self._table(symbols, counts))
             return stream

@@ -158,3 +158,42 @@ def test_v2_artifact_end_to_end(tmp_path):
     restore_quantized_state(fresh, artifact["state"])
     with torch.no_grad():
         assert torch.equal(fresh.eval()(golden_input()), model.eval()(golden_input()))
+
+
+def test_size_reports_bound_and_disk_bytes_per_layer(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from diffq_cli.cli import app
+    from diffq_cli.quant.summary import entropy_bits
+
+    state = make_state([64, 500], 8, [2, 3, 5])
+    save_artifact(tmp_path / "model.th", state, {"name": "m", "num_classes": 2, "in_chans": 1},
+                  {}, {}, {})
+    result = CliRunner().invoke(app, ["size", str(tmp_path / "model.th"), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["version"] == 2
+    layer = next(r for r in out["layers"] if r["name"] == "w")
+    coded, disk = round_trip(state)
+    assert layer["disk_bytes"] == disk["w"]
+    assert layer["bound_mb"] == pytest.approx(entropy_bits(state["quantized"]["w"]) / 8 / 2**20)
+    # The coded bytes sit within 2% (+ the tables) of the bound, far below the packed size.
+    assert disk["w"] * 8 <= 1.02 * entropy_bits(state["quantized"]["w"]) + 8 * 64
+    assert out["bound_ratio"] == pytest.approx(out["file_bytes"] / (out["bound_mb"] * 2**20))
+    table = CliRunner().invoke(app, ["size", str(tmp_path / "model.th")])
+    assert "order-0 bound" in table.stdout and "disk bytes" in table.stdout
+
+
+def test_entropy_bits_of_a_known_histogram():
+    from diffq_cli.quant.summary import entropy_bits
+
+    # One width (4 bits), levels half 0 and half 15: exactly 1 bit per value, widths free.
+    levels = torch.tensor([0, 15] * 500)
+    enc = {"scheme": "minmax", "levels": levels, "bits": torch.full((125,), 4),
+           "low": torch.tensor(0.0), "high": torch.tensor(1.0)}
+    param = torch.nn.Parameter(torch.zeros(1000))
+    state = build_state("X", {}, {"w": enc}, {"w": SimpleNamespace(param=param, group_size=8)},
+                        {}, {}, False)
+    assert entropy_bits(state["quantized"]["w"]) == pytest.approx(1000 + 72)
