@@ -95,12 +95,14 @@ def main() -> None:
             state = UniformQuantizer(model, bits=width).get_quantized_state()
             rows.append(measure(f"{width} bits", state, artifact, tmp))
         rows.append(measure("learned", artifact["state"], artifact, tmp, evaluate=True))
-    print(f"torch threads: {torch.get_num_threads()}; run: {args.run or 'finetune --mu 1 --epochs 1'}")
+    source = args.run or "finetune --mu 1 --epochs 1"
+    print(f"torch threads: {torch.get_num_threads()}; run: {source}")
     print("| widths | bit-packed | v1 (gzip) | v2 (coded) | order-0 bound | v2 / bound | "
           "target | v2 encode s | v2 decode s | v1 decode s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    mean_bits = summarize_state(artifact["state"])["mean_bits"]
     for r in rows:
-        mean = "" if r["row"] != "learned" else f" (mean {summarize_state(artifact['state'])['mean_bits']:.2f})"
+        mean = f" (mean {mean_bits:.2f})" if r["row"] == "learned" else ""
         print(f"| {r['row']}{mean} | {r['true_mb']:.2f} MB | {r['v1_mb']:.2f} MB | "
               f"{r['v2_mb']:.2f} MB | {r['bound_mb']:.2f} MB | {r['v2_over_bound']:.3f}x | "
               f"{'ok' if r['target_ok'] else 'MISSED'} | {r['encode_s']:.2f} | "

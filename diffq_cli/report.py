@@ -195,10 +195,10 @@ class Reporter:
             layers: dicts with keys ``name``, ``numel``, ``bits_mean``, ``bits_min``,
                 ``bits_max`` (None for a layer kept in float) and ``mb`` (its true size in MB);
                 optional ``bound_mb`` (order-0 entropy bound) and ``disk_bytes`` (bytes in the
-                file), shown as two more columns when any layer has them.
+                file), shown as two more columns when any layer has ``disk_bytes``.
             title: table title.
         """
-        extra = any("bound_mb" in layer for layer in layers)
+        extra = any("disk_bytes" in layer for layer in layers)  # diffq size, not finetune
         body = [[str(layer.get("name")), _num(layer.get("numel"), ","),
                  _num(layer.get("bits_mean"), ".2f"), _num(layer.get("bits_min"), "g"),
                  _num(layer.get("bits_max"), "g"), _num(layer.get("mb"), ".4g")]
