@@ -53,7 +53,10 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     check_writable(run_dir, "run directory")
     found = [p for name in ("checkpoint.pt", "float.pt", "model.th")
              for p in sorted(run_dir.glob(f"**/{name}"))] if run_dir.is_dir() else []
-    if resume and not any(p.name != "model.th" for p in found):
+    # A finished run has summary.json and, unless --keep-checkpoint, no checkpoint.pt left.
+    done = (run_dir / "summary.json").is_file() and not any(p.name == "checkpoint.pt"
+                                                              for p in found)
+    if resume and (done or not any(p.name != "model.th" for p in found)):
         finished = f" (it holds a finished run's {found[0].name})" if found else ""
         raise InputError(
             f"--resume: {run_dir} holds no checkpoint to resume{finished}; drop --resume to "
@@ -66,8 +69,12 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
-def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False) -> dict:
-    """Runs a resolved recipe; returns the summary (also written to ``summary.json``)."""
+def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
+             keep_checkpoint: bool = False) -> dict:
+    """Runs a resolved recipe; returns the summary (also written to ``summary.json``).
+
+    ``checkpoint.pt`` (optimizer state: several times the model) is deleted once a run has
+    finished, unless ``keep_checkpoint``; ``float.pt`` stays as the float starting point."""
     import torch
 
     from diffq_cli import distributed
@@ -91,19 +98,19 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False) ->
     train_loader, val_loader, info = build_loaders(spec, distributed=dist.distributed)
     m = recipe.model
 
-    def fresh_model():
+    def fresh_model(with_weights: bool = False):
         net = create_model(
             m.name,
             source=m.source,
             num_classes=info["num_classes"],
             in_chans=info["in_chans"],
-            pretrained=m.pretrained,
-            weights=m.weights,
+            pretrained=m.pretrained and with_weights,
+            weights=m.weights if with_weights else None,
             input_size=info["input_size"],
         )
         return net
 
-    model = fresh_model()
+    model = fresh_model(with_weights=True)  # the per-mu copies get start_weights instead
     for note in getattr(model, "diffq_notes", []):
         reporter.note(note)
     model_spec = dict(model.diffq_spec)
@@ -138,7 +145,7 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False) ->
             }
         ],
     )
-    layers = []
+    layers, mu_dirs = [], []
     for mu in recipe.train.mu:
         # Every mu starts from the same weights: a fresh model, not the previous run's.
         model = fresh_model()
@@ -147,6 +154,7 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False) ->
         if recipe.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         mu_dir = run_dir if len(recipe.train.mu) == 1 else run_dir / f"mu{mu:g}"
+        mu_dirs.append(mu_dir)
         if dist.is_main:
             mu_dir.mkdir(parents=True, exist_ok=True)
         ctx = RunContext(device, reporter, dist, resume)
@@ -203,6 +211,9 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False) ->
     }
     if dist.is_main:
         atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        if not keep_checkpoint:  # only now: an interrupted sweep resumes its finished mu runs
+            for mu_dir in mu_dirs:
+                (mu_dir / "checkpoint.pt").unlink(missing_ok=True)
     if not reporter.json_mode:
         reporter.tradeoff_table(rows)
         reporter.layer_table(layers, f"Bits per quantized layer (mu={last_mu:g})")
