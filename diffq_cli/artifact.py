@@ -3,26 +3,31 @@ to rebuild and evaluate the model with no other input.
 
 Layout (plain types only, so ``torch.load(weights_only=True)`` reads it)::
 
-    {"format": "diffq_cli.artifact", "version": 1,
-     "state": <quantized state, see quant/state.py>,
+    {"format": "diffq_cli.artifact", "version": 2,
+     "state": <the quantized state, entropy-coded: see coding.py>,
      "model": {"name", "source", "num_classes", "in_chans", "input_size"},
      "data": {"dataset", "mean", "std", "input_size", "num_classes", "in_chans"},
      "recipe": {...resolved recipe...}, "metrics": {...}, "versions": {...}}
 
-Readers detect gzip by its magic bytes, so plain (not gzipped) files load too, and validate the
-format and version before using anything.
+Version 1 (still read) held the bit-packed state itself (quant/state.py) under "state". Readers
+give back the bit-packed state for both versions, so callers never see the coding. They detect
+gzip by its magic bytes, so plain (not gzipped) files load too, and validate the format,
+version and every field before using anything (statecheck.py); the gzip CRC and the coded
+streams' own checks catch damaged bytes.
 """
 
 import gzip
 import io
 import os
 import tempfile
+import zlib
 from pathlib import Path
 
 from diffq_cli.errors import InputError
 
 FORMAT = "diffq_cli.artifact"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -98,11 +103,17 @@ def versions() -> dict:
 
 
 def save_artifact(path, state: dict, model: dict, data: dict, recipe: dict, metrics: dict) -> int:
-    """Writes the gzipped artifact atomically; returns its size in bytes."""
+    """Writes the gzipped artifact (version 2: ``state`` entropy-coded) atomically.
+
+    Returns:
+        Its size in bytes.
+    """
+    from diffq_cli.coding import encode_state
+
     obj = {
         "format": FORMAT,
         "version": VERSION,
-        "state": state,
+        "state": encode_state(state),
         "model": model,
         "data": data,
         "recipe": recipe,
@@ -126,7 +137,6 @@ def read_file(path) -> tuple[str, dict]:
     import torch
 
     from diffq_cli.quant.state import FORMAT as STATE_FORMAT
-    from diffq_cli.quant.state import check_state
 
     path = Path(path)
     if path.is_dir():
@@ -140,22 +150,25 @@ def read_file(path) -> tuple[str, dict]:
     if raw[:2] == GZIP_MAGIC:
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError, ValueError) as err:
+        except (OSError, EOFError, ValueError, zlib.error) as err:
+            # zlib.error: a damaged deflate stream; OSError: bad header or CRC; EOFError: cut.
             raise InputError(f"{path} is a truncated or corrupt gzip file ({err})") from None
     try:
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception:  # torch raises many types for bad bytes; all mean "unreadable"
         raise InputError(f"{what} (unreadable, truncated, or holds pickled code)") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        if obj.get("version") != VERSION:
+        if obj.get("version") not in READS:
             raise InputError(
                 f"{path}: artifact version {obj.get('version')} is not supported by this diffq "
-                f"(reads version {VERSION}); upgrade diffq-cli"
+                f"(reads versions {', '.join(map(str, READS))}); upgrade diffq-cli"
             )
-        _check(path, obj.get("state"), check_state)
+        if obj["version"] == 2:
+            _check(path, obj, _decode)
+        _check(path, obj, _check_artifact)
         return "artifact", obj
     if isinstance(obj, dict) and obj.get("format") == STATE_FORMAT:
-        _check(path, obj, check_state)
+        _check(path, obj, _check_state)
         return "state", obj
     if isinstance(obj, dict):
         inner = obj.get("state_dict", obj.get("model", obj))
@@ -164,9 +177,34 @@ def read_file(path) -> tuple[str, dict]:
     raise InputError(what)
 
 
-def _check(path, state, check_state) -> None:
+def _decode(obj: dict) -> None:
+    """Replaces a v2 artifact's coded state by the bit-packed one; ``disk_bytes``: per tensor,
+    the bytes its coded streams take in the file."""
+    from diffq_cli.coding import decode_state
+    from diffq_cli.quant.state import FORMAT as STATE_FORMAT
+    from diffq_cli.quant.state import VERSION as STATE_VERSION
+
+    obj["state"], obj["disk_bytes"] = decode_state(obj.get("state"), STATE_FORMAT, STATE_VERSION)
+
+
+def _check_state(state) -> None:
+    from diffq_cli.quant.state import check_state
+    from diffq_cli.statecheck import check_state_deep
+
+    check_state(state)
+    check_state_deep(state)
+
+
+def _check_artifact(obj) -> None:
+    from diffq_cli.statecheck import check_artifact_sections
+
+    _check_state(obj.get("state"))
+    check_artifact_sections(obj)
+
+
+def _check(path, obj, check) -> None:
     try:
-        check_state(state)
+        check(obj)
     except ValueError as err:
         raise InputError(f"{path}: {err}") from None
 

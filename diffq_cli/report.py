@@ -193,15 +193,21 @@ class Reporter:
 
         Args:
             layers: dicts with keys ``name``, ``numel``, ``bits_mean``, ``bits_min``,
-                ``bits_max`` (None for a layer kept in float) and ``mb`` (its true size in MB).
+                ``bits_max`` (None for a layer kept in float) and ``mb`` (its true size in MB);
+                optional ``bound_mb`` (order-0 entropy bound) and ``disk_bytes`` (bytes in the
+                file), shown as two more columns when any layer has ``disk_bytes``.
             title: table title.
         """
+        extra = any("disk_bytes" in layer for layer in layers)  # diffq size, not finetune
         body = [[str(layer.get("name")), _num(layer.get("numel"), ","),
                  _num(layer.get("bits_mean"), ".2f"), _num(layer.get("bits_min"), "g"),
-                 _num(layer.get("bits_max"), "g"), _num(layer.get("mb"), ".4g"),
-                 bits_bar(layer.get("bits_mean"))] for layer in layers]
-        self._table(title, ["layer", "numel", "bits mean", "min", "max", "MB",
-                            f"bits (0-{MAX_BITS})"], body, left=(0, 6))
+                 _num(layer.get("bits_max"), "g"), _num(layer.get("mb"), ".4g")]
+                + ([_num(layer.get("bound_mb"), ".4g"), _num(layer.get("disk_bytes"), ",")]
+                   if extra else [])
+                + [bits_bar(layer.get("bits_mean"))] for layer in layers]
+        head = ["layer", "numel", "bits mean", "min", "max", "MB"]
+        head += ["bound MB", "disk bytes"] if extra else []
+        self._table(title, head + [f"bits (0-{MAX_BITS})"], body, left=(0, len(head)))
 
     def kv_table(self, items: Mapping[str, Any], title: str | None = None) -> None:
         """Print a two-column table of already formatted values (None prints as "—")."""
@@ -214,7 +220,8 @@ class Reporter:
         Args:
             summary: keys ``float_mb`` (float32 size), ``true_mb`` (true quantized size),
                 ``file_bytes`` (bytes on disk), ``compression`` (float_mb / true_mb, computed
-                when missing), ``mean_bits``; optional ``path`` (the title).
+                when missing), ``mean_bits``; optional ``path`` (the title) and ``bound_mb``
+                (order-0 entropy bound of the content, with the file's ratio to it).
         """
         float_mb, true_mb, nbytes = (summary.get(k) for k in ("float_mb", "true_mb", "file_bytes"))
         ratio = summary.get("compression")
@@ -224,5 +231,8 @@ class Reporter:
         self.kv_table({"float32 size": _num(float_mb, ".3f", " MB"),
                        "true quantized size": _num(true_mb, ".3f", " MB"),
                        "bytes on disk": on_disk, "compression": _num(ratio, ".2f", "×"),
-                       "mean bits": _num(summary.get("mean_bits"), ".2f")},
+                       "mean bits": _num(summary.get("mean_bits"), ".2f"),
+                       **({"order-0 bound": _num(summary["bound_mb"], ".3f", " MB"),
+                           "on disk / bound": _num(summary.get("bound_ratio"), ".3f", "×")}
+                          if summary.get("bound_mb") is not None else {})},
                       title=str(summary["path"]) if summary.get("path") else None)

@@ -15,9 +15,12 @@ from typer.testing import CliRunner
 from diffq_cli import export as export_mod
 from diffq_cli import restore_quantized_state
 from diffq_cli.cli import app
+from diffq_cli.coding import decode_state
 from diffq_cli.data import DataSpec, build_loaders
 from diffq_cli.evaluate import accuracy
 from diffq_cli.models import create_model
+from diffq_cli.quant.state import FORMAT as STATE_FORMAT
+from diffq_cli.quant.state import VERSION as STATE_VERSION
 
 FAST = ["--model", "resnet18", "--epochs", "1", "data.input_size=16", "data.train_subset=128",
         "data.val_subset=96", "data.batch_size=32", "train.float_epochs=0"]
@@ -166,7 +169,10 @@ def test_recorded_accuracy_is_the_rebuilt_models_accuracy(tmp_path):
     spec = blob["model"]
     model = create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
                          input_size=spec["input_size"])
-    restore_quantized_state(model, blob["state"])
+    # The file's state is entropy-coded (artifact v2): decode it without the artifact reader.
+    assert blob["version"] == 2
+    state, _ = decode_state(blob["state"], STATE_FORMAT, STATE_VERSION)
+    restore_quantized_state(model, state)
     _, val, _ = build_loaders(DataSpec(dataset="digits", input_size=16, val_subset=96,
                                        train_subset=1))
     assert accuracy(model, val) == recorded

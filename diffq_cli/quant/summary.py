@@ -1,8 +1,44 @@
 """Sizes and per-layer bit statistics read from a saved quantized state (no model needed)."""
 
-from diffq_cli.quant.state import entry_group_bits, numel_of, tensor_bits
+import torch
+
+from diffq_cli.quant.state import (
+    HEADER_BITS,
+    entry_group_bits,
+    entry_levels_data,
+    group_lengths,
+    numel_of,
+    tensor_bits,
+    unpack_levels,
+)
 
 MB_BITS = 8 * 2**20
+
+
+def _order0_bits(counts: torch.Tensor) -> float:
+    """Bits an ideal order-0 coder needs for symbols with these counts: n log2 n - sum c log2 c."""
+    counts = counts[counts > 0].double()
+    n = counts.sum()
+    return float(n * torch.log2(n) - (counts * torch.log2(counts)).sum()) if counts.numel() else 0.0
+
+
+def entropy_bits(entry: dict) -> float:
+    """Order-0 entropy bound of one quantized entry, in bits.
+
+    The levels of each width are counted against their own histogram (per tensor and width,
+    the model the version-2 artifact codes with), the per-group widths against theirs, plus
+    ``HEADER_BITS``. No coder that sees one symbol at a time without context does better.
+    """
+    numel, gs = numel_of(entry["shape"]), entry["group_size"]
+    bits = entry_group_bits(entry)
+    if not numel:
+        return float(HEADER_BITS)
+    levels = unpack_levels(entry_levels_data(entry), bits, numel, gs).to(torch.int64)
+    widths = bits.repeat_interleave(group_lengths(numel, gs))
+    # One histogram per width: key = width * 2**15 + level.
+    counts = torch.bincount(widths * 2**15 + levels, minlength=16 * 2**15).view(16, 2**15)
+    total = sum(_order0_bits(row) for row in counts[int(bits.min()) : int(bits.max()) + 1])
+    return total + _order0_bits(torch.bincount(bits)) + HEADER_BITS
 
 
 def summarize_state(state: dict) -> dict:
@@ -10,15 +46,20 @@ def summarize_state(state: dict) -> dict:
 
     The true size counts each quantized tensor as ``tensor_bits`` does (bits, header, packed
     per-group widths); kept tensors count 32 bits per value (16 with ``float16``), as
-    ``true_model_size()`` does.
+    ``true_model_size()`` does. ``bound_mb`` (per layer and in total) is the order-0 entropy
+    bound (``entropy_bits``) with kept tensors and, in the total, buffers at their stored size:
+    what an ideal per-tensor order-0 coder would need for the same content.
     """
-    float16 = bool(state.get("config", {}).get("float16", False))
+    float16 = bool((state.get("config") or {}).get("float16", False))
     layers, true_bits, float_values, qbits, qnumel = [], 0, 0, 0, 0
+    bound_bits = 0.0
     for name, entry in state["quantized"].items():
         numel = numel_of(entry["shape"])
         bits = entry_group_bits(entry)
         payload, size = tensor_bits(bits, numel, entry["group_size"])
+        bound = entropy_bits(entry)
         true_bits += size
+        bound_bits += bound
         float_values += numel
         qbits += payload
         qnumel += numel
@@ -30,11 +71,13 @@ def summarize_state(state: dict) -> dict:
                 "bits_min": int(bits.min()),
                 "bits_max": int(bits.max()),
                 "mb": size / MB_BITS,
+                "bound_mb": bound / MB_BITS,
             }
         )
     for name, t in state["floats"].items():
         width = 16 if float16 and t.is_floating_point() else t.element_size() * 8
         true_bits += width * t.numel()
+        bound_bits += t.element_size() * 8 * t.numel()
         float_values += t.numel()
         layers.append(
             {
@@ -44,14 +87,18 @@ def summarize_state(state: dict) -> dict:
                 "bits_min": width,
                 "bits_max": width,
                 "mb": width * t.numel() / MB_BITS,
+                "bound_mb": t.element_size() * 8 * t.numel() / MB_BITS,
             }
         )
+    # Buffers (e.g. batch-norm statistics) are not part of the true size but a file holds them.
+    bound_bits += sum(t.element_size() * 8 * t.numel() for t in state["buffers"].values())
     float_mb = 32 * float_values / MB_BITS
     true_mb = true_bits / MB_BITS
     return {
         "float_mb": float_mb,
         "true_mb": true_mb,
         "compression": float_mb / true_mb if true_mb else None,
+        "bound_mb": bound_bits / MB_BITS,
         "mean_bits": qbits / qnumel if qnumel else None,
         "quantized_params": qnumel,
         "params": float_values,

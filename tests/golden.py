@@ -1,0 +1,75 @@
+"""The fixed tiny model of the format-stability tests, and a canonical digest of saved objects.
+
+The digest walks an object (sorted dict keys, tensors as dtype + shape + raw bytes) so it pins
+our layout and values, not the bytes of torch's pickler, which may change between releases.
+"""
+
+import hashlib
+import struct
+
+import torch
+
+from diffq_cli import DiffQuantizer, UniformQuantizer
+
+
+def golden_model() -> torch.nn.Module:
+    """Two Linear layers with weights set from a formula (no RNG involved)."""
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    with torch.no_grad():
+        for k, p in enumerate(model.parameters()):
+            values = torch.sin(torch.arange(p.numel(), dtype=torch.float64) * 0.37 + k)
+            p.copy_((values * 0.5).view(p.shape).float())
+    return model
+
+
+def golden_diffq(model: torch.nn.Module) -> DiffQuantizer:
+    """DiffQ, group 4, bias of the last layer kept in float, logits spread over 3..8 bits."""
+    quantizer = DiffQuantizer(model, min_size=0, group_size=4, exclude=["2.bias"])
+    quantizer.no_optimizer()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("_diffq"):
+                p.copy_(torch.linspace(-3.9, -0.1, p.numel(), dtype=torch.float64).float())
+    return quantizer
+
+
+def golden_uniform(model: torch.nn.Module) -> UniformQuantizer:
+    return UniformQuantizer(model, bits=3, min_size=0)
+
+
+def golden_input() -> torch.Tensor:
+    return torch.cos(torch.arange(5 * 6, dtype=torch.float64) * 0.61).view(5, 6).float()
+
+
+def digest(obj) -> str:
+    """SHA-256 of a canonical encoding of ``obj`` (dict, list, primitives, tensors)."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h, obj) -> None:
+    if isinstance(obj, dict):
+        h.update(b"d%d:" % len(obj))
+        for key in sorted(obj, key=str):
+            _feed(h, key)
+            _feed(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"l%d:" % len(obj))
+        for item in obj:
+            _feed(h, item)
+    elif isinstance(obj, bool) or obj is None:
+        h.update(repr(obj).encode())
+    elif isinstance(obj, int):
+        h.update(b"i%d;" % obj)
+    elif isinstance(obj, float):
+        h.update(b"f" + struct.pack("<d", obj))
+    elif isinstance(obj, str):
+        data = obj.encode()
+        h.update(b"s%d:" % len(data) + data)
+    elif torch.is_tensor(obj):
+        t = obj.detach().contiguous()
+        h.update(f"t{t.dtype}{list(t.shape)}:".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    else:
+        raise TypeError(f"digest: unsupported {type(obj).__name__}")
