@@ -24,6 +24,7 @@ from diffq_cli.errors import InputError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "default"
+DEFAULT_MU = (1e-3,)
 _BAD = object()  # sentinel: a value that cannot be coerced to the field's type
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # Bounds as (low, high, low excluded).
@@ -145,16 +146,18 @@ class OptimConfig(_Section):
 
 @dataclass(frozen=True)
 class TrainConfig(_Section):
-    """Loop length, the model-size penalties ``mu`` (one run each), device."""
+    """Loop length, the model-size penalties ``mu`` or size targets (one run each), device."""
 
     section: ClassVar = "train"
-    choices: ClassVar = {"amp": ("none", "bf16", "fp16")}
+    choices: ClassVar = {"amp": ("none", "bf16", "fp16"), "baseline": ("none", "ptq", "qat")}
     bounds: ClassVar = {"epochs": _GE1, "max_steps": _GE1, "log_every": _GE1, "seed": _GE0,
                         "float_epochs": _GE0}
     epochs: int = 3
     float_epochs: int = 0
     max_steps: int | None = None
-    mu: tuple[float, ...] = (1e-3,)
+    mu: tuple[float, ...] = ()  # empty and no target: DEFAULT_MU
+    target_mb: tuple[float, ...] = ()
+    baseline: str = "ptq"
     seed: int = 0
     log_every: int = 10
     device: str = "auto"
@@ -162,8 +165,15 @@ class TrainConfig(_Section):
     channels_last: bool = False
 
     def _validate(self) -> None:
-        if not self.mu:
-            raise InputError("recipe key 'train.mu' needs at least one value, e.g. train.mu=1e-3")
+        if self.mu and self.target_mb:
+            raise InputError("train.mu (--mu) and train.target_mb (--target-mb) are exclusive: "
+                             "give penalties or size targets, not both")
+        if not self.mu and not self.target_mb:
+            object.__setattr__(self, "mu", DEFAULT_MU)
+        for target in self.target_mb:
+            if target <= 0:
+                raise InputError(f"target size must be > 0 MB, got {target:g} "
+                                 "(recipe key 'train.target_mb')")
         for mu in self.mu:
             if mu < 0:
                 raise InputError(f"mu must be >= 0, got {mu:g} (recipe key 'train.mu')")
@@ -187,6 +197,9 @@ class Recipe(_Section):
 
     def _validate(self) -> None:
         object.__setattr__(self, "description", self.description.strip())
+        if self.train.target_mb and self.quant.method != "diffq":
+            raise InputError("train.target_mb (--target-mb) needs quant.method=diffq (learned "
+                             f"bit widths), got quant.method={self.quant.method}")
 
 
 _SECTIONS = {f.name: f.type for f in fields(Recipe) if dataclasses.is_dataclass(f.type)}
@@ -370,11 +383,17 @@ def load_recipe(name_or_path: str | os.PathLike | None = None, overrides: Sequen
     for key, value in _read_yaml(path).items():
         _put(flat, key, value)
     flat.setdefault("name", path.stem)
+    command: dict[str, Any] = {}  # flags then overrides: the command line
     for key, value in (flags or {}).items():
         if value is not None:
-            _put(flat, key, value)
+            _put(command, key, value)
     for text in overrides:
-        _put(flat, *parse_override(text))
+        _put(command, *parse_override(text))
+    # mu and target_mb are exclusive: the command line's choice replaces the file's other one.
+    for given, other in (("train.mu", "train.target_mb"), ("train.target_mb", "train.mu")):
+        if command.get(given) not in (None, [], ()) and other not in command:
+            flat.pop(other, None)
+    flat.update(command)
     nested: dict[str, Any] = {}
     for key, value in flat.items():
         section, _, leaf = key.rpartition(".")
@@ -411,9 +430,12 @@ def dump_recipe(recipe: Recipe) -> str:
 
 
 def output_dir(recipe: Recipe) -> str:
-    """``recipe.output``, or ``runs/<model>-<dataset>-mu<mu>`` (several mu joined by '_')."""
+    """``recipe.output``, or ``runs/<model>-<dataset>-mu<mu>`` (several mu joined by '_'), or
+    ``runs/<model>-<dataset>-target<X>MB`` with size targets."""
     if recipe.output:
         return recipe.output
-    mus = "_".join(f"{mu:g}" for mu in recipe.train.mu)
-    slug = f"{recipe.model.name}-{recipe.data.dataset}-mu{mus}"
+    t = recipe.train
+    runs = f"target{'_'.join(f'{x:g}' for x in t.target_mb)}MB" if t.target_mb else (
+        "mu" + "_".join(f"{mu:g}" for mu in t.mu))
+    slug = f"{recipe.model.name}-{recipe.data.dataset}-{runs}"
     return f"runs/{re.sub(r'[^A-Za-z0-9._+-]+', '-', slug)}"
