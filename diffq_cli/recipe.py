@@ -155,7 +155,7 @@ class TrainConfig(_Section):
     epochs: int = 3
     float_epochs: int = 0
     max_steps: int | None = None
-    mu: tuple[float, ...] = ()  # empty and no target: DEFAULT_MU
+    mu: tuple[float, ...] | None = None  # None and no target: DEFAULT_MU
     target_mb: tuple[float, ...] = ()
     baseline: str = "ptq"
     seed: int = 0
@@ -168,13 +168,16 @@ class TrainConfig(_Section):
         if self.mu and self.target_mb:
             raise InputError("train.mu (--mu) and train.target_mb (--target-mb) are exclusive: "
                              "give penalties or size targets, not both")
-        if not self.mu and not self.target_mb:
+        if self.mu is None and not self.target_mb:
             object.__setattr__(self, "mu", DEFAULT_MU)
+        if self.mu == () and not self.target_mb:
+            raise InputError("recipe key 'train.mu' needs at least one value, e.g. train.mu=1e-3 "
+                             "(or give train.target_mb)")
         for target in self.target_mb:
             if target <= 0:
                 raise InputError(f"target size must be > 0 MB, got {target:g} "
                                  "(recipe key 'train.target_mb')")
-        for mu in self.mu:
+        for mu in self.mu or ():
             if mu < 0:
                 raise InputError(f"mu must be >= 0, got {mu:g} (recipe key 'train.mu')")
         if not _DEVICE.fullmatch(self.device):
@@ -390,9 +393,10 @@ def load_recipe(name_or_path: str | os.PathLike | None = None, overrides: Sequen
     for text in overrides:
         _put(command, *parse_override(text))
     # mu and target_mb are exclusive: the command line's choice replaces the file's other one.
-    for given, other in (("train.mu", "train.target_mb"), ("train.target_mb", "train.mu")):
+    for given, other, unset in (("train.mu", "train.target_mb", []),
+                                ("train.target_mb", "train.mu", None)):
         if command.get(given) not in (None, [], ()) and other not in command:
-            flat.pop(other, None)
+            flat[other] = unset
     flat.update(command)
     nested: dict[str, Any] = {}
     for key, value in flat.items():
