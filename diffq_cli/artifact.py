@@ -45,6 +45,33 @@ def atomic_write(path, data: bytes) -> None:
         raise
 
 
+def check_writable(path, what: str = "output") -> None:
+    """Raises InputError unless files can be created at ``path`` (a file or directory to be).
+
+    Called before any work, so that a bad ``--output`` fails at once instead of after a
+    training run or a whole export. Probes the nearest existing ancestor by creating (and
+    removing) a temp file: permission bits alone miss read-only file systems.
+    """
+    path = Path(path).expanduser()
+    ancestor = path if path.is_dir() else path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(
+            f"cannot write {what} {path}: {ancestor} is a file, not a directory; "
+            "choose another path"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise InputError(
+            f"cannot write {what} {path}: {ancestor} is not writable ({reason}); "
+            "choose another path"
+        ) from None
+
+
 def torch_bytes(obj, compress: bool = False) -> bytes:
     """``torch.save`` of ``obj`` as bytes, gzipped (deterministic header) if asked."""
     import torch

@@ -208,6 +208,8 @@ def size(
     """Report the sizes of an artifact, a quantized state or a float checkpoint."""
     from diffq_cli.inspect import inspect_file
 
+    if max_mb is not None and max_mb < 0:
+        raise InputError(f"--max-mb must be >= 0, got {max_mb:g}")
     summary = inspect_file(file)
     if plot is not None:
         _plot_bits(file, plot)
@@ -252,6 +254,8 @@ def eval_(
     """Rebuild the model from an artifact alone and report its quantized accuracy."""
     from diffq_cli.evaluate import evaluate_artifact
 
+    if min_acc is not None and not 0 <= min_acc <= 100:
+        raise InputError(f"--min-acc is a percentage between 0 and 100, got {min_acc:g}")
     result = evaluate_artifact(file, dataset=dataset, data_dir=data_dir)
     reporter = _reporter(json_out)
     if json_out:
@@ -268,8 +272,13 @@ def export(
     file: FileArg,
     out: Annotated[Path, typer.Option("-o", "--output", help="Output file.")],
     format: Annotated[
-        str, typer.Option("--format", help="compact | torchscript | pt2 | safetensors | onnx.")
-    ] = "compact",
+        str | None,
+        typer.Option(
+            "--format",
+            help="compact | torchscript | pt2 | safetensors | onnx (default: from the -o "
+            "suffix: .safetensors, .onnx, .ts/.torchscript; otherwise compact).",
+        ),
+    ] = None,
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 (safetensors).")] = "fp32",
     atol: Annotated[
         float, typer.Option(help="Max abs output difference allowed vs the quantized model.")

@@ -82,6 +82,7 @@ def build_loaders(spec, distributed: bool = False):
             mean, std = _CIFAR[name][2:]
         else:  # grayscale: exact statistics of the training pixels, from a histogram
             mean, std = _gray_stats(xtr, scale)
+        present = len(np.unique(ytr))  # labels seen in training, before any subset
         xtr, ytr = xtr[: spec.train_subset], ytr[: spec.train_subset]
         xva, yva = xva[: spec.val_subset], yva[: spec.val_subset]
         train_ds, val_ds = _tensors(xtr, ytr), _tensors(xva, yva)
@@ -89,9 +90,15 @@ def build_loaders(spec, distributed: bool = False):
         collate = [_BatchPrep(scale, spec.input_size, mean, std, aug)
                    for aug in (rgb_augment, False)]
         info = {"num_classes": num_classes, "in_chans": int(xtr.shape[1]), "mean": list(mean),
-                "std": list(std)}
+                "std": list(std), "classes_present": present}
     info.update(dataset=name, input_size=spec.input_size, train_size=len(train_ds),
                 val_size=len(val_ds))
+    present = info.pop("classes_present", info["num_classes"])
+    if present < 2:  # one class trains to a meaningless "100 %"
+        raise InputError(
+            f"dataset {name} has {present} class(es) in its training split; classification "
+            "needs at least 2: check --data-dir (one sub-folder per class) or the label files"
+        )
     train = _loader(train_ds, spec.batch_size, True, spec, collate[0], distributed)
     val = _loader(val_ds, spec.eval_batch_size, False, spec, collate[1], distributed)
     return train, val, info

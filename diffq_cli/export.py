@@ -33,7 +33,7 @@ import json
 import warnings
 from pathlib import Path
 
-from diffq_cli.artifact import atomic_write, read_file, rebuild_model
+from diffq_cli.artifact import atomic_write, check_writable, read_file, rebuild_model
 from diffq_cli.errors import InputError
 from diffq_cli.evaluate import logits as _logits
 
@@ -41,18 +41,22 @@ FORMATS = ("compact", "pt2", "torchscript", "safetensors", "onnx")
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _SUFFIX = {"compact": ".compact.pt2", "pt2": ".pt2", "torchscript": ".torchscript.pt",
            "safetensors": ".safetensors", "onnx": ".onnx"}
+# Formats an output name implies ("-o x.onnx"); the first is the one chosen without --format.
+_BY_SUFFIX = {".safetensors": ("safetensors",), ".onnx": ("onnx",), ".ts": ("torchscript",),
+              ".torchscript": ("torchscript",), ".pt2": ("compact", "pt2")}
 _ONNX_HINT = "ONNX export needs the onnx extra: pip install 'diffq-cli[onnx]'"
 SAMPLES = 8
 
 
-def export_artifact(path, out=None, fmt: str = "compact", atol: float = 1e-4,
+def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
                     dtype: str = "fp32") -> dict:
     """Write ``fmt`` from an artifact, load it back and compare outputs on a sample batch.
 
     Args:
         path: the artifact (``model.th``) written by ``diffq finetune``.
         out: output file (or an existing directory); default: next to ``path``.
-        fmt: one of ``FORMATS``.
+        fmt: one of ``FORMATS``; None: implied by the suffix of ``out`` (``.safetensors``,
+            ``.onnx``, ``.ts``/``.torchscript``; ``.pt2`` and anything else: ``compact``).
         atol: largest allowed abs difference between the file's outputs and the quantized
             model's, rebuilt from the artifact (with ``dtype``, its weights rounded to it).
         dtype: weights dtype of ``safetensors``: ``fp32``, ``fp16`` or ``bf16``.
@@ -71,16 +75,18 @@ def export_artifact(path, out=None, fmt: str = "compact", atol: float = 1e-4,
 
     from diffq_cli.quant.summary import summarize_state
 
-    if fmt not in FORMATS:
-        raise InputError(f"unknown export format '{fmt}'; choose one of: {', '.join(FORMATS)}")
+    fmt = resolve_format(out, fmt)
+    if atol < 0:
+        raise InputError(f"--atol must be >= 0, got {atol:g}")
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype '{dtype}'; choose one of: fp32, fp16, bf16")
     if dtype != "fp32" and fmt != "safetensors":
         raise InputError(f"--dtype {dtype} applies to --format safetensors only")
     if fmt == "onnx":
         _need_onnx()
-    artifact = load_artifact(path)
     out = _output_path(Path(path), out, fmt)
+    check_writable(out, "export")  # before the conversion, not after it
+    artifact = load_artifact(path)
     model = rebuild_model(artifact)
     x = sample_batch(artifact)
     with torch.no_grad():
@@ -259,6 +265,24 @@ _FORMATS = {
 
 
 # ---------------------------------------------------------------------- helpers
+def resolve_format(out, fmt: str | None) -> str:
+    """The export format: ``fmt`` if given (it must agree with the output's suffix), else the
+    one the suffix implies, else ``compact``."""
+    if fmt is not None and fmt not in FORMATS:
+        raise InputError(f"unknown export format '{fmt}'; choose one of: {', '.join(FORMATS)}")
+    implied = None
+    if out is not None and not Path(out).expanduser().is_dir():
+        implied = _BY_SUFFIX.get(Path(out).suffix.lower())
+    if fmt is None:
+        return implied[0] if implied else "compact"
+    if implied and fmt not in implied:
+        raise InputError(
+            f"--format {fmt} contradicts the output name {Path(out).name} (a "
+            f"{' or '.join(implied)} file); drop --format or change the -o suffix"
+        )
+    return fmt
+
+
 def _output_path(src: Path, out, fmt: str) -> Path:
     name = src.name.removesuffix(".th").removesuffix(".pt") + _SUFFIX[fmt]
     if out is None:

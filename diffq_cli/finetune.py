@@ -43,13 +43,23 @@ def _float_stage(model, recipe, train_loader, run_dir: Path, ctx) -> None:
 
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuses to silently replace an earlier run's results."""
+    """Refuses contradictory flags, an unwritable output, a resume with nothing to resume, and
+    a silent replacement of an earlier run's results: all before any work is done."""
+    from diffq_cli.artifact import check_writable
     from diffq_cli.errors import InputError
 
-    if resume or overwrite or not run_dir.is_dir():
-        return
-    found = [p for name in ("model.th", "checkpoint.pt") for p in run_dir.glob(f"**/{name}")]
-    if found:
+    if resume and overwrite:
+        raise InputError("--resume continues a run and --overwrite replaces it; pass only one")
+    check_writable(run_dir, "run directory")
+    found = [p for name in ("checkpoint.pt", "float.pt", "model.th")
+             for p in sorted(run_dir.glob(f"**/{name}"))] if run_dir.is_dir() else []
+    if resume and not any(p.name != "model.th" for p in found):
+        finished = f" (it holds a finished run's {found[0].name})" if found else ""
+        raise InputError(
+            f"--resume: {run_dir} holds no checkpoint to resume{finished}; drop --resume to "
+            "start a new run, or pass the --output of an interrupted run"
+        )
+    if found and not (resume or overwrite):
         raise InputError(
             f"{run_dir} already holds a run ({found[0].name}); pass --resume to continue it, "
             "--overwrite to replace it, or --output DIR to write elsewhere"
@@ -138,6 +148,8 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False) ->
     model_spec = dict(model.diffq_spec)
     if t.target_mb:
         _check_targets(model, recipe, reporter)  # before any training
+    # The run directory appears only once data, model and targets are known good: a run that
+    # fails on bad input leaves nothing behind.
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", dump_recipe(recipe).encode())

@@ -117,6 +117,12 @@ class QuantConfig(_Section):
     exclude: tuple[str, ...] = ()
 
     def _validate(self) -> None:
+        # Each method's own constraints, checked here so that a bad value fails at load time,
+        # before any model or data is built.
+        if self.method == "lsq" and (self.bits != int(self.bits) or self.bits < 2):
+            raise InputError(
+                "recipe key 'quant.bits' must be a whole number between 2 and 15 for "
+                f"quant.method=lsq (its signed grid needs 2 bits at least), got {self.bits:g}")
         if not self.min_bits <= self.init_bits <= self.max_bits:
             raise InputError(
                 "recipe keys must satisfy quant.min_bits <= quant.init_bits <= quant.max_bits, "

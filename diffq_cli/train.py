@@ -26,7 +26,7 @@ def build_quantizer(model, q):
     if q.method == "uniform":
         return UniformQuantizer(model, bits=q.bits, qat=True, **common)
     if q.method == "lsq":
-        return LSQ(model, bits=int(q.bits), **common)
+        return LSQ(model, bits=q.bits, **common)
     return DiffQuantizer(
         model,
         group_size=q.group_size,
@@ -60,12 +60,19 @@ def lr_factor(step: int, total: int, steps_per_epoch: int, o) -> float:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+    """Every generator a step draws from: noise drawn on CUDA uses the CUDA generators."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _autocast(device: torch.device, amp: str):
@@ -86,14 +93,21 @@ def _set_lr(optimizer, o, step: int, total: int, steps_per_epoch: int) -> None:
         group["lr"] = o.lr * lr_factor(step, total, steps_per_epoch, o)
 
 
-def _optimize(loss, optimizers, scaler, params, grad_clip) -> None:
-    """Backward and one step of every optimizer (loss scaling and clipping as configured)."""
+def _optimize(loss, optimizers, scaler, grad_clip) -> None:
+    """Backward and one step of every optimizer (loss scaling and clipping as configured).
+
+    Clipping is per optimizer: the weights and the bit logits are clipped separately (one norm
+    over both would let the logits' gradients shrink every weight update), and each
+    optimizer's gradients are unscaled first.
+    """
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if grad_clip:
-        scaler.unscale_(optimizers[0])
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        for opt in optimizers:
+            scaler.unscale_(opt)
+            params = [p for group in opt.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
     for opt in optimizers:
         scaler.step(opt)
     scaler.update()
@@ -178,7 +192,7 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
                         f"loss became {value} at step {step} ({label}); lower optim.lr or mu. "
                         f"The last good checkpoint is kept in {ckpt_path}"
                     )
-                _optimize(loss, [optimizer, bits_opt], scaler, model.parameters(), o.grad_clip)
+                _optimize(loss, [optimizer, bits_opt], scaler, o.grad_clip)
                 step += 1
                 seen += 1
                 loss_sum += value
@@ -293,7 +307,7 @@ def train_float(model, recipe, train_loader, ctx) -> None:
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingError(f"float pre-training loss became {value}; lower optim.lr")
-            _optimize(loss, [optimizer], scaler, model.parameters(), o.grad_clip)
+            _optimize(loss, [optimizer], scaler, o.grad_clip)
             step += 1
         ctx.reporter.note(f"float epoch {epoch + 1}/{t.float_epochs}: loss {value:.4f}")
     model.eval()

@@ -33,15 +33,38 @@ def test_eval_json(artifact):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)  # exactly one JSON document on stdout
     assert doc["dataset"] == "digits" and doc["samples"] == 359
-    assert 0 <= doc["accuracy"] <= 100 and doc["recorded_accuracy"] == 11.0
+    assert doc["recorded_accuracy"] == 11.0  # what the file says, not what eval measured
+    # Independent rebuild: the state restored into a fresh model, scored by a plain loop.
+    import torch
+
+    from diffq_cli import restore_quantized_state
+    from diffq_cli.artifact import read_file
+    from diffq_cli.data import DataSpec, build_loaders
+    from diffq_cli.evaluate import accuracy
+    from diffq_cli.models import create_model
+
+    blob = read_file(artifact)[1]
+    spec = blob["model"]
+    model = create_model(spec["name"], num_classes=spec["num_classes"],
+                         in_chans=spec["in_chans"], input_size=spec["input_size"])
+    restore_quantized_state(model, blob["state"])
+    _, val, _ = build_loaders(DataSpec(dataset="digits", input_size=spec["input_size"] or 16,
+                                       train_subset=1))
+    with torch.no_grad():
+        assert doc["accuracy"] == accuracy(model, val)
 
 
 def test_eval_table_and_min_acc_gate(artifact):
     result = run("eval", artifact)
     assert result.exit_code == 0 and "accuracy" in result.stdout
-    result = run("eval", artifact, "--min-acc", "101")
+    measured = json.loads(run("eval", artifact, "--json").stdout)["accuracy"]
+    assert measured < 100  # a random model: the gate just above it must fail
+    result = run("eval", artifact, "--min-acc", f"{measured + 0.01:.4f}")
     assert result.exit_code == 1
     assert "min-acc" in one_error_line(result)
+    assert run("eval", artifact, "--min-acc", f"{measured - 0.01:.4f}").exit_code == 0
+    result = run("eval", artifact, "--min-acc", "101")
+    assert result.exit_code == 2 and "between 0 and 100" in one_error_line(result)
 
 
 def test_eval_bad_input(artifact, tmp_path):

@@ -30,6 +30,12 @@ def attached_quantizer(model: nn.Module):
     return _ATTACHED.get(model)
 
 
+def _through_half(p: torch.Tensor) -> torch.Tensor:
+    """``p`` rounded through float16 and back to its dtype (how ``float16=True`` stores it)."""
+    with torch.no_grad():
+        return p.detach().to(torch.float16).to(p.dtype)
+
+
 @dataclass(eq=False)
 class QParam:
     """One quantized parameter (shared ones appear once, with several bindings)."""
@@ -90,7 +96,7 @@ class BaseQuantizer:
         self.exclude = list(exclude or [])
         self.detect_bound = bool(detect_bound)
         self.group_size = int(group_size)
-        self._qparams, self._others = self._discover()
+        self._qparams, self._others, self._float_bindings = self._discover()
         for qp in self._qparams:
             self._prepare(qp)
         self._optimizer_ready = not self._bit_parameters()
@@ -98,6 +104,7 @@ class BaseQuantizer:
         self._quantized_backup: list | None = None
         self._installed: list = []
         self._eval_cache: dict = {}
+        self._half_cache: dict = {}
         self._hooks = [
             model.register_forward_pre_hook(self._pre_forward),
             model.register_forward_hook(self._post_forward, always_call=True),
@@ -116,7 +123,9 @@ class BaseQuantizer:
         )
 
     def _discover(self):
-        qparams, others, seen = [], [], {}
+        """(quantized params, kept (name, Parameter) pairs, (module, attr, Parameter) of every
+        binding of a kept floating Parameter: ``float16`` rounds those at evaluation)."""
+        qparams, others, float_bindings, seen = [], [], [], {}
         for mname, module in self.model.named_modules(remove_duplicate=False):
             for attr, p in list(module._parameters.items()):
                 if p is None:
@@ -128,6 +137,8 @@ class BaseQuantizer:
                         m is module and a == attr for m, a in entry.bindings
                     ):
                         entry.bindings.append((module, attr))
+                    elif not isinstance(entry, QParam) and p.is_floating_point():
+                        float_bindings.append((module, attr, p))
                     continue
                 if self._quantizable(full, attr, p):
                     gs = self.group_size if 0 < self.group_size < p.numel() else p.numel()
@@ -137,7 +148,9 @@ class BaseQuantizer:
                 else:
                     others.append((full, p))
                     seen[id(p)] = full
-        return qparams, others
+                    if p.is_floating_point():
+                        float_bindings.append((module, attr, p))
+        return qparams, others, float_bindings
 
     # ------------------------------------------------------------ subclass hooks
     def _prepare(self, qp: QParam) -> None:
@@ -170,32 +183,41 @@ class BaseQuantizer:
     # ------------------------------------------------------------ forward hooks
     def _pre_forward(self, module, args):
         if self._quantized_backup is not None:
-            return  # quantize(): the parameters already hold quantized values
+            if not self.model.training:
+                return  # quantize(): the parameters already hold quantized values
+            # As in the reference: training goes on from the float weights, so optimizer steps
+            # taken now are not thrown away by a later unquantize().
+            self.unquantize()
         if self.model.training:
             if not self._optimizer_ready and torch.is_grad_enabled():
                 raise RuntimeError(
                     "call quantizer.setup_optimizer(optimizer) (or quantizer.no_optimizer()) "
                     "before training the model"
                 )
-            weights = self._train_weights()
+            self._install(self._train_weights())
         else:
-            weights = self._eval_weights()
-        if weights:
-            self._install(weights)
+            # Kept floats as the saved state stores them: the accuracy measured live is the
+            # accuracy of the restored state, bit for bit.
+            self._install(self._eval_weights(), self._half_floats())
 
     def _post_forward(self, module, args, output):
         self._uninstall()
 
-    def _install(self, weights) -> None:
+    def _install(self, weights, extra=()) -> None:
+        """Places one weight per QParam (None: keep the float) and the ``extra`` (module,
+        attr, value) triples in the modules' ``__dict__`` for this forward."""
+        placed = [
+            (module, attr, w)
+            for qp, w in zip(self._qparams, weights or [None] * len(self._qparams), strict=True)
+            if w is not None
+            for module, attr in qp.bindings
+        ]
         rnns = []
-        for qp, w in zip(self._qparams, weights, strict=True):
-            if w is None:
-                continue
-            for module, attr in qp.bindings:
-                module.__dict__[attr] = w
-                self._installed.append((module, attr))
-                if isinstance(module, nn.RNNBase):
-                    rnns.append(module)
+        for module, attr, w in [*placed, *extra]:
+            module.__dict__[attr] = w
+            self._installed.append((module, attr))
+            if isinstance(module, nn.RNNBase):
+                rnns.append(module)
         for rnn in rnns:  # RNNs read a cached list of their weights
             rnn._init_flat_weights()
 
@@ -222,6 +244,21 @@ class BaseQuantizer:
                     hit = (key, self._dequantized(qp))
                 self._eval_cache[qp.name] = hit
             out.append(hit[1])
+        return out
+
+    def _half_floats(self) -> list:
+        """(module, attr, value) of every kept float Parameter rounded through float16, as
+        ``get_quantized_state`` stores it; empty without ``float16``. Cached per version."""
+        if not self.float16:
+            return []
+        out = []
+        for module, attr, p in self._float_bindings:
+            key = (p._version, p.data_ptr(), p.device, p.dtype)
+            hit = self._half_cache.get(id(p))
+            if hit is None or hit[0] != key:
+                hit = (key, _through_half(p))
+                self._half_cache[id(p)] = hit
+            out.append((module, attr, hit[1]))
         return out
 
     def _dequantized(self, qp: QParam) -> torch.Tensor:
@@ -316,8 +353,13 @@ class BaseQuantizer:
         with torch.no_grad():
             backup = []
             for qp in self._unique():
-                backup.append(qp.param.detach().clone())
+                backup.append((qp.param, qp.param.detach().clone()))
                 qp.param.copy_(self._dequantized(qp))
+            if self.float16:
+                for _, p in self._others:
+                    if p.is_floating_point():
+                        backup.append((p, p.detach().clone()))
+                        p.copy_(_through_half(p))
         self._quantized_backup = backup
 
     def unquantize(self) -> None:
@@ -327,9 +369,8 @@ class BaseQuantizer:
         with torch.no_grad():
             # Reversed: with detect_bound=False a Parameter may be backed up twice, and the
             # first backup holds its float value.
-            pairs = list(zip(self._unique(), self._quantized_backup, strict=True))
-            for qp, saved in reversed(pairs):
-                qp.param.copy_(saved)
+            for param, saved in reversed(self._quantized_backup):
+                param.copy_(saved)
         self._quantized_backup = None
 
     @contextmanager

@@ -180,7 +180,26 @@ def test_sizes_are_consistent(h, qconfig, batch):
     assert abs(packed - true) <= 0.1 * true
     assert compressed <= 1.5 * true
     assert true / 1.5 <= estimate.item() <= 1.5 * true
-    assert quantizer.model_size(exact=True) == pytest.approx(true, rel=0.05)
+
+
+def test_differentiable_size_equals_true_size_at_integer_bits(h):
+    """Two independent code paths (the batched differentiable estimate and the per-tensor
+    count of the rounded widths) agree exactly when every learned width is an integer."""
+    net = h.make_net(0)
+    quantizer = DiffQuantizer(net, group_size=8, min_bits=2, max_bits=10, init_bits=6)
+    with torch.no_grad():
+        for i, p in enumerate(quantizer._bit_parameters()):
+            # Widths 3..7 by group: sigmoid(logit) = (b - 2) / 8 exactly representable.
+            b = 3 + torch.arange(p.numel()) % 5 + i % 2
+            t = (b.float() - 2) / 8
+            p.copy_(torch.log(t / (1 - t)))
+    true = quantizer.true_model_size()
+    assert quantizer.model_size().item() == pytest.approx(true, rel=1e-6)
+    # and the differentiable estimate moves with the widths while the floats stay counted
+    with torch.no_grad():
+        for p in quantizer._bit_parameters():
+            p.add_(1.0)
+    assert quantizer.model_size().item() > true
 
 
 def test_model_size_is_differentiable_for_diffq(h):
@@ -348,3 +367,47 @@ def test_a_failing_forward_leaves_the_floats_in_place(h, qconfig, batch, train):
     restored.eval()
     with torch.no_grad():
         assert torch.equal(restored(batch), first)
+
+
+def test_a_training_forward_after_quantize_trains_the_floats(h, qconfig, batch):
+    """As in the reference: quantize(), then a training step, keeps that step (the training
+    forward restores the floats first) instead of training the quantized values and losing
+    the step at the next unquantize()."""
+    _, cls, kwargs = qconfig
+    net = h.make_net(0)
+    quantizer, opt = h.attach(cls, net, **kwargs)
+    floats = _weights(net, quantizer)
+    quantizer.quantize()
+    h.train_steps(net, quantizer, opt, batch, steps=1)
+    trained = _weights(net, quantizer)
+    quantizer.unquantize()  # nothing left to undo
+    after = _weights(net, quantizer)
+    for name in ("conv2.weight", "fc1.weight"):
+        assert torch.equal(after[name], trained[name]), name
+        assert not torch.equal(after[name], floats[name]), name
+    # The step started from the floats: without noise or quantization in between, an SGD step
+    # is w - lr * grad, so it lies close to the float weights, not to the quantized ones.
+    assert quantizer._quantized_backup is None
+
+
+def test_float16_live_eval_is_the_restored_state(h, qconfig, batch):
+    """With float16=True the kept float tensors go through fp16 in the eval forward,
+    quantize() and enter_quantize(), exactly as the saved state stores them."""
+    _, cls, kwargs = qconfig
+    net, quantizer = _trained(h, cls, kwargs, batch, float16=True)
+    with torch.no_grad():
+        net.fc2.bias.add_(1e-4)  # a value fp16 cannot hold exactly
+    net.eval()
+    with torch.no_grad():
+        live = net(batch)
+        restored = h.zeroed(h.make_net(1))
+        restore_quantized_state(restored, h.save_load(quantizer.get_quantized_state()))
+        expected = restored.eval()(batch)
+        assert torch.equal(live, expected)
+        with quantizer.enter_quantize():
+            assert torch.equal(net(batch), expected)
+            assert torch.equal(net.fc2.bias, restored.fc2.bias)
+    # the floats are back, unrounded, outside the quantized views
+    assert not torch.equal(net.fc2.bias, restored.fc2.bias)
+    net.train()
+    assert "bias" not in net.fc2.__dict__
