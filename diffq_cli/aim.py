@@ -101,3 +101,32 @@ class FixedMu:
 
     def load_state_dict(self, state: dict) -> None:
         self.mu = state["mu"]
+
+
+def start_control(quantizer, mu: float, target_mb: float | None):
+    """A fixed mu, or (with a target) the controller, every group starting at the aimed size."""
+    if target_mb is None:
+        return FixedMu(mu)
+    from diffq_cli.quant.budget import set_uniform_bits, uniform_bits_for
+
+    control = MuController(target_mb)
+    bits = uniform_bits_for(quantizer, control.aim_mb)
+    if bits < quantizer.init_bits:  # start at the budget (see the module docstring)
+        set_uniform_bits(quantizer, bits)
+    return control
+
+
+def fit_target(quantizer, target_mb: float | None, reporter) -> dict:
+    """With a target, lowers the widths that cost least until the true size fits
+    (``quant.budget.fit_budget``); says how many groups it lowered."""
+    if target_mb is None:
+        return {}
+    from diffq_cli.quant import budget
+
+    fit = budget.fit_budget(quantizer, target_mb)
+    if fit["lowered"]:
+        reporter.note(
+            f"target={target_mb:g}MB: lowered {fit['lowered']} group widths by rounding "
+            f"{fit['tau']:.3f} bits lower; true size {fit['true_mb']:.3f} MB"
+        )
+    return fit

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from diffq_cli.aim import CALIBRATE_EVERY
+from diffq_cli.aim import CALIBRATE_EVERY, fit_target, start_control
 from diffq_cli.artifact import atomic_write, torch_bytes
 from diffq_cli.errors import TrainingError
 
@@ -140,7 +140,7 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
     # than the per-tensor loop), available for float32 parameters on CPU and CUDA.
     bits_opt = torch.optim.Adam([{"params": []}], lr=o.bits_lr, fused=True)
     quantizer.setup_optimizer(bits_opt, lr=o.bits_lr)
-    control = _mu_control(quantizer, mu, target_mb)
+    control = start_control(quantizer, mu, target_mb)
     label = f"mu={mu:g}" if target_mb is None else f"target={target_mb:g}MB"
     net = ctx.dist.wrap(model)
     scaler = _scaler(ctx, t.amp)
@@ -239,7 +239,7 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
                 )
             ctx.after_epoch(epoch)
     model.eval()
-    fit = _fit(quantizer, target_mb, ctx)
+    fit = fit_target(quantizer, target_mb, ctx.reporter)
     accuracy = history[-1]["accuracy"] if history and not fit.get("lowered") else None
     return {
         "quantizer": quantizer,
@@ -250,36 +250,6 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
         if accuracy is None
         else accuracy,
     }
-
-
-def _mu_control(quantizer, mu: float, target_mb):
-    """A fixed mu, or (with a target) the controller, the bits starting at the aimed size."""
-    from diffq_cli.aim import FixedMu, MuController
-
-    if target_mb is None:
-        return FixedMu(mu)
-    from diffq_cli.quant.budget import set_uniform_bits, uniform_bits_for
-
-    control = MuController(target_mb)
-    bits = uniform_bits_for(quantizer, control.aim_mb)
-    if bits < quantizer.init_bits:  # see diffq_cli.aim: start at the budget
-        set_uniform_bits(quantizer, bits)
-    return control
-
-
-def _fit(quantizer, target_mb, ctx) -> dict:
-    """With a target, lowers the widths that cost least until the true size fits."""
-    if target_mb is None:
-        return {}
-    from diffq_cli.quant.budget import fit_budget
-
-    fit = fit_budget(quantizer, target_mb)
-    if fit["lowered"]:
-        ctx.reporter.note(
-            f"target={target_mb:g}MB: lowered {fit['lowered']} group widths by rounding "
-            f"{fit['tau']:.3f} bits lower; true size {fit['true_mb']:.3f} MB"
-        )
-    return fit
 
 
 def _write_metrics(path: Path, history: list) -> None:
