@@ -120,9 +120,12 @@ def test_mu_and_target_are_exclusive_and_checked(tmp_path, args, needle):
 
 
 def test_a_missed_budget_exits_1_saying_by_how_much(tmp_path, monkeypatch):
-    # Without the final rounding fix, the run starts every group at the uniform width of the
-    # aim (2.85 bits), which rounds to 3 bits: 4.03 MB, over a 4 MB target.
-    monkeypatch.setattr("diffq_cli.quant.budget.fit_budget",
+    # Start every group at 2.85 bits (rounds to 3: 4.03 MB) and switch off the final rounding
+    # fix: one step cannot bring a 4 MB target back.
+    from diffq_cli.quant import budget
+
+    monkeypatch.setattr(budget, "start_at_size", lambda q, mb: budget.set_uniform_bits(q, 2.85))
+    monkeypatch.setattr(budget, "fit_budget",
                         lambda q, mb: {"fits": False, "lowered": 0, "true_mb": 0.0, "tau": 0.0})
     out = tmp_path / "miss"
     result = run(CliRunner(), "finetune", *FAST, "--max-steps", "1", "--target-mb", "4",

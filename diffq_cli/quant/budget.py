@@ -120,6 +120,46 @@ def uniform_bits_for(quantizer, target_mb: float) -> float:
                 qp.bit_param.copy_(logit)
 
 
+def start_at_size(quantizer, target_mb: float) -> float:
+    """Sets starting widths whose true size is at most ``target_mb``, with no rounding surprise.
+
+    Every group gets an integer width ``k`` or ``k + 1``: the smallest tensors (first and last
+    layers, downsampling convolutions: the usual sensitive ones, and the cheapest to keep wide)
+    get ``k + 1`` while the size allows. Real bits sit exactly on those integers (``min_bits +
+    0.3`` at the bottom, where an exact bound would freeze the logit), so the training noise
+    matches what rounding will give. Keeps ``init_bits`` when that already fits. Returns the
+    resulting true size in MB.
+    """
+    unique = _check(quantizer)
+    low = int(_int_bits(torch.tensor(quantizer.min_bits + quantizer.extra_bits)))
+    high = int(_int_bits(torch.tensor(quantizer.init_bits + quantizer.extra_bits)))
+    if size_at_bits(quantizer, quantizer.init_bits) <= target_mb:
+        return size_at_bits(quantizer, quantizer.init_bits)
+    k = low
+    while k + 1 < high and _uniform_mb(quantizer, unique, k + 1) <= target_mb:
+        k += 1
+    widths = {qp.name: k for qp in unique}
+    for qp in sorted(unique, key=lambda qp: qp.numel):  # smallest tensors first
+        widths[qp.name] = k + 1
+        if _size_mb(quantizer, unique, _full(unique, widths)) > target_mb:
+            widths[qp.name] = k
+            break
+    for qp in unique:
+        real = widths[qp.name] - quantizer.extra_bits
+        real = max(real, quantizer.min_bits + 0.3)
+        with torch.no_grad():
+            qp.bit_param.fill_(float(logits_for_bits(quantizer, torch.tensor(float(real)))))
+    return quantizer.true_model_size()
+
+
+def _full(unique, widths: dict) -> list[torch.Tensor]:
+    return [torch.full((qp.n_groups,), widths[qp.name], dtype=torch.int64) for qp in unique]
+
+
+def _uniform_mb(quantizer, unique, width: int) -> float:
+    return _size_mb(quantizer, unique, _full(unique, {qp.name: width for qp in unique}))
+
+
 def fit_budget(quantizer, max_mb: float) -> dict:
     """Lowers integer widths, cheapest groups first, until ``true_model_size() <= max_mb``.
 

@@ -98,3 +98,21 @@ def test_budget_helpers_need_a_diffquantizer():
     q = UniformQuantizer(make_net(), bits=4)
     with pytest.raises(TypeError, match="DiffQuantizer"):
         size_floor(q)
+
+
+def test_start_at_size_mixes_two_integer_widths_small_tensors_wide_first():
+    from diffq_cli.quant.budget import start_at_size
+
+    q = _quantizer(min_size=1e-4)
+    target = (size_at_bits(q, 3) + size_at_bits(q, 4)) / 2
+    got = start_at_size(q, target)
+    assert got == pytest.approx(q.true_model_size()) and got <= target
+    widths = {qp.name: set(q._true_bits(qp).tolist()) for qp in q._unique()}
+    assert set().union(*widths.values()) == {3, 4} and all(len(w) == 1 for w in widths.values())
+    by_size = sorted(q._unique(), key=lambda qp: qp.numel)
+    order = [widths[qp.name].pop() for qp in by_size]
+    assert order == sorted(order, reverse=True)  # wide ones are the smallest tensors
+    # The real bits sit on the integers: no gap between training noise and rounding.
+    for b in learned_bits(q):
+        assert torch.allclose(b, torch.round(b), atol=1e-3)
+    assert start_at_size(q, 1e6) == pytest.approx(size_at_bits(q, q.init_bits))
