@@ -6,6 +6,8 @@ diverged; 2 bad usage or input. Heavy modules are imported inside the commands s
 """
 
 import functools
+import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -31,7 +33,8 @@ app = typer.Typer(
         "  torchrun --nproc_per_node 2 -m diffq_cli finetune --recipe cifar10-resnet18"
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # Typer's --install-completion / --show-completion
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -40,6 +43,36 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON do
 FileArg = Annotated[
     Path, typer.Argument(help="An artifact (model.th), a quantized state or a checkpoint.")
 ]
+
+
+def _recipe_defaults() -> dict:
+    """The default recipe's values, shown in ``finetune --help`` (read once, ~10 ms)."""
+    try:
+        from diffq_cli.recipe import default_values
+
+        return default_values()
+    except Exception:  # a broken install must still print help; the run itself will say why
+        return {}
+
+
+_DEFAULTS = _recipe_defaults()
+
+
+def _h(text: str, key: str) -> str:
+    """Help text plus the default recipe's value for ``key`` (when it has one)."""
+    value = _DEFAULTS.get(key)
+    if value is None or value == () or value is False:
+        return text
+    if isinstance(value, (list, tuple)):
+        value = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    elif isinstance(value, float):
+        value = f"{value:g}"
+    return f"{text} [recipe default: {value}]"
+
+
+def _gate(name: str, limit: float | None, passed: bool) -> dict | None:
+    """The JSON record of a gate, or None when the user asked for none."""
+    return None if limit is None else {name: limit, "passed": bool(passed)}
 
 
 def _fail(code: int, message: str):
@@ -89,25 +122,60 @@ def root(
 @handle_errors
 def finetune(
     overrides: Annotated[
-        list[str] | None, typer.Argument(help="Recipe overrides key=value, e.g. optim.lr=0.1.")
+        list[str] | None,
+        typer.Argument(metavar="KEY=VALUE", help="Recipe overrides, e.g. optim.lr=0.1."),
     ] = None,
     recipe: Annotated[
-        str | None, typer.Option(help="Recipe name or YAML path (default: default).")
+        str | None,
+        typer.Option(metavar="NAME|PATH", help="Recipe name or YAML path. [default: default]"),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="timm or torchvision model name.")] = None,
-    source: Annotated[str | None, typer.Option(help="auto | timm | torchvision.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help=_h("timm or torchvision model.", "model.name")),
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help=_h("auto | timm | torchvision.", "model.source")),
+    ] = None,
     dataset: Annotated[
         str | None,
         typer.Option(
-            help="digits | mnist | fashion-mnist | cifar10 | cifar100 | imagefolder | idx."
+            metavar="NAME",
+            help=_h(
+                "digits | mnist | fashion-mnist | cifar10 | cifar100 | imagefolder | idx.",
+                "data.dataset",
+            ),
         ),
     ] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Dataset directory.")] = None,
+    data_dir: Annotated[str | None, typer.Option(metavar="DIR", help="Dataset directory.")] = None,
     download: Annotated[
         bool | None, typer.Option("--download", help="Let torchvision download the dataset.")
     ] = None,
     mu: Annotated[
-        list[float] | None, typer.Option(help="Size penalty; repeat for a trade-off sweep.")
+        list[float] | None,
+        typer.Option(
+            metavar="FLOAT (repeatable)",
+            help=_h("Size penalty; several values make a trade-off sweep.", "train.mu"),
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(metavar="N", help=_h("DiffQ epochs per mu.", "train.epochs"))
+    ] = None,
+    float_epochs: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help=_h(
+                "Float training epochs before DiffQ (0 with --weights/--pretrained).",
+                "train.float_epochs",
+            ),
+        ),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N", help="Cap on optimizer steps per mu, and on the float stage's steps."
+        ),
     ] = None,
     target_mb: Annotated[
         list[float] | None,
@@ -124,13 +192,13 @@ def finetune(
             "QAT at the width nearest each result)."
         ),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs per mu.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Cap on optimizer steps per mu.")] = None,
     output: Annotated[
-        str | None, typer.Option(help="Run directory (default runs/<model>-<dataset>-mu<mu>).")
+        str | None,
+        typer.Option(metavar="DIR", help="Run directory (default runs/<model>-<dataset>-mu<mu>)."),
     ] = None,
     weights: Annotated[
-        str | None, typer.Option(help="Local float checkpoint (.pt/.pth/.safetensors).")
+        str | None,
+        typer.Option(metavar="PATH", help="Local float checkpoint (.pt/.pth/.safetensors)."),
     ] = None,
     pretrained: Annotated[
         bool | None,
@@ -138,27 +206,43 @@ def finetune(
             "--pretrained", help="Start from the library's pretrained weights (downloads)."
         ),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help=_h("auto | cpu | cuda | cuda:N.", "train.device")),
+    ] = None,
     amp: Annotated[
-        str | None, typer.Option(help="none | bf16 | fp16 mixed precision (fp16: CUDA only).")
+        str | None,
+        typer.Option(
+            metavar="NAME", help=_h("none | bf16 | fp16 mixed precision (fp16: CUDA only).",
+                                    "train.amp")
+        ),
     ] = None,
     channels_last: Annotated[
         bool | None, typer.Option("--channels-last", help="Channels-last memory format.")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(metavar="N", help=_h("Random seed.", "train.seed"))
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier run in the run directory.")
     ] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the run directory's checkpoint.")
     ] = False,
+    keep_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            "--keep-checkpoint", help="Keep checkpoint.pt after a finished run (deleted otherwise)."
+        ),
+    ] = False,
     print_config: Annotated[
-        bool, typer.Option("--print-config", help="Print the resolved recipe and exit.")
+        bool,
+        typer.Option("--print-config", help="Print the resolved recipe (YAML or --json), exit."),
     ] = False,
     json_out: JsonOpt = False,
 ):
     """Fine-tune a model with DiffQ and write a quantized artifact (model.th)."""
-    from diffq_cli.recipe import dump_recipe, load_recipe
+    from diffq_cli.recipe import dump_recipe, recipe_to_dict, resolve_recipe
 
     if mu is not None and any(m < 0 for m in mu):
         raise InputError(f"--mu must be >= 0, got {min(mu):g}")
@@ -174,6 +258,7 @@ def finetune(
         "train.target_mb": list(target_mb) if target_mb else None,
         "train.baseline": baseline,
         "train.epochs": epochs,
+        "train.float_epochs": float_epochs,
         "train.max_steps": max_steps,
         "train.device": device,
         "train.amp": amp,
@@ -181,16 +266,36 @@ def finetune(
         "train.seed": seed,
         "output": output,
     }
-    resolved = load_recipe(recipe, overrides or [], flags)
+    resolved, notes = resolve_recipe(recipe, overrides or [], flags)
     if print_config:
-        typer.echo(dump_recipe(resolved), nl=False)
+        from diffq_cli.models import resolve_model
+
+        resolve_model(resolved.model.name, resolved.model.source)  # a typo fails here, not later
+        for note in notes:
+            typer.echo(note, err=True)
+        if json_out:
+            typer.echo(json.dumps(recipe_to_dict(resolved), indent=2))
+        else:
+            typer.echo(dump_recipe(resolved), nl=False)
         return
     from diffq_cli.finetune import finetune as run
 
     reporter = _reporter(json_out)
-    summary = run(resolved, reporter, resume=resume, overwrite=overwrite)
+    for note in notes:
+        reporter.note(note)
+    summary = run(
+        resolved, reporter, resume=resume, overwrite=overwrite, keep_checkpoint=keep_checkpoint
+    )
     if json_out:
         reporter.emit_json(summary)
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _at_least_1(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise InputError(f"{name} must be >= 1, got {value}")
 
 
 @app.command()
@@ -203,14 +308,28 @@ def size(
     plot: Annotated[
         Path | None, typer.Option(help="Draw the learned bit widths per layer to this SVG.")
     ] = None,
+    top: Annotated[
+        int | None, typer.Option(metavar="N", help="Show only the N largest layers.")
+    ] = None,
+    no_layers: Annotated[
+        bool, typer.Option("--no-layers", help="Leave out the per-layer table (and JSON list).")
+    ] = False,
     json_out: JsonOpt = False,
 ):
     """Report the sizes of an artifact, a quantized state or a float checkpoint."""
     from diffq_cli.inspect import inspect_file
 
+    _at_least_1("--top", top)
     if max_mb is not None and max_mb < 0:
         raise InputError(f"--max-mb must be >= 0, got {max_mb:g}")
     summary = inspect_file(file)
+    if no_layers:
+        summary["layers"] = []
+    elif top is not None:
+        summary["layers"] = sorted(summary["layers"], key=lambda r: -(r.get("mb") or 0))[:top]
+    file_mb = summary["file_bytes"] / 2**20
+    passed = max_mb is None or file_mb <= max_mb
+    summary["gate"] = _gate("max_mb", max_mb, passed)
     if plot is not None:
         _plot_bits(file, plot)
     reporter = _reporter(json_out)
@@ -219,11 +338,10 @@ def size(
     else:
         reporter.size_table(summary)
         if summary["layers"]:
-            reporter.layer_table(summary["layers"], "Per layer")
-    if max_mb is not None and summary["file_bytes"] / 2**20 > max_mb:
-        raise GateError(
-            f"{file} is {summary['file_bytes'] / 2**20:.3f} MB, over --max-mb {max_mb:g}"
-        )
+            title = "Per layer" if top is None else f"Largest {len(summary['layers'])} layers"
+            reporter.layer_table(summary["layers"], title)
+    if not passed:
+        raise GateError(f"{file} is {file_mb:.3f} MB, over --max-mb {max_mb:g}")
 
 
 def _plot_bits(file: Path, plot: Path) -> None:
@@ -246,23 +364,44 @@ def eval_(
         str | None, typer.Option(help="Dataset (default: the one the artifact records).")
     ] = None,
     data_dir: Annotated[str | None, typer.Option(help="Dataset directory.")] = None,
+    device: Annotated[
+        str, typer.Option(metavar="NAME", help="auto | cpu | cuda | cuda:N | mps.")
+    ] = "cpu",
+    batch_size: Annotated[int, typer.Option(metavar="N", help="Evaluation batch size.")] = 256,
+    val_subset: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Evaluate on the first N validation images only."),
+    ] = None,
     min_acc: Annotated[
         float | None, typer.Option(help="Exit 1 when accuracy (%) is below this.")
     ] = None,
     json_out: JsonOpt = False,
 ):
     """Rebuild the model from an artifact alone and report its quantized accuracy."""
+    _at_least_1("--batch-size", batch_size)
+    _at_least_1("--val-subset", val_subset)
+    if not _DEVICE.fullmatch(device):
+        raise InputError(f"--device must be auto, cpu, cuda, cuda:N or mps; got {device!r}")
+    from diffq_cli.distributed import resolve_device
     from diffq_cli.evaluate import evaluate_artifact
 
     if min_acc is not None and not 0 <= min_acc <= 100:
         raise InputError(f"--min-acc is a percentage between 0 and 100, got {min_acc:g}")
-    result = evaluate_artifact(file, dataset=dataset, data_dir=data_dir)
+    result = evaluate_artifact(
+        file,
+        dataset=dataset,
+        data_dir=data_dir,
+        batch_size=batch_size,
+        device=resolve_device(device),
+        val_subset=val_subset,
+    )
+    passed = min_acc is None or result["accuracy"] >= min_acc
     reporter = _reporter(json_out)
     if json_out:
-        reporter.emit_json(result)
+        reporter.emit_json({**result, "gate": _gate("min_acc", min_acc, passed)})
     else:
         reporter.kv_table(result, "Evaluation")
-    if min_acc is not None and result["accuracy"] < min_acc:
+    if not passed:
         raise GateError(f"accuracy {result['accuracy']:.2f}% is below --min-acc {min_acc:g}")
 
 
@@ -291,7 +430,7 @@ def export(
     result = export_artifact(file, out, fmt=format, atol=atol, dtype=dtype)
     reporter = _reporter(json_out)
     if json_out:
-        reporter.emit_json(result)
+        reporter.emit_json({**result, "gate": _gate("atol", atol, result["ok"])})
     else:
         reporter.kv_table(result, "Export")
     if not result["ok"]:
@@ -303,29 +442,64 @@ def export(
 
 @app.command()
 @handle_errors
-def recipes(name: Annotated[str | None, typer.Argument(help="Print this recipe.")] = None):
-    """List the shipped recipes, or print one."""
-    from diffq_cli.recipe import list_recipes, recipe_text
+def recipes(
+    name: Annotated[str | None, typer.Argument(help="Print this recipe.")] = None,
+    copy: Annotated[
+        Path | None,
+        typer.Option(metavar="PATH", help="Write an editable copy of recipe NAME to PATH."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Let --copy replace a file.")] = False,
+    json_out: JsonOpt = False,
+):
+    """List the shipped recipes, print one, or copy one to edit (--copy my.yaml)."""
+    from diffq_cli.recipe import copy_recipe, list_recipes, load_recipe, recipe_text
 
-    if name:
-        typer.echo(recipe_text(name), nl=False)
+    if copy is not None:
+        if not name:
+            raise InputError("--copy needs a recipe NAME: diffq recipes default --copy my.yaml")
+        path = copy_recipe(name, copy, force=force)
+        if json_out:
+            typer.echo(json.dumps({"recipe": name, "copy": str(path)}, indent=2))
+        else:
+            typer.echo(f"wrote {path}; run it with: diffq finetune --recipe {path}", err=True)
         return
-    for rname, desc in list_recipes():
+    if name:
+        text = recipe_text(name)
+        if json_out:
+            from diffq_cli.recipe import recipe_to_dict
+
+            typer.echo(json.dumps(recipe_to_dict(load_recipe(name)), indent=2))
+        else:
+            typer.echo(text, nl=False)
+        return
+    found = list_recipes()
+    if json_out:
+        rows = [{"name": rname, "description": desc} for rname, desc in found]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for rname, desc in found:
         typer.echo(f"{rname:28s} {desc}")
 
 
 @app.command()
 @handle_errors
 def models(
-    pattern: Annotated[str | None, typer.Argument(help="fnmatch pattern, e.g. 'resnet*'.")] = None,
+    pattern: Annotated[
+        str | None,
+        typer.Argument(help="A substring ('resnet') or an fnmatch pattern ('resnet1*')."),
+    ] = None,
     source: Annotated[str, typer.Option(help="auto | timm | torchvision.")] = "auto",
+    json_out: JsonOpt = False,
 ):
     """List model names from torchvision and timm."""
     from diffq_cli.models import list_models
 
     names = list_models(pattern, source)
     if not names:
-        raise InputError(f"no model matches {pattern!r}; try a wider pattern such as 'resnet*'")
+        raise InputError(f"no model matches {pattern!r}; try a shorter substring such as 'resnet'")
+    if json_out:
+        typer.echo(json.dumps([{"name": n, "source": src} for n, src in names], indent=2))
+        return
     for name, src in names:
         typer.echo(f"{name:40s} {src}")
 

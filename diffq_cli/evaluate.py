@@ -48,7 +48,8 @@ def accuracy(model, loader, device="cpu", max_batches=None) -> float:
     return 100.0 * correct / max(total, 1)
 
 
-def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device="cpu") -> dict:
+def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device="cpu",
+                      val_subset=None) -> dict:
     """Rebuild the model from an artifact alone and measure its quantized accuracy.
 
     Args:
@@ -57,6 +58,7 @@ def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device=
         data_dir: its directory (default: the recorded one, when the dataset is the recorded one).
         batch_size: evaluation batch size.
         device: where to run the model.
+        val_subset: evaluate on the first N validation images only (None: all).
 
     Returns:
         ``{"path", "model", "dataset", "accuracy", "samples", "recorded_accuracy"}``; the last is
@@ -85,7 +87,8 @@ def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device=
         data_dir = data_dir or recipe_data.get("data_dir")
     size = int(data.get("input_size") or spec.get("input_size") or 32)
     loader_spec = DataSpec(dataset=dataset, data_dir=data_dir, input_size=size,
-                           batch_size=batch_size, eval_batch_size=batch_size, train_subset=1)
+                           batch_size=batch_size, eval_batch_size=batch_size, train_subset=1,
+                           val_subset=val_subset)
     _, val_loader, info = build_loaders(loader_spec)
     _check_fits(info, spec)
     model = rebuild_model(artifact).to(device)

@@ -53,7 +53,10 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     check_writable(run_dir, "run directory")
     found = [p for name in ("checkpoint.pt", "float.pt", "model.th")
              for p in sorted(run_dir.glob(f"**/{name}"))] if run_dir.is_dir() else []
-    if resume and not any(p.name != "model.th" for p in found):
+    # A finished run has summary.json and, unless --keep-checkpoint, no checkpoint.pt left.
+    done = (run_dir / "summary.json").is_file() and not any(p.name == "checkpoint.pt"
+                                                              for p in found)
+    if resume and (done or not any(p.name != "model.th" for p in found)):
         finished = f" (it holds a finished run's {found[0].name})" if found else ""
         raise InputError(
             f"--resume: {run_dir} holds no checkpoint to resume{finished}; drop --resume to "
@@ -101,8 +104,12 @@ def _row(metrics: dict) -> dict:
     return {k: metrics.get(k) for k in keys}
 
 
-def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False) -> dict:
-    """Runs a resolved recipe; returns the summary (also written to ``summary.json``)."""
+def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
+             keep_checkpoint: bool = False) -> dict:
+    """Runs a resolved recipe; returns the summary (also written to ``summary.json``).
+
+    ``checkpoint.pt`` (optimizer state: several times the model) is deleted once a run has
+    finished, unless ``keep_checkpoint``; ``float.pt`` stays as the float starting point."""
     import torch
 
     from diffq_cli import baselines, distributed
@@ -142,7 +149,7 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False) ->
         net.to(device)
         return net.to(memory_format=torch.channels_last) if t.channels_last else net
 
-    model = fresh_model()
+    model = fresh_model()  # the per-run copies get start_weights instead
     for note in getattr(model, "diffq_notes", []):
         reporter.note(note)
     model_spec = dict(model.diffq_spec)
@@ -170,12 +177,13 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False) ->
             return dist.accuracy(net, val_loader, device)
 
         rows += baselines.ptq_rows(model, recipe.quant, accuracy)
-    runs, layers, last = [], [], ""
+    runs, layers, last, mu_dirs = [], [], "", []
     plans = [(None, x) for x in t.target_mb] or [(mu, None) for mu in t.mu]
     for mu, target in plans:
         label = f"mu={mu:g}" if target is None else f"target={target:g}MB"
         sub = f"mu{mu:g}" if target is None else f"target{target:g}MB"
         mu_dir = run_dir if len(plans) == 1 else run_dir / sub
+        mu_dirs.append(mu_dir)
         if dist.is_main:
             mu_dir.mkdir(parents=True, exist_ok=True)
         model = fresh_model(start_weights)
@@ -247,6 +255,9 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False) ->
         if row["collapsed"]:
             reporter.warn(f"{row['method']} {row['label']}: accuracy {row['accuracy']:.2f}% is "
                           f"at chance level ({100 / info['num_classes']:.1f}%): collapsed")
+        if not keep_checkpoint:  # only now: an interrupted sweep resumes its finished mu runs
+            for mu_dir in mu_dirs:
+                (mu_dir / "checkpoint.pt").unlink(missing_ok=True)
     if not reporter.json_mode:
         reporter.tradeoff_table(rows)
         reporter.layer_table(layers, f"Bits per quantized layer ({last})")

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import logging
 from pathlib import Path
 
 from diffq_cli.errors import InputError
 
 SOURCES = ("auto", "timm", "torchvision")
 _PREFIXES = {"tv": "torchvision", "torchvision": "torchvision", "timm": "timm"}
-_log = logging.getLogger(__name__)
 
 
 def create_model(name: str, source: str = "auto", num_classes: int = 10, in_chans: int = 3,
@@ -33,8 +31,8 @@ def create_model(name: str, source: str = "auto", num_classes: int = 10, in_chan
         in_chans: input channels (1 for grayscale); the first conv is rebuilt to match.
         pretrained: start from the library's ImageNet weights (downloaded; needs a network).
         weights: a local float checkpoint (``.pt``/``.pth``/``.safetensors``); overrides
-            ``pretrained``. Layers that do not fit are re-initialised (see ``load_weights``),
-            and the notes are logged and kept in ``model.diffq_notes``.
+            ``pretrained``. Layers that do not fit are re-initialised (see ``load_weights``);
+            the notes are kept in ``model.diffq_notes`` for the caller to show (once).
         input_size: image size, passed to the models that take one (ViTs); others adapt.
 
     Returns:
@@ -52,8 +50,6 @@ def create_model(name: str, source: str = "auto", num_classes: int = 10, in_chan
     model.diffq_spec = {"name": name, "source": source, "num_classes": int(num_classes),
                         "in_chans": int(in_chans), "input_size": input_size}
     model.diffq_notes = load_weights(model, weights) if weights else []
-    for note in model.diffq_notes:
-        _log.warning(note)
     return model
 
 
@@ -75,9 +71,11 @@ def resolve_model(name: str, source: str = "auto") -> tuple[str, str]:
         if source not in ("auto", forced):
             raise InputError(f"model '{name}' conflicts with source '{source}'; use one of them")
         name, source = rest, forced
-    if source in ("auto", "torchvision") and name in _torchvision_names():
+    known = _names()  # cached lists: checking a name does not import timm (seconds)
+    if source in ("auto", "torchvision") and name in known["torchvision"]:
         return name, "torchvision"
-    if source in ("auto", "timm") and _timm_is_model(name):
+    if source in ("auto", "timm") and (name.partition(".")[0] in known["timm"]
+                                       or _timm_is_model(name)):  # e.g. a plugin-registered model
         return name, "timm"
     pool = [n for n, _ in list_models(source=source)]
     close = difflib.get_close_matches(name, pool, n=5, cutoff=0.6)
@@ -87,20 +85,45 @@ def resolve_model(name: str, source: str = "auto") -> tuple[str, str]:
 
 
 def list_models(pattern: str | None = None, source: str = "auto") -> list[tuple[str, str]]:
-    """List ``(name, source)`` pairs, sorted, filtered by an fnmatch ``pattern`` (``resnet*``)."""
+    """List ``(name, source)`` pairs, sorted, whose name matches ``pattern``.
+
+    ``pattern`` matches case-insensitively as an fnmatch glob on the whole name (``resnet*``)
+    or as a substring (``resnet`` finds ``resnet18`` and ``seresnet50``). The name lists come
+    from a cache keyed by the timm and torchvision versions (see ``diffq_cli.cache``).
+    """
     if source not in SOURCES:
         raise InputError(f"unknown model source '{source}'; choose one of: {', '.join(SOURCES)}")
-    found = {}
+    known, found = _names(), {}
     if source in ("auto", "timm"):
-        import timm
-
-        found.update((n, "timm") for n in timm.list_models())
+        found.update((n, "timm") for n in known["timm"])
     if source in ("auto", "torchvision"):  # after timm: auto resolves shared names to torchvision
-        found.update((n, "torchvision") for n in _torchvision_names())
+        found.update((n, "torchvision") for n in known["torchvision"])
     names = sorted(found)
     if pattern:
-        names = [n for n in names if fnmatch.fnmatch(n.lower(), pattern.lower())]
+        pat = pattern.lower()
+        names = [n for n in names if pat in n.lower() or fnmatch.fnmatch(n.lower(), pat)]
     return [(n, found[n]) for n in names]
+
+
+def _names() -> dict[str, list[str]]:
+    """``{"timm": [...], "torchvision": [...]}``: every model name, cached per library version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from diffq_cli.cache import cached
+
+    key = {"format": 1}
+    for package in ("timm", "torchvision"):
+        try:
+            key[package] = version(package)
+        except PackageNotFoundError:  # not installed as a distribution: never trust a cache
+            return _list_names()
+    return cached("model-names", key, _list_names)
+
+
+def _list_names() -> dict[str, list[str]]:
+    import timm
+
+    return {"timm": list(timm.list_models()), "torchvision": _torchvision_names()}
 
 
 def load_weights(model, path) -> list[str]:

@@ -22,7 +22,10 @@ from typing import Any, ClassVar, Union, get_args, get_origin
 
 from diffq_cli.errors import InputError
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
+# The shipped recipes live in the repository's top-level ``recipes/``; an installed wheel carries
+# them as ``diffq_cli/recipes/`` (pyproject maps that package onto ``recipes/``). No symlink.
+_PACKAGED = Path(__file__).parent / "recipes"
+RECIPES_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).parent.parent / "recipes"
 DEFAULT_RECIPE = "default"
 DEFAULT_MU = (1e-3,)
 _BAD = object()  # sentinel: a value that cannot be coerced to the field's type
@@ -367,6 +370,39 @@ def recipe_text(name: str) -> str:
     return _shipped_path(name).read_text(encoding="utf-8")
 
 
+def copy_recipe(name: str, dest: str | os.PathLike, force: bool = False) -> Path:
+    """Write the shipped recipe ``name`` (comments included) to ``dest`` for editing.
+
+    The write is atomic; an existing ``dest`` is kept unless ``force``.
+
+    Raises:
+        InputError: unknown recipe, ``dest`` exists (without ``force``) or is a directory.
+
+    Example:
+        >>> copy_recipe("default", "my.yaml")  # then: diffq finetune --recipe my.yaml
+    """
+    from diffq_cli.artifact import atomic_write
+
+    text, path = recipe_text(name), Path(dest).expanduser()
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; pass a file name such as {path / name}.yaml")
+    if path.exists() and not force:
+        raise InputError(f"{path} already exists; pass --force to replace it")
+    try:
+        atomic_write(path, text.encode("utf-8"))
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror or err}") from None
+    return path
+
+
+def default_values() -> dict[str, Any]:
+    """The default recipe's values by dotted key (``{"train.epochs": 3, ...}``), for help texts."""
+    flat: dict[str, Any] = {}
+    for key, value in _read_yaml(RECIPES_DIR / f"{DEFAULT_RECIPE}.yaml").items():
+        _put(flat, key, value)
+    return flat
+
+
 def load_recipe(name_or_path: str | os.PathLike | None = None, overrides: Sequence[str] = (),
                 flags: Mapping[str, object] | None = None) -> Recipe:
     """Resolve a recipe: the YAML, then ``flags``, then ``overrides`` (later wins).
@@ -387,28 +423,46 @@ def load_recipe(name_or_path: str | os.PathLike | None = None, overrides: Sequen
         >>> load_recipe("default", ["optim.lr=0.1"], {"train.epochs": 1}).optim.lr
         0.1
     """
+    return resolve_recipe(name_or_path, overrides, flags)[0]
+
+
+def resolve_recipe(name_or_path: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+                   flags: Mapping[str, object] | None = None) -> tuple[Recipe, list[str]]:
+    """:func:`load_recipe`, plus the notes on what was decided for the user.
+
+    One decision: starting weights given by a flag or an override (``--weights``,
+    ``--pretrained``) make the float pre-training stage default to 0 epochs, unless
+    ``train.float_epochs`` is given the same way; a recipe file that sets both keeps its own.
+    """
     path = _locate(str(name_or_path or DEFAULT_RECIPE))
     flat: dict[str, Any] = {}
     for key, value in _read_yaml(path).items():
         _put(flat, key, value)
     flat.setdefault("name", path.stem)
-    command: dict[str, Any] = {}  # flags then overrides: the command line
+    given: dict[str, Any] = {}  # flags then overrides: the command line
     for key, value in (flags or {}).items():
         if value is not None:
-            _put(command, key, value)
+            _put(given, key, value)
     for text in overrides:
-        _put(command, *parse_override(text))
+        _put(given, *parse_override(text))
     # mu and target_mb are exclusive: the command line's choice replaces the file's other one.
-    for given, other, unset in (("train.mu", "train.target_mb", []),
-                                ("train.target_mb", "train.mu", None)):
-        if command.get(given) not in (None, [], ()) and other not in command:
+    for key, other, unset in (("train.mu", "train.target_mb", []),
+                              ("train.target_mb", "train.mu", None)):
+        if given.get(key) not in (None, [], ()) and other not in given:
             flat[other] = unset
-    flat.update(command)
+    flat.update(given)
+    notes = []
+    start = given.get("model.weights") or given.get("model.pretrained") is True
+    if start and "train.float_epochs" not in given and flat.get("train.float_epochs"):
+        notes.append(f"float pre-training skipped (recipe has train.float_epochs="
+                     f"{flat['train.float_epochs']}): the run starts from given weights; "
+                     "pass --float-epochs N to train in float first anyway")
+        flat["train.float_epochs"] = 0
     nested: dict[str, Any] = {}
     for key, value in flat.items():
         section, _, leaf = key.rpartition(".")
         (nested.setdefault(section, {}) if section else nested)[leaf] = value
-    return Recipe(**nested)
+    return Recipe(**nested), notes
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

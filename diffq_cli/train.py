@@ -257,19 +257,26 @@ def _write_metrics(path: Path, history: list) -> None:
 
 
 def train_float(model, recipe, train_loader, ctx) -> None:
-    """Plain float training for ``train.float_epochs`` (a starting point when no pretrained
-    weights are available); same optimizer, precision and clipping settings, its own schedule."""
+    """Plain float training for ``train.float_epochs``, at most ``train.max_steps`` steps (a
+    starting point when no pretrained weights are available); same optimizer, precision and
+    clipping settings, its own schedule."""
     o, t = recipe.optim, recipe.train
     optimizer = build_optimizer(model.parameters(), o)
     net = ctx.dist.wrap(model)
     scaler = _scaler(ctx, t.amp)
     criterion = torch.nn.CrossEntropyLoss()
     total = t.float_epochs * len(train_loader)
+    if t.max_steps is not None:  # a short (smoke) run stays short in this stage too
+        total = min(total, t.max_steps)
     step = 0
     net.train()
     for epoch in range(t.float_epochs):
+        if step >= total:
+            break
         ctx.dist.set_epoch(train_loader, 10_000 + epoch, t.seed)
         for x, y in train_loader:
+            if step >= total:
+                break
             x, y = _batch(x, y, ctx, t.channels_last)
             _set_lr(optimizer, o, step, total, len(train_loader))
             with _autocast(ctx.device, t.amp):
@@ -279,5 +286,5 @@ def train_float(model, recipe, train_loader, ctx) -> None:
                 raise TrainingError(f"float pre-training loss became {value}; lower optim.lr")
             _optimize(loss, [optimizer], scaler, o.grad_clip)
             step += 1
-        ctx.reporter.note(f"float epoch {epoch + 1}/{t.float_epochs}: loss {value:.4f}")
+        ctx.reporter.note(f"float epoch {epoch + 1}/{t.float_epochs} step {step}: loss {value:.4f}")
     model.eval()

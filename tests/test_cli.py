@@ -52,8 +52,9 @@ def test_finetune_end_to_end(runner, tmp_path):
     out = tmp_path / "run"
     result = run(runner, "finetune", *FAST, "--mu", "1e-3", "--output", out)
     assert result.exit_code == 0, result.output
-    for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "model.th", "summary.json"):
+    for name in ("config.yaml", "metrics.jsonl", "model.th", "summary.json"):
         assert (out / name).is_file(), name
+    assert not (out / "checkpoint.pt").exists()  # a finished run drops its resume state
     assert "trade-off" in result.stdout and "mean bits" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["runs"][0]["mu"] == 1e-3
@@ -251,7 +252,7 @@ def test_existing_run_is_not_replaced_without_overwrite(runner, tmp_path):
 def test_float_stage_runs_first_and_is_reused_on_resume(runner, tmp_path):
     out = tmp_path / "float"
     args = [*FAST, "--max-steps", "1", "train.float_epochs=1", "--output", out]
-    result = run(runner, "finetune", *args)
+    result = run(runner, "finetune", *args, "--keep-checkpoint")  # else nothing to resume
     assert result.exit_code == 0, result.output
     assert "float epoch 1/1" in result.stderr
     assert (out / "float.pt").is_file()
