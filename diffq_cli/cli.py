@@ -25,6 +25,7 @@ app = typer.Typer(
         "\b\n"  # click: keep the example lines as they are (no re-wrapping)
         "  diffq finetune --model resnet18 --mu 1e-3\n"
         "  diffq finetune --mu 1e-3 --mu 0.1 --mu 1          # trade-off sweep, one table\n"
+        "  diffq finetune --target-mb 4 --baseline qat       # fit 4 MB, compare with QAT\n"
         "  diffq finetune --recipe fashion-mnist-resnet18 optim.lr=0.02\n"
         "  diffq size runs/resnet18-digits-mu0.001/model.th --max-mb 12\n"
         "  diffq eval runs/resnet18-digits-mu0.001/model.th --min-acc 90\n"
@@ -176,6 +177,21 @@ def finetune(
             metavar="N", help="Cap on optimizer steps per mu, and on the float stage's steps."
         ),
     ] = None,
+    target_mb: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--target-mb",
+            help="Size budget in MB (true size); mu adapts to meet it. Repeatable; "
+            "exclusive with --mu.",
+        ),
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="none | ptq (default: uniform post-training rows) | qat (also train uniform "
+            "QAT at the width nearest each result)."
+        ),
+    ] = None,
     output: Annotated[
         str | None,
         typer.Option(metavar="DIR", help="Run directory (default runs/<model>-<dataset>-mu<mu>)."),
@@ -239,6 +255,8 @@ def finetune(
         "data.data_dir": data_dir,
         "data.download": download,
         "train.mu": list(mu) if mu else None,
+        "train.target_mb": list(target_mb) if target_mb else None,
+        "train.baseline": baseline,
         "train.epochs": epochs,
         "train.float_epochs": float_epochs,
         "train.max_steps": max_steps,
@@ -287,6 +305,9 @@ def size(
     max_mb: Annotated[
         float | None, typer.Option(help="Exit 1 when the file on disk is larger than this (MB).")
     ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Draw the learned bit widths per layer to this SVG.")
+    ] = None,
     top: Annotated[
         int | None, typer.Option(metavar="N", help="Show only the N largest layers.")
     ] = None,
@@ -309,6 +330,8 @@ def size(
     file_mb = summary["file_bytes"] / 2**20
     passed = max_mb is None or file_mb <= max_mb
     summary["gate"] = _gate("max_mb", max_mb, passed)
+    if plot is not None:
+        _plot_bits(file, plot)
     reporter = _reporter(json_out)
     if json_out:
         reporter.emit_json(summary)
@@ -319,6 +342,18 @@ def size(
             reporter.layer_table(summary["layers"], title)
     if not passed:
         raise GateError(f"{file} is {file_mb:.3f} MB, over --max-mb {max_mb:g}")
+
+
+def _plot_bits(file: Path, plot: Path) -> None:
+    from diffq_cli.artifact import read_file
+
+    kind, obj = read_file(file)
+    state = obj["state"] if kind == "artifact" else obj
+    if kind == "float" or not state.get("quantized"):
+        raise InputError(f"{file} holds no quantized tensor: nothing to draw in {plot}")
+    from diffq_cli.plots import bits_svg
+
+    bits_svg(plot, state, str(file))
 
 
 @app.command("eval")

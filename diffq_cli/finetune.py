@@ -69,6 +69,41 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
+def _size_bounds(model, recipe) -> tuple[float, float]:
+    """(floor, size at init_bits) in MB: every group at min_bits / init_bits, plus the floats."""
+    from diffq_cli.quant.budget import size_at_bits, size_floor
+    from diffq_cli.train import build_quantizer
+
+    quantizer = build_quantizer(model, recipe.quant)
+    try:
+        return size_floor(quantizer), size_at_bits(quantizer, quantizer.init_bits)
+    finally:
+        quantizer.detach()
+
+
+def _check_targets(model, recipe, reporter) -> None:
+    """Exit 2 before any training when a target is below the reachable floor."""
+    from diffq_cli.errors import InputError
+
+    floor, at_init = _size_bounds(model, recipe)
+    q, low = recipe.quant, min(recipe.train.target_mb)
+    if low < floor:
+        raise InputError(
+            f"--target-mb {low:g} is below the smallest reachable size {floor:.3f} MB (every "
+            f"group at quant.min_bits={q.min_bits}, plus the tensors kept in float); "
+            f"{at_init:.3f} MB at quant.init_bits={q.init_bits}. Raise the target, or lower "
+            "quant.min_bits / quant.min_size (fewer float tensors)"
+        )
+    reporter.note(f"size targets: floor {floor:.3f} MB (min_bits={q.min_bits}), "
+                  f"{at_init:.3f} MB at init_bits={q.init_bits}")
+
+
+def _row(metrics: dict) -> dict:
+    keys = ("method", "label", "mu", "target_mb", "accuracy", "delta", "true_mb", "artifact_mb",
+            "compression", "mean_bits", "bits")
+    return {k: metrics.get(k) for k in keys}
+
+
 def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
              keep_checkpoint: bool = False) -> dict:
     """Runs a resolved recipe; returns the summary (also written to ``summary.json``).
@@ -77,8 +112,9 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     finished, unless ``keep_checkpoint``; ``float.pt`` stays as the float starting point."""
     import torch
 
-    from diffq_cli import distributed
+    from diffq_cli import baselines, distributed
     from diffq_cli.data import DataSpec, build_loaders
+    from diffq_cli.errors import GateError
     from diffq_cli.models import create_model
     from diffq_cli.quant.summary import summarize_state
     from diffq_cli.train import train_one
@@ -96,34 +132,37 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
 
     spec = DataSpec(**dataclasses.asdict(recipe.data), seed=recipe.train.seed)
     train_loader, val_loader, info = build_loaders(spec, distributed=dist.distributed)
-    m = recipe.model
+    m, t = recipe.model, recipe.train
 
-    def fresh_model(with_weights: bool = False):
+    def fresh_model(weights=None):
         net = create_model(
             m.name,
             source=m.source,
             num_classes=info["num_classes"],
             in_chans=info["in_chans"],
-            pretrained=m.pretrained and with_weights,
-            weights=m.weights if with_weights else None,
+            pretrained=m.pretrained if weights is None else False,
+            weights=m.weights if weights is None else None,
             input_size=info["input_size"],
         )
-        return net
+        if weights is not None:  # every run starts from the same weights, not the previous run's
+            net.load_state_dict(weights)
+        net.to(device)
+        return net.to(memory_format=torch.channels_last) if t.channels_last else net
 
-    model = fresh_model(with_weights=True)  # the per-mu copies get start_weights instead
+    model = fresh_model()  # the per-run copies get start_weights instead
     for note in getattr(model, "diffq_notes", []):
         reporter.note(note)
     model_spec = dict(model.diffq_spec)
-    # The run directory appears only once data and model are known good: a run that fails on
-    # bad input leaves nothing behind.
+    if t.target_mb:
+        _check_targets(model, recipe, reporter)  # before any training
+    # The run directory appears only once data, model and targets are known good: a run that
+    # fails on bad input leaves nothing behind.
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", dump_recipe(recipe).encode())
-    model.to(device)
-    if recipe.train.float_epochs:
-        _float_stage(
-            model, recipe, train_loader, run_dir, RunContext(device, reporter, dist, resume)
-        )
+    if t.float_epochs:
+        ctx = RunContext(device, reporter, dist, resume)
+        _float_stage(model, recipe, train_loader, run_dir, ctx)
     start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     float_acc = dist.accuracy(model, val_loader, device)
     float_mb = _float_mb(model)
@@ -131,40 +170,34 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
         f"{m.name} on {info['dataset']}: float accuracy {float_acc:.2f}%, "
         f"{float_mb:.2f} MB as float32"
     )
-    runs, rows = (
-        [],
-        [
-            {
-                "label": "float",
-                "accuracy": float_acc,
-                "delta": 0.0,
-                "true_mb": float_mb,
-                "artifact_mb": None,
-                "compression": 1.0,
-                "mean_bits": 32.0,
-            }
-        ],
-    )
-    layers, mu_dirs = [], []
-    for mu in recipe.train.mu:
-        # Every mu starts from the same weights: a fresh model, not the previous run's.
-        model = fresh_model()
-        model.load_state_dict(start_weights)
-        model.to(device)
-        if recipe.train.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        mu_dir = run_dir if len(recipe.train.mu) == 1 else run_dir / f"mu{mu:g}"
+    rows = [{"method": "float", "label": "float32", "accuracy": float_acc, "delta": 0.0,
+             "true_mb": float_mb, "compression": 1.0, "mean_bits": 32.0}]
+    if t.baseline != "none":
+        def accuracy(net):
+            return dist.accuracy(net, val_loader, device)
+
+        rows += baselines.ptq_rows(model, recipe.quant, accuracy)
+    runs, layers, last, mu_dirs = [], [], "", []
+    plans = [(None, x) for x in t.target_mb] or [(mu, None) for mu in t.mu]
+    for mu, target in plans:
+        label = f"mu={mu:g}" if target is None else f"target={target:g}MB"
+        sub = f"mu{mu:g}" if target is None else f"target{target:g}MB"
+        mu_dir = run_dir if len(plans) == 1 else run_dir / sub
         mu_dirs.append(mu_dir)
         if dist.is_main:
             mu_dir.mkdir(parents=True, exist_ok=True)
+        model = fresh_model(start_weights)
         ctx = RunContext(device, reporter, dist, resume)
-        result = train_one(model, recipe, mu, (train_loader, val_loader), mu_dir, ctx)
+        result = train_one(model, recipe, mu, (train_loader, val_loader), mu_dir, ctx, target)
         quantizer = result["quantizer"]
         state = quantizer.get_quantized_state()
         dist.debug_dump(state, model)  # a test hook; does nothing unless its env var is set
         sizes = summarize_state(state)
         metrics = {
-            "mu": mu,
+            "method": "diffq",
+            "label": label,
+            "mu": result["mu"],
+            "target_mb": target,
             "float_accuracy": float_acc,
             "accuracy": result["accuracy"],
             "float_mb": float_mb,
@@ -172,34 +205,36 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
             "mean_bits": sizes["mean_bits"],
             "epochs": len(result["history"]),
         }
+        if target is not None:
+            metrics["groups_lowered"] = result["fit"].get("lowered", 0)
         artifact = mu_dir / "model.th"
         nbytes = 0
         if dist.is_main:
             nbytes = save_artifact(
                 artifact, state, model_spec, info, recipe_to_dict(recipe), metrics
             )
+            _draw_bits(mu_dir / "bits.svg", state, f"{m.name} on {info['dataset']}, {label}")
         metrics.update(
             artifact=str(artifact),
             artifact_mb=nbytes / MB,
+            artifact_bytes=nbytes,
             compression=float_mb / (nbytes / MB) if nbytes else None,
             delta=result["accuracy"] - float_acc,
         )
         runs.append(metrics)
-        rows.append(
-            {
-                "label": f"{mu:g}",
-                "accuracy": metrics["accuracy"],
-                "delta": metrics["delta"],
-                "true_mb": metrics["true_mb"],
-                "artifact_mb": metrics["artifact_mb"],
-                "compression": metrics["compression"],
-                "mean_bits": metrics["mean_bits"],
-            }
-        )
+        rows.append(_row(metrics))
         layers = [row for row in sizes["layers"] if row["name"] in state["quantized"]]
-        last_mu = mu
+        last = label
         quantizer.detach()
 
+    if t.baseline == "qat":
+        rows += _qat_rows(recipe, fresh_model, start_weights, runs, (train_loader, val_loader),
+                          run_dir, RunContext(device, reporter, dist, resume), float_acc)
+    for row in rows:
+        row["delta"] = None if row.get("accuracy") is None else row["accuracy"] - float_acc
+        row["collapsed"] = baselines.collapsed(row.get("accuracy"), info["num_classes"])
+    baselines.mark_best(rows)
+    missed = [r for r in runs if r["target_mb"] is not None and r["true_mb"] > r["target_mb"]]
     summary = {
         "recipe": recipe.name,
         "model": m.name,
@@ -207,15 +242,55 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
         "run_dir": str(run_dir),
         "float": {"accuracy": float_acc, "mb": float_mb},
         "runs": runs,
+        "baselines": [r for r in rows if r["method"] in ("ptq", "qat")],
+        "table": rows,
         "seconds": time.time() - started,
     }
     if dist.is_main:
         atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        from diffq_cli.plots import tradeoff_svg
+
+        tradeoff_svg(run_dir / "tradeoff.svg", rows, f"{m.name} on {info['dataset']}")
+    for row in rows:
+        if row["collapsed"]:
+            reporter.warn(f"{row['method']} {row['label']}: accuracy {row['accuracy']:.2f}% is "
+                          f"at chance level ({100 / info['num_classes']:.1f}%): collapsed")
         if not keep_checkpoint:  # only now: an interrupted sweep resumes its finished mu runs
             for mu_dir in mu_dirs:
                 (mu_dir / "checkpoint.pt").unlink(missing_ok=True)
     if not reporter.json_mode:
         reporter.tradeoff_table(rows)
-        reporter.layer_table(layers, f"Bits per quantized layer (mu={last_mu:g})")
+        reporter.layer_table(layers, f"Bits per quantized layer ({last})")
     dist.close()
+    if missed:
+        raise GateError("; ".join(
+            f"target {r['target_mb']:g} MB missed by {r['true_mb'] - r['target_mb']:.4f} MB "
+            f"(true size {r['true_mb']:.4f} MB)" for r in missed))
     return summary
+
+
+def _draw_bits(path: Path, state: dict, title: str) -> None:
+    from diffq_cli.plots import bits_svg
+
+    if state["quantized"]:
+        bits_svg(path, state, title)
+
+
+def _qat_rows(recipe, fresh_model, start_weights, runs, loaders, run_dir, ctx, float_acc):
+    """Uniform QAT at the width nearest each DiffQ result's true size, same epochs."""
+    from diffq_cli import baselines
+    from diffq_cli.train import train_one
+
+    widths = baselines.qat_widths(fresh_model(start_weights), recipe.quant,
+                                  [r["true_mb"] for r in runs])
+    rows = []
+    for bits in widths:
+        model = fresh_model(start_weights)
+        result = train_one(model, baselines.qat_recipe(recipe, bits), 0.0, loaders,
+                           run_dir / f"qat{bits}", ctx)
+        quantizer = result["quantizer"]
+        rows.append({"method": "qat", "label": f"{bits} bits", "bits": bits,
+                     "accuracy": result["accuracy"], "true_mb": quantizer.true_model_size(),
+                     "mean_bits": float(bits)})
+        quantizer.detach()
+    return rows

@@ -27,6 +27,7 @@ from diffq_cli.errors import InputError
 _PACKAGED = Path(__file__).parent / "recipes"
 RECIPES_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).parent.parent / "recipes"
 DEFAULT_RECIPE = "default"
+DEFAULT_MU = (1e-3,)
 _BAD = object()  # sentinel: a value that cannot be coerced to the field's type
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # Bounds as (low, high, low excluded).
@@ -154,16 +155,18 @@ class OptimConfig(_Section):
 
 @dataclass(frozen=True)
 class TrainConfig(_Section):
-    """Loop length, the model-size penalties ``mu`` (one run each), device."""
+    """Loop length, the model-size penalties ``mu`` or size targets (one run each), device."""
 
     section: ClassVar = "train"
-    choices: ClassVar = {"amp": ("none", "bf16", "fp16")}
+    choices: ClassVar = {"amp": ("none", "bf16", "fp16"), "baseline": ("none", "ptq", "qat")}
     bounds: ClassVar = {"epochs": _GE1, "max_steps": _GE1, "log_every": _GE1, "seed": _GE0,
                         "float_epochs": _GE0}
     epochs: int = 3
     float_epochs: int = 0
     max_steps: int | None = None
-    mu: tuple[float, ...] = (1e-3,)
+    mu: tuple[float, ...] | None = None  # None and no target: DEFAULT_MU
+    target_mb: tuple[float, ...] = ()
+    baseline: str = "ptq"
     seed: int = 0
     log_every: int = 10
     device: str = "auto"
@@ -171,9 +174,19 @@ class TrainConfig(_Section):
     channels_last: bool = False
 
     def _validate(self) -> None:
-        if not self.mu:
-            raise InputError("recipe key 'train.mu' needs at least one value, e.g. train.mu=1e-3")
-        for mu in self.mu:
+        if self.mu and self.target_mb:
+            raise InputError("train.mu (--mu) and train.target_mb (--target-mb) are exclusive: "
+                             "give penalties or size targets, not both")
+        if self.mu is None and not self.target_mb:
+            object.__setattr__(self, "mu", DEFAULT_MU)
+        if self.mu == () and not self.target_mb:
+            raise InputError("recipe key 'train.mu' needs at least one value, e.g. train.mu=1e-3 "
+                             "(or give train.target_mb)")
+        for target in self.target_mb:
+            if target <= 0:
+                raise InputError(f"target size must be > 0 MB, got {target:g} "
+                                 "(recipe key 'train.target_mb')")
+        for mu in self.mu or ():
             if mu < 0:
                 raise InputError(f"mu must be >= 0, got {mu:g} (recipe key 'train.mu')")
         if not _DEVICE.fullmatch(self.device):
@@ -196,6 +209,9 @@ class Recipe(_Section):
 
     def _validate(self) -> None:
         object.__setattr__(self, "description", self.description.strip())
+        if self.train.target_mb and self.quant.method != "diffq":
+            raise InputError("train.target_mb (--target-mb) needs quant.method=diffq (learned "
+                             f"bit widths), got quant.method={self.quant.method}")
 
 
 _SECTIONS = {f.name: f.type for f in fields(Recipe) if dataclasses.is_dataclass(f.type)}
@@ -423,12 +439,17 @@ def resolve_recipe(name_or_path: str | os.PathLike | None = None, overrides: Seq
     for key, value in _read_yaml(path).items():
         _put(flat, key, value)
     flat.setdefault("name", path.stem)
-    given: dict[str, Any] = {}
+    given: dict[str, Any] = {}  # flags then overrides: the command line
     for key, value in (flags or {}).items():
         if value is not None:
             _put(given, key, value)
     for text in overrides:
         _put(given, *parse_override(text))
+    # mu and target_mb are exclusive: the command line's choice replaces the file's other one.
+    for key, other, unset in (("train.mu", "train.target_mb", []),
+                              ("train.target_mb", "train.mu", None)):
+        if given.get(key) not in (None, [], ()) and other not in given:
+            flat[other] = unset
     flat.update(given)
     notes = []
     start = given.get("model.weights") or given.get("model.pretrained") is True
@@ -473,9 +494,12 @@ def dump_recipe(recipe: Recipe) -> str:
 
 
 def output_dir(recipe: Recipe) -> str:
-    """``recipe.output``, or ``runs/<model>-<dataset>-mu<mu>`` (several mu joined by '_')."""
+    """``recipe.output``, or ``runs/<model>-<dataset>-mu<mu>`` (several mu joined by '_'), or
+    ``runs/<model>-<dataset>-target<X>MB`` with size targets."""
     if recipe.output:
         return recipe.output
-    mus = "_".join(f"{mu:g}" for mu in recipe.train.mu)
-    slug = f"{recipe.model.name}-{recipe.data.dataset}-mu{mus}"
+    t = recipe.train
+    runs = f"target{'_'.join(f'{x:g}' for x in t.target_mb)}MB" if t.target_mb else (
+        "mu" + "_".join(f"{mu:g}" for mu in t.mu))
+    slug = f"{recipe.model.name}-{recipe.data.dataset}-{runs}"
     return f"runs/{re.sub(r'[^A-Za-z0-9._+-]+', '-', slug)}"

@@ -166,27 +166,38 @@ class Reporter:
         self.out.print(table)
 
     def tradeoff_table(self, rows: list[dict], title: str | None = "Size / accuracy trade-off"):
-        """Print one row per model: the float baseline first, then one per mu.
+        """Print one row per model: float, each DiffQ run, then the baselines.
 
         Args:
-            rows: dicts with keys ``label`` (``"float"`` or the mu value), ``accuracy`` (percent),
-                ``delta`` (accuracy minus the float accuracy, percentage points), ``true_mb``
-                (float32 size for the baseline, true quantized size otherwise), ``artifact_mb``
-                (bytes on disk of the saved artifact / 2**20), ``compression`` (float size / true
-                size, 1.0 for the baseline), ``mean_bits`` (32 for the baseline). A missing or
-                None value prints as "—".
+            rows: dicts with keys ``method`` (float, diffq, ptq, qat...), ``label`` (the run:
+                ``"mu=0.001"``, ``"target=4MB"``, ``"4 bits"``; a float is printed with ``g``),
+                ``accuracy`` (percent), ``delta`` (accuracy minus the float accuracy, points),
+                ``true_mb`` (float32 size for the float row, true quantized size otherwise),
+                ``artifact_mb`` (bytes on disk of the saved artifact / 2**20), ``compression``
+                (float size / artifact size), ``mean_bits``, ``mu`` (the final mu of a DiffQ
+                run), ``best`` (no row at the same or a smaller size is more accurate: marked
+                ★) and ``collapsed`` (accuracy at chance level: "chance"). A missing or None
+                value prints as "—".
             title: table title.
         """
         body = []
         for row in rows:
             label = row.get("label")
             label = f"{label:g}" if isinstance(label, float) else _num(label, "")
+            flags = (("★", row.get("best")), ("chance", row.get("collapsed")))
+            note = " ".join(text for text, on in flags if on)
             body.append([
-                label, _num(row.get("accuracy"), ".2f"), _num(row.get("delta"), "+.2f"),
+                _num(row.get("method"), ""), label, _num(row.get("accuracy"), ".2f"),
+                _num(row.get("delta"), "+.2f"),
                 _num(row.get("true_mb"), ".3f"), _num(row.get("artifact_mb"), ".3f"),
-                _num(row.get("compression"), ".2f", "×"), _num(row.get("mean_bits"), ".2f")])
-        self._table(title, ["mu", "accuracy (%)", "Δ vs float (pp)", "true size MB",
-                            "artifact MB", "compression ×", "mean bits"], body)
+                _num(row.get("compression"), ".2f", "×"), _num(row.get("mean_bits"), ".2f"),
+                _num(row.get("mu"), ".3g"), note])
+        self._table(title, ["method", "run", "accuracy (%)", "Δ vs float (pp)", "true size MB",
+                            "artifact MB", "compression ×", "mean bits", "mu", "note"], body,
+                    left=(0, 1, 9))
+        if any(row.get("best") for row in rows) or any(row.get("collapsed") for row in rows):
+            self.out.print("★ best accuracy at its size or smaller; chance: accuracy at chance "
+                           "level (collapsed)", markup=False, highlight=False)
 
     def layer_table(self, layers: list[dict], title: str) -> None:
         """Print bits per layer with a bar proportional to the mean bits (15 bits = full bar).

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from diffq_cli.aim import CALIBRATE_EVERY, fit_target, start_control
 from diffq_cli.artifact import atomic_write, torch_bytes
 from diffq_cli.errors import TrainingError
 
@@ -116,16 +117,18 @@ def _scaler(ctx, amp: str):
     return torch.amp.GradScaler("cuda", enabled=amp == "fp16" and ctx.device.type == "cuda")
 
 
-def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
-    """Fine-tunes ``model`` with DiffQ for one ``mu``; returns the final metrics.
+def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) -> dict:
+    """Fine-tunes ``model`` with DiffQ for one ``mu`` or one size target; returns the metrics.
 
     Args:
         model: the float model on ``ctx.device``, with the starting weights.
         recipe: the resolved recipe.
-        mu: the model-size penalty.
+        mu: the model-size penalty (with ``target_mb``: ignored, mu is adapted, see ``aim``).
         loaders: (train, val) data loaders.
         run_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go.
         ctx: run context (``device``, ``reporter``, ``resume``, ``dist``: distributed helpers).
+        target_mb: a true-size budget in MB: mu becomes a Lagrange multiplier and the final
+            rounding is made to fit (``diffq_cli.aim``, ``quant.budget``).
     """
     o, t = recipe.optim, recipe.train
     train_loader, val_loader = loaders
@@ -137,6 +140,8 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
     # than the per-tensor loop), available for float32 parameters on CPU and CUDA.
     bits_opt = torch.optim.Adam([{"params": []}], lr=o.bits_lr, fused=True)
     quantizer.setup_optimizer(bits_opt, lr=o.bits_lr)
+    control = start_control(quantizer, mu, target_mb)
+    label = f"mu={mu:g}" if target_mb is None else f"target={target_mb:g}MB"
     net = ctx.dist.wrap(model)
     scaler = _scaler(ctx, t.amp)
     criterion = torch.nn.CrossEntropyLoss()
@@ -157,10 +162,12 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
         scaler.load_state_dict(ckpt["scaler"])
         quantizer.load_noise_state_dict(ckpt["noise"])
         _set_rng_state(ckpt["rng"])
+        if "aim" in ckpt:  # checkpoints written before --target-mb existed
+            control.load_state_dict(ckpt["aim"])
         epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
-        ctx.reporter.note(f"resumed mu={mu:g} from {ckpt_path} at epoch {epoch}, step {step}")
+        ctx.reporter.note(f"resumed {label} from {ckpt_path} at epoch {epoch}, step {step}")
 
-    with ctx.reporter.progress(total - step, f"mu={mu:g}") as bar:
+    with ctx.reporter.progress(total - step, label) as bar:
         while epoch < t.epochs and step < total:
             net.train()
             ctx.dist.set_epoch(train_loader, epoch, recipe.train.seed)
@@ -173,11 +180,16 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
                 with _autocast(ctx.device, t.amp):
                     task = criterion(net(x), y)
                 # The size term stays in float32, outside autocast.
-                loss = task.float() + mu * quantizer.model_size()
+                size = quantizer.model_size()
+                loss = task.float() + control.mu * size
                 value = float(loss.detach())  # one sync per step, for the NaN check and logs
+                if target_mb is not None:
+                    if step % CALIBRATE_EVERY == 0:
+                        control.calibrate(float(size.detach()), quantizer.true_model_size())
+                    control.update(float(size.detach()))  # dual ascent on mu
                 if not math.isfinite(value):
                     raise TrainingError(
-                        f"loss became {value} at step {step} (mu={mu:g}); lower optim.lr or mu. "
+                        f"loss became {value} at step {step} ({label}); lower optim.lr or mu. "
                         f"The last good checkpoint is kept in {ckpt_path}"
                     )
                 _optimize(loss, [optimizer, bits_opt], scaler, o.grad_clip)
@@ -188,7 +200,8 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
             epoch += 1
             acc = ctx.dist.accuracy(model, val_loader, ctx.device)  # over all ranks' shards
             record = {
-                "mu": mu,
+                "mu": control.mu,
+                "target_mb": target_mb,
                 "epoch": epoch,
                 "step": step,
                 "loss": loss_sum / max(seen, 1),
@@ -200,7 +213,8 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
             }
             history.append(record)
             ctx.reporter.note(
-                f"mu={mu:g} epoch {epoch}/{t.epochs} step {step}: loss {record['loss']:.4f}, "
+                f"{label} epoch {epoch}/{t.epochs} step {step}: mu {control.mu:.3g}, "
+                f"loss {record['loss']:.4f}, "
                 f"quantized acc {acc:.2f}%, true size {record['true_mb']:.3f} MB"
             )
             if ctx.dist.is_main:
@@ -219,17 +233,22 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx) -> dict:
                             "step": step,
                             "history": history,
                             "mu": mu,
+                            "aim": control.state_dict(),
                         }
                     ),
                 )
             ctx.after_epoch(epoch)
     model.eval()
+    fit = fit_target(quantizer, target_mb, ctx.reporter)
+    accuracy = history[-1]["accuracy"] if history and not fit.get("lowered") else None
     return {
         "quantizer": quantizer,
         "history": history,
-        "accuracy": history[-1]["accuracy"]
-        if history
-        else ctx.dist.accuracy(model, val_loader, ctx.device),
+        "mu": control.mu,
+        "fit": fit,
+        "accuracy": ctx.dist.accuracy(model, val_loader, ctx.device)
+        if accuracy is None
+        else accuracy,
     }
 
 

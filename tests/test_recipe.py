@@ -211,3 +211,35 @@ def test_recipe_data_section_matches_the_data_module():
 
     recipe_fields = {f.name for f in dataclasses.fields(DataConfig)}
     assert recipe_fields | {"seed"} == {f.name for f in dataclasses.fields(DataSpec)}
+
+
+def test_target_mb_replaces_the_files_mu_and_is_exclusive_with_mu(tmp_path):
+    r = load_recipe("default", flags={"train.target_mb": [4, 3]})
+    assert r.train.target_mb == (4.0, 3.0) and r.train.mu is None
+    assert output_dir(r) == "runs/resnet18-digits-target4_3MB"
+    # A recipe file with a target; --mu on the command line replaces it.
+    path = tmp_path / "aimed.yaml"
+    path.write_text("train: {target_mb: [5]}\n")
+    assert load_recipe(str(path)).train.target_mb == (5.0,)
+    mu = load_recipe(str(path), flags={"train.mu": [0.1]})
+    assert mu.train.mu == (0.1,) and mu.train.target_mb == ()
+    # Both on the command line, or both in one file: exit-2 errors naming both keys.
+    with pytest.raises(InputError, match="exclusive"):
+        load_recipe("default", ["train.target_mb=[4]"], {"train.mu": [1.0]})
+    path.write_text("train: {target_mb: [5], mu: [1]}\n")
+    with pytest.raises(InputError, match="train.mu .* and train.target_mb .* are exclusive"):
+        load_recipe(str(path))
+    # Neither: the default mu.
+    assert TrainConfig().mu == (1e-3,) and TrainConfig().baseline == "ptq"
+
+
+def test_target_mb_round_trips_and_is_validated(tmp_path):
+    recipe = load_recipe("default", ["train.target_mb=[4]", "train.baseline=qat"])
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_recipe(recipe))
+    assert load_recipe(str(path)) == recipe
+    for bad, needle in ((["train.target_mb=[-1]"], "must be > 0"),
+                        (["train.target_mb=[4]", "quant.method=lsq"], "quant.method=diffq"),
+                        (["train.baseline=lsq"], "train.baseline")):
+        with pytest.raises(InputError, match=needle):
+            load_recipe("default", bad)

@@ -14,6 +14,12 @@ ROWS = [
     {"label": 1e-3, "accuracy": 96.125, "delta": -1.375, "true_mb": 2.1, "artifact_mb": 2.31,
      "compression": 20.3, "mean_bits": 3.21},
 ]
+TRADEOFF = [
+    {"method": "float", "label": "float32", "accuracy": 97.5, "true_mb": 42.6, "best": True},
+    {"method": "ptq", "label": "2 bits", "accuracy": 9.7, "true_mb": 2.7, "collapsed": True},
+    {"method": "diffq", "label": "target=4MB", "accuracy": 96.0, "true_mb": 3.98,
+     "mu": 0.4321, "best": True},
+]
 LAYERS = [
     {"name": "conv1.weight", "numel": 9408, "bits_mean": 7.5, "bits_min": 3, "bits_max": 11,
      "mb": 0.0123},
@@ -34,6 +40,17 @@ def test_tradeoff_table_to_stdout(capsys):
         assert text in out, text
     assert out.index("float") < out.index("0.001")
     assert "\x1b[" not in out  # no colour codes when not a TTY
+
+
+def test_tradeoff_table_marks_best_and_collapsed_rows(capsys):
+    Reporter().tradeoff_table(TRADEOFF)
+    lines = capsys.readouterr().out.splitlines()
+    row = {name: next(line for line in lines if name in line)
+           for name in ("float32", "2 bits", "target=4MB")}
+    assert "★" in row["float32"] and "★" in row["target=4MB"] and "★" not in row["2 bits"]
+    assert "chance" in row["2 bits"] and "chance" not in row["target=4MB"]
+    assert "0.432" in row["target=4MB"] and "diffq" in row["target=4MB"]
+    assert any("★ best accuracy at its size or smaller" in line for line in lines)
 
 
 def test_layer_table_and_bars(capsys):

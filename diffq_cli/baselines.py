@@ -1,0 +1,88 @@
+"""Baselines at equal size: uniform post-training quantization (PTQ) and uniform QAT.
+
+PTQ quantizes the starting model with min/max per tensor at 8/6/4/3/2 bits, with the recipe's
+``min_size``/``exclude``/``float16``: no training, one evaluation each. QAT trains
+``UniformQuantizer(qat=True)`` at the integer width whose true size is nearest a DiffQ result,
+with the same epochs and schedule, so the table compares at equal size and equal budget.
+"""
+
+import dataclasses
+
+PTQ_BITS = (8, 6, 4, 3, 2)
+COLLAPSE = 1.5  # an accuracy below 1.5x chance (15 % with 10 classes) is reported as collapsed
+
+
+def collapsed(accuracy: float | None, num_classes: int) -> bool:
+    """Whether ``accuracy`` (percent) is at chance level for ``num_classes`` classes."""
+    return accuracy is not None and accuracy < COLLAPSE * 100.0 / max(num_classes, 1)
+
+
+def _uniform(model, q, bits: int, qat: bool = False):
+    from diffq_cli.quant import UniformQuantizer
+
+    return UniformQuantizer(model, bits=bits, qat=qat, min_size=q.min_size, float16=q.float16,
+                            exclude=list(q.exclude))
+
+
+def uniform_size(model, q, bits: int) -> float:
+    """True size in MB of ``model`` under uniform ``bits``-bit quantization."""
+    quantizer = _uniform(model, q, bits)
+    try:
+        return quantizer.true_model_size()
+    finally:
+        quantizer.detach()
+
+
+def ptq_rows(model, q, accuracy, bits=PTQ_BITS) -> list[dict]:
+    """Post-training uniform quantization of ``model`` (left unchanged) at each width.
+
+    Args:
+        model: the starting float model.
+        q: the recipe's ``quant`` section (min_size, float16, exclude).
+        accuracy: ``accuracy(model) -> percent`` on the validation set.
+        bits: widths to measure.
+    """
+    rows = []
+    for width in bits:
+        quantizer = _uniform(model, q, width)
+        try:
+            model.eval()  # eval forwards see the truly quantized weights
+            rows.append({"method": "ptq", "label": f"{width} bits", "bits": width,
+                         "accuracy": accuracy(model), "true_mb": quantizer.true_model_size(),
+                         "mean_bits": float(width) if quantizer._qparams else None})
+        finally:
+            quantizer.detach()
+    return rows
+
+
+def qat_widths(model, q, sizes: list[float], max_bits: int = 8) -> list[int]:
+    """For each DiffQ true size, the uniform width (1..max_bits) whose size is nearest."""
+    table = {bits: uniform_size(model, q, bits) for bits in range(1, max_bits + 1)}
+    out = []
+    for size in sizes:
+        width = min(table, key=lambda b: (abs(table[b] - size), b))
+        if width not in out:
+            out.append(width)
+    return out
+
+
+def qat_recipe(recipe, bits: int):
+    """``recipe`` with ``quant.method=uniform`` at ``bits`` (QAT), the rest unchanged."""
+    quant = dataclasses.replace(recipe.quant, method="uniform", bits=float(bits))
+    train = dataclasses.replace(recipe.train, target_mb=(), mu=(0.0,))
+    return dataclasses.replace(recipe, quant=quant, train=train)
+
+
+def mark_best(rows: list[dict], tolerance: float = 0.02) -> None:
+    """Sets ``row["best"]``: no other row at the same or a smaller size is more accurate.
+
+    "The same size" allows ``tolerance`` (2 %): a row 1 % larger but more accurate still beats
+    it. The marked rows are the Pareto front of accuracy against true size.
+    """
+    for row in rows:
+        size, acc = row.get("true_mb"), row.get("accuracy")
+        row["best"] = size is not None and acc is not None and not any(
+            other is not row and other.get("accuracy") is not None
+            and other.get("true_mb") is not None
+            and other["true_mb"] <= size * (1 + tolerance) and other["accuracy"] > acc
+            for other in rows)

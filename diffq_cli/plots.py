@@ -1,0 +1,145 @@
+"""Pictures of a run, as SVG: the size/accuracy trade-off and the learned bit widths.
+
+matplotlib (Agg backend) is imported inside the drawing functions, so importing this module
+costs nothing at CLI start-up. Every series carries an SVG id (matplotlib's ``gid``) so tests
+and scripts can find it in the file: ``float``, ``diffq``, ``ptq``, ``qat``, ``lsq`` (one marker
+per row) in ``tradeoff.svg``; ``layer-<i>`` (one bar per quantized layer), ``spread-<i>`` and
+``width-<w>`` (the histogram) in ``bits.svg``; a red cross ``collapsed-<method>-<i>`` over each
+point at chance level.
+"""
+
+from pathlib import Path
+
+# Drawing order and style per method: (legend label, marker, line style).
+_STYLE = {
+    "ptq": ("uniform post-training", "s", "--"),
+    "qat": ("uniform QAT", "^", "none"),
+    "lsq": ("LSQ", "v", "none"),
+    "diffq": ("DiffQ", "o", "none"),
+    "float": ("float32", "*", "none"),
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.hashsalt"] = "diffq"  # stable ids: the same data gives the same file
+    return plt
+
+
+def _save(fig, path) -> None:
+    import io
+
+    from diffq_cli.artifact import atomic_write
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    atomic_write(Path(path), buf.getvalue().encode())
+
+
+def tradeoff_svg(path, rows: list[dict], title: str = "") -> None:
+    """Accuracy against true size (log axis), one series per method.
+
+    Args:
+        path: the SVG file to write.
+        rows: dicts with ``method`` (float, diffq, ptq, qat, lsq, or any other name),
+            ``label`` (shown next to DiffQ points), ``true_mb`` and ``accuracy`` (percent);
+            rows missing either number are skipped. ``collapsed`` rows get a hollow marker.
+        title: figure title.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = list(dict.fromkeys([*_STYLE, *(r.get("method") for r in rows)]))
+    for method in methods:
+        points = sorted((r for r in rows if r.get("method") == method
+                         and r.get("true_mb") and r.get("accuracy") is not None),
+                        key=lambda r: r["true_mb"])
+        if not points:
+            continue
+        name, marker, line = _STYLE.get(method, (str(method), "D", "none"))
+        (series,) = ax.plot([r["true_mb"] for r in points], [r["accuracy"] for r in points],
+                            marker=marker, linestyle=line, label=name,
+                            markersize=8 if method != "float" else 12)
+        series.set_gid(method)
+        for i, r in enumerate(points):
+            if r.get("collapsed"):
+                ax.plot([r["true_mb"]], [r["accuracy"]], marker="x", color="red",
+                        markersize=10, linestyle="none")[0].set_gid(f"collapsed-{method}-{i}")
+            if method in ("diffq", "qat", "lsq", "ptq"):
+                ax.annotate(str(r.get("label", "")), (r["true_mb"], r["accuracy"]),
+                            textcoords="offset points", xytext=(5, 5), fontsize=7,
+                            color=series.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("true size (MB, log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or "size / accuracy trade-off")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def layer_bits(state: dict) -> tuple[list[dict], dict[int, int]]:
+    """Per quantized layer: mean, min and max width over its values; and the model's histogram
+    (values per integer width), from a quantized state."""
+    import torch
+
+    from diffq_cli.quant.state import entry_group_bits, group_lengths, numel_of
+
+    layers, hist = [], torch.zeros(16, dtype=torch.int64)
+    for name, entry in state["quantized"].items():
+        numel = numel_of(entry["shape"])
+        bits = entry_group_bits(entry)
+        lengths = group_lengths(numel, entry["group_size"])
+        hist += torch.bincount(bits, weights=lengths.double(), minlength=16)[:16].long()
+        layers.append({"name": name, "numel": numel,
+                       "mean": float((bits * lengths).sum()) / numel,
+                       "min": int(bits.min()), "max": int(bits.max())})
+    return layers, {w: int(n) for w, n in enumerate(hist.tolist()) if n}
+
+
+def bits_svg(path, state: dict, title: str = "") -> None:
+    """Per layer: mean learned bits (bar) and the range of group widths (whisker); beside it,
+    the share of the model's quantized weights at each width.
+
+    Args:
+        path: the SVG file to write.
+        state: a quantized state (``get_quantized_state()`` or an artifact's ``state``).
+        title: figure title.
+    """
+    layers, hist = layer_bits(state)
+    if not layers:
+        raise ValueError("the state has no quantized tensor: nothing to plot")
+    plt = _pyplot()
+    height = max(3.0, 0.22 * len(layers) + 1.2)
+    fig, (ax, hx) = plt.subplots(1, 2, figsize=(10, height),
+                                 gridspec_kw={"width_ratios": [3, 2]})
+    ys = list(range(len(layers)))[::-1]  # first layer on top
+    bars = ax.barh(ys, [r["mean"] for r in layers], color="tab:blue", alpha=0.8,
+                   label="mean bits")
+    for i, (bar, r, y) in enumerate(zip(bars, layers, ys, strict=True)):
+        bar.set_gid(f"layer-{i}")
+        (whisker,) = ax.plot([r["min"], r["max"]], [y, y], color="black", marker="|",
+                             markersize=8, linewidth=1)
+        whisker.set_gid(f"spread-{i}")
+    whisker.set_label("min-max group width")
+    ax.set_yticks(ys, [r["name"] for r in layers], fontsize=7)
+    ax.set_xlabel("bits per weight")
+    ax.set_xlim(0, max(r["max"] for r in layers) + 1)
+    ax.legend(loc="lower right", fontsize=7)
+    ax.grid(True, axis="x", alpha=0.3)
+    total = sum(hist.values())
+    widths = sorted(hist)
+    hbars = hx.bar(widths, [100 * hist[w] / total for w in widths], color="tab:orange")
+    for w, bar in zip(widths, hbars, strict=True):
+        bar.set_gid(f"width-{w}")
+    hx.set_xlabel("group width (bits)")
+    hx.set_ylabel("quantized weights (%)")
+    hx.set_xticks(widths)
+    hx.set_title("widths over the model", fontsize=9)
+    fig.suptitle(title or "learned bit widths")
+    _save(fig, path)
+    plt.close(fig)

@@ -1,0 +1,203 @@
+"""Sizes of a DiffQuantizer at chosen bit widths, and rounding that respects a size budget.
+
+``true_model_size()`` rounds every group's learned real-valued bits to the nearest integer, so a
+run whose differentiable size sits right at a budget can land a little above it. ``fit_budget``
+lowers widths until the true size fits, cheapest groups first: a group whose learned bits sit
+just above its rounding threshold (2.52 rounds to 3) wanted its width least, so it is lowered
+first; a group at 2.98 is lowered only after every group closer to its threshold. Formally, all
+real bits are shifted down by the smallest ``tau`` for which ``round(b - tau)`` fits, which is
+exactly that order, and is found by bisection.
+
+These helpers read the quantizer's groups directly (same package) and change only the bit
+logits, so ``_true_bits``, ``get_quantized_state()`` and evaluation all see the new widths.
+"""
+
+import math
+
+import torch
+
+from diffq_cli.quant.base import MB
+from diffq_cli.quant.state import tensor_bits
+
+
+def _check(quantizer) -> list:
+    from diffq_cli.quant.diffq import DiffQuantizer
+
+    if not isinstance(quantizer, DiffQuantizer):
+        raise TypeError(f"expected a DiffQuantizer, got {type(quantizer).__name__}")
+    return quantizer._unique()
+
+
+def _int_bits(real: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.round(real), 1, 15).to(torch.int64)
+
+
+def _size_mb(quantizer, unique, widths) -> float:
+    """True size in MB with integer ``widths`` (one tensor per quantized parameter)."""
+    total = quantizer._float_bits()
+    for qp, bits in zip(unique, widths, strict=True):
+        total += tensor_bits(bits, qp.numel, qp.group_size)[1]
+    return total / MB
+
+
+def size_at_bits(quantizer, bits: float) -> float:
+    """True size in MB if every group had the real-valued width ``bits`` (before extra_bits).
+
+    Example:
+        >>> floor = size_at_bits(quantizer, quantizer.min_bits)   # the smallest reachable size
+    """
+    unique = _check(quantizer)
+    width = _int_bits(torch.tensor(float(bits) + quantizer.extra_bits))
+    return _size_mb(quantizer, unique, [width.expand(qp.n_groups) for qp in unique])
+
+
+def size_floor(quantizer) -> float:
+    """Smallest true size in MB the quantizer can reach: every group at ``min_bits``."""
+    _check(quantizer)
+    return size_at_bits(quantizer, quantizer.min_bits)
+
+
+def learned_bits(quantizer) -> list[torch.Tensor]:
+    """Real-valued bits (plus ``extra_bits``) of every group, one tensor per parameter."""
+    unique = _check(quantizer)
+    with torch.no_grad():
+        return [quantizer._bits_and_unit(qp.bit_param.detach())[0].cpu() + quantizer.extra_bits
+                for qp in unique]
+
+
+def logits_for_bits(quantizer, bits: torch.Tensor) -> torch.Tensor:
+    """Logits whose real-valued bits are ``bits`` (inverse of the quantizer's parametrisation).
+
+    Values are clamped into ``[min_bits, max_bits]``; a bound itself maps to a logit just
+    inside it (a bound proper would need an infinite logit) whose rounding is unchanged.
+    """
+    lo_b, hi_b = quantizer.min_bits, quantizer.max_bits
+    bits = bits.double().clamp(lo_b, hi_b)
+    if hi_b == lo_b:
+        return torch.zeros_like(bits, dtype=torch.float32)
+    if quantizer.param == "bits":
+        t = (bits - lo_b) / (hi_b - lo_b)
+    else:  # the noise unit 1 / (2**b - 1) is interpolated in log space
+        lo, hi = quantizer._unit_bounds()
+        t = (-torch.log(torch.exp2(bits) - 1) - lo) / (hi - lo)
+    t = t.clamp(1e-6, 1 - 1e-6)
+    return torch.log(t / (1 - t)).float()
+
+
+def set_uniform_bits(quantizer, bits: float) -> None:
+    """Sets every group's learned width to the real value ``bits`` (a starting point)."""
+    for qp in _check(quantizer):
+        with torch.no_grad():
+            qp.bit_param.fill_(float(logits_for_bits(quantizer, torch.tensor(float(bits)))))
+
+
+def uniform_bits_for(quantizer, target_mb: float) -> float:
+    """Real width at which every group gives a differentiable ``model_size()`` of ``target_mb``.
+
+    Clamped to ``[min_bits, init_bits]``. The logits are restored afterwards.
+    """
+    unique = _check(quantizer)
+    saved = [qp.bit_param.detach().clone() for qp in unique]
+
+    def size(b: float) -> float:
+        set_uniform_bits(quantizer, b)
+        with torch.no_grad():
+            return float(quantizer.model_size().detach())
+
+    try:
+        lo, hi = quantizer.min_bits, quantizer.init_bits
+        if size(hi) <= target_mb:
+            return hi
+        if size(lo) >= target_mb:
+            return lo
+        for _ in range(40):  # the size grows with b (steps at the header widths): bisect
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if size(mid) < target_mb else (lo, mid)
+        return lo
+    finally:
+        with torch.no_grad():
+            for qp, logit in zip(unique, saved, strict=True):
+                qp.bit_param.copy_(logit)
+
+
+def start_at_size(quantizer, target_mb: float) -> float:
+    """Sets starting widths whose true size is at most ``target_mb``, with no rounding surprise.
+
+    Every group gets an integer width ``k`` or ``k + 1``: the smallest tensors (first and last
+    layers, downsampling convolutions: the usual sensitive ones, and the cheapest to keep wide)
+    get ``k + 1`` while the size allows. Real bits sit exactly on those integers (``min_bits +
+    0.3`` at the bottom, where an exact bound would freeze the logit), so the training noise
+    matches what rounding will give. Keeps ``init_bits`` when that already fits. Returns the
+    resulting true size in MB.
+    """
+    unique = _check(quantizer)
+    low = int(_int_bits(torch.tensor(quantizer.min_bits + quantizer.extra_bits)))
+    high = int(_int_bits(torch.tensor(quantizer.init_bits + quantizer.extra_bits)))
+    if size_at_bits(quantizer, quantizer.init_bits) <= target_mb:
+        return size_at_bits(quantizer, quantizer.init_bits)
+    k = low
+    while k + 1 < high and _uniform_mb(quantizer, unique, k + 1) <= target_mb:
+        k += 1
+    widths = {qp.name: k for qp in unique}
+    for qp in sorted(unique, key=lambda qp: qp.numel):  # smallest tensors first
+        widths[qp.name] = k + 1
+        if _size_mb(quantizer, unique, _full(unique, widths)) > target_mb:
+            widths[qp.name] = k
+            break
+    for qp in unique:
+        real = widths[qp.name] - quantizer.extra_bits
+        real = max(real, quantizer.min_bits + 0.3)
+        with torch.no_grad():
+            qp.bit_param.fill_(float(logits_for_bits(quantizer, torch.tensor(float(real)))))
+    return quantizer.true_model_size()
+
+
+def _full(unique, widths: dict) -> list[torch.Tensor]:
+    return [torch.full((qp.n_groups,), widths[qp.name], dtype=torch.int64) for qp in unique]
+
+
+def _uniform_mb(quantizer, unique, width: int) -> float:
+    return _size_mb(quantizer, unique, _full(unique, {qp.name: width for qp in unique}))
+
+
+def fit_budget(quantizer, max_mb: float) -> dict:
+    """Lowers integer widths, cheapest groups first, until ``true_model_size() <= max_mb``.
+
+    Returns:
+        ``{"fits", "true_mb", "lowered" (groups changed), "tau" (bits shifted)}``; ``fits`` is
+        False only when even the floor (every group at ``min_bits``) is over ``max_mb``.
+    """
+    unique = _check(quantizer)
+    real = learned_bits(quantizer)
+    # Lowest width a group can have: min_bits as the quantizer rounds it.
+    floor = int(_int_bits(torch.tensor(quantizer.min_bits + quantizer.extra_bits)))
+
+    def widths(tau: float) -> list[torch.Tensor]:
+        return [_int_bits(b - tau).clamp_min(floor) for b in real]
+
+    def size(tau: float) -> float:
+        return _size_mb(quantizer, unique, widths(tau))
+
+    before = size(0.0)
+    if before <= max_mb:
+        return {"fits": True, "true_mb": before, "lowered": 0, "tau": 0.0}
+    hi = 16.0  # shifts everything to the floor
+    if size(hi) > max_mb:
+        return {"fits": False, "true_mb": size(hi), "lowered": 0, "tau": hi}
+    lo = 0.0
+    while hi - lo > 1e-6:  # invariant: size(lo) > max_mb >= size(hi)
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if size(mid) <= max_mb else (mid, hi)
+    lowered = 0
+    with torch.no_grad():
+        for qp, old, new in zip(unique, widths(0.0), widths(hi), strict=True):
+            changed = new != old
+            if bool(changed.any()):
+                lowered += int(changed.sum())
+                # Centre of the new width: it rounds to it, whatever extra_bits adds.
+                target = new.double() - quantizer.extra_bits
+                logits = logits_for_bits(quantizer, target).to(qp.bit_param.device)
+                qp.bit_param[changed.to(qp.bit_param.device)] = logits[changed]
+    true_mb = quantizer.true_model_size()
+    return {"fits": true_mb <= max_mb, "true_mb": true_mb, "lowered": lowered,
+            "tau": hi if math.isfinite(hi) else 16.0}

@@ -1,0 +1,118 @@
+"""quant.budget: floor and init sizes, the bits<->logits inverse, rounding that fits a budget."""
+
+import pytest
+import torch
+
+from diffq_cli import DiffQuantizer, UniformQuantizer
+from diffq_cli.quant.budget import (
+    fit_budget,
+    learned_bits,
+    logits_for_bits,
+    set_uniform_bits,
+    size_at_bits,
+    size_floor,
+    uniform_bits_for,
+)
+from diffq_cli.quant.state import tensor_bits
+from tests.quant.conftest import make_net
+
+
+def _quantizer(**kwargs):
+    q = DiffQuantizer(make_net(), group_size=4, **kwargs)
+    q.no_optimizer()
+    return q
+
+
+def test_floor_is_every_group_at_min_bits():
+    q = _quantizer(min_bits=2)
+    expected = q._float_bits()
+    for qp in q._unique():
+        expected += tensor_bits(torch.full((qp.n_groups,), 2), qp.numel, qp.group_size)[1]
+    assert size_floor(q) == pytest.approx(expected / (8 * 2**20))
+    # At init every group rounds to init_bits, which is what true_model_size() reports.
+    assert size_at_bits(q, q.init_bits) == pytest.approx(q.true_model_size())
+    assert size_floor(q) < size_at_bits(q, 4) < q.true_model_size()
+
+
+@pytest.mark.parametrize("param", ["bits", "noise"])
+def test_logits_for_bits_inverts_the_parametrisation(param):
+    q = _quantizer(param=param)
+    bits = torch.tensor([2.0, 2.7, 5.4, 8.0, 14.2, 15.0])
+    logits = logits_for_bits(q, bits)
+    back, _ = q._bits_and_unit(logits)
+    assert torch.allclose(back.double(), bits.double(), atol=1e-3)
+    assert torch.equal(torch.round(back), torch.round(bits))  # bounds keep their rounding
+
+
+def test_uniform_bits_for_hits_the_differentiable_size_and_restores_logits():
+    q = _quantizer()
+    before = [qp.bit_param.detach().clone() for qp in q._unique()]
+    target = (size_floor(q) + q.true_model_size()) / 2
+    bits = uniform_bits_for(q, target)
+    assert q.min_bits < bits < q.init_bits
+    assert all(torch.equal(a, qp.bit_param) for a, qp in zip(before, q._unique(), strict=True))
+    set_uniform_bits(q, bits)
+    assert float(q.model_size().detach()) == pytest.approx(target, rel=1e-3)
+    assert uniform_bits_for(q, 1e6) == q.init_bits  # a generous target keeps init_bits
+
+
+def test_fit_budget_rounds_down_the_cheapest_groups_until_it_fits():
+    q = _quantizer()
+    # Real bits spread around 3.5: plain rounding gives ~half the groups 4 bits.
+    torch.manual_seed(0)
+    for qp in q._unique():
+        with torch.no_grad():
+            qp.bit_param.copy_(logits_for_bits(q, 3.5 + 0.45 * (2 * torch.rand(qp.n_groups) - 1)))
+    real = torch.cat(learned_bits(q))
+    over = q.true_model_size()
+    target = (size_at_bits(q, 3) + over) / 2  # forces rounding some groups down
+    assert over > target
+    fit = fit_budget(q, target)
+    assert fit["fits"] and fit["lowered"] > 0
+    assert q.true_model_size() <= target and fit["true_mb"] == q.true_model_size()
+    after = torch.cat([q._true_bits(qp) for qp in q._unique()])
+    lowered = after < torch.round(real)
+    assert bool(lowered.any()) and bool((after >= torch.round(real) - 1).all())
+    # Cheapest first: every lowered group was closer above its rounding threshold than every
+    # group that kept its width (among groups rounding to the same width).
+    margin = real - (torch.round(real) - 0.5)
+    kept_at_4 = (~lowered) & (torch.round(real) == 4)
+    assert margin[lowered].max() <= margin[kept_at_4].min() + 1e-6
+    # The saved state agrees with the new widths.
+    state = q.get_quantized_state()
+    restored = DiffQuantizer(make_net(), group_size=4)
+    restored.restore_quantized_state(state)
+
+
+def test_fit_budget_leaves_a_fitting_model_alone_and_reports_an_impossible_budget():
+    q = _quantizer()
+    logits = [qp.bit_param.detach().clone() for qp in q._unique()]
+    assert fit_budget(q, q.true_model_size() + 1) == {
+        "fits": True, "true_mb": pytest.approx(q.true_model_size()), "lowered": 0, "tau": 0.0}
+    assert all(torch.equal(a, qp.bit_param) for a, qp in zip(logits, q._unique(), strict=True))
+    fit = fit_budget(q, size_floor(q) / 2)
+    assert not fit["fits"] and fit["true_mb"] == pytest.approx(size_floor(q))
+
+
+def test_budget_helpers_need_a_diffquantizer():
+    q = UniformQuantizer(make_net(), bits=4)
+    with pytest.raises(TypeError, match="DiffQuantizer"):
+        size_floor(q)
+
+
+def test_start_at_size_mixes_two_integer_widths_small_tensors_wide_first():
+    from diffq_cli.quant.budget import start_at_size
+
+    q = _quantizer(min_size=1e-4)
+    target = (size_at_bits(q, 3) + size_at_bits(q, 4)) / 2
+    got = start_at_size(q, target)
+    assert got == pytest.approx(q.true_model_size()) and got <= target
+    widths = {qp.name: set(q._true_bits(qp).tolist()) for qp in q._unique()}
+    assert set().union(*widths.values()) == {3, 4} and all(len(w) == 1 for w in widths.values())
+    by_size = sorted(q._unique(), key=lambda qp: qp.numel)
+    order = [widths[qp.name].pop() for qp in by_size]
+    assert order == sorted(order, reverse=True)  # wide ones are the smallest tensors
+    # The real bits sit on the integers: no gap between training noise and rounding.
+    for b in learned_bits(q):
+        assert torch.allclose(b, torch.round(b), atol=1e-3)
+    assert start_at_size(q, 1e6) == pytest.approx(size_at_bits(q, q.init_bits))
