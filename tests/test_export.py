@@ -193,7 +193,16 @@ QUANTIZERS = {
     "diffq-unbound": lambda m: DiffQuantizer(m, min_size=0, group_size=8, detect_bound=False),
     "uniform-fractional": lambda m: UniformQuantizer(m, min_size=0, bits=3.5),
     "lsq": lambda m: LSQ(m, min_size=0, bits=4),
+    "lsq-one-signed": lambda m: LSQ(_one_signed(m), min_size=0, bits=2),
 }
+
+
+def _one_signed(model):
+    """``model`` with one all-positive and one all-negative weight (LSQ's one-signed grids)."""
+    with torch.no_grad():
+        model.a.weight.abs_()
+        model.conv.weight.copy_(-model.conv.weight.abs())
+    return model
 
 
 @pytest.mark.parametrize("kind", QUANTIZERS)
