@@ -1,13 +1,18 @@
-"""Accuracy against true size on Fashion-MNIST + resnet18: DiffQ at size targets vs uniform QAT,
-LSQ and post-training uniform quantization, every method with the same float model and epochs.
+"""Accuracy against true size: DiffQ at size targets vs uniform QAT, LSQ and post-training
+uniform quantization (PTQ), every method starting from the same float model with the same
+fine-tuning epochs.
 
-    python bench/tradeoff.py                                  # a few CPU minutes per run
+    python bench/tradeoff.py                      # resnet18 + Fashion-MNIST, ~25 min on 2 CPUs
     python bench/tradeoff.py --train-subset 60000 --val-subset 10000 --epochs 5
+    python bench/tradeoff.py --recipe default --model resnet18 --data-dir "" \\
+        --targets 3 4 --svg docs/tradeoff-digits.svg   # digits, offline
+    python bench/tradeoff.py --diffq-only --targets 4 quant.group_size=16   # one variant
 
 Each method is one ``diffq finetune --json`` call (through the CLI): the first trains the float
 model (``train.float_epochs``) and saves it as ``float.pt``; every other call starts from that
-file. Prints a markdown table, writes ``bench/out/tradeoff.json`` and the picture
-(``--svg``, default ``docs/tradeoff.svg``).
+file. Extra ``key=value`` arguments go to every call (recipe overrides); ``--diffq-set`` ones to
+the DiffQ call only. Prints a markdown table, writes the rows to ``--out`` after every run and
+the picture to ``--svg``.
 """
 
 import argparse
@@ -30,64 +35,101 @@ def finetune(args: list[str], out: Path) -> dict:
     return json.loads(done.stdout)
 
 
-def fashion_args(a) -> list[str]:
-    return ["--recipe", "fashion-mnist-resnet18", "--data-dir", a.data_dir,
-            f"data.train_subset={a.train_subset}", f"data.val_subset={a.val_subset}",
-            "--epochs", str(a.epochs), f"--seed={a.seed}"]
+def common_args(a) -> list[str]:
+    """The arguments every call shares: recipe, data, subsets, epochs, seed, overrides."""
+    args = ["--recipe", a.recipe, f"--epochs={a.epochs}", f"--seed={a.seed}"]
+    if a.model:
+        args += ["--model", a.model]
+    if a.data_dir:
+        args += ["--data-dir", a.data_dir]
+    for key in ("train_subset", "val_subset", "input_size", "batch_size"):
+        value = getattr(a, key)
+        if value is not None:
+            args.append(f"data.{key}={value}")
+    return args + list(a.overrides)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=FASHION)
-    p.add_argument("--train-subset", type=int, default=4000)
-    p.add_argument("--val-subset", type=int, default=2000)
-    p.add_argument("--float-epochs", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--targets", type=float, nargs="+", default=[6.0, 4.0, 3.0])
-    p.add_argument("--qat-bits", type=int, nargs="+", default=[2, 3, 4, 8])
-    p.add_argument("--lsq-bits", type=int, nargs="+", default=[2, 3, 4])
-    p.add_argument("--svg", default="docs/tradeoff.svg")
-    p.add_argument("--out", default="bench/out/tradeoff.json")
-    a = p.parse_args()
-    common = fashion_args(a)
-    work = Path(tempfile.mkdtemp(prefix="diffq-tradeoff-"))
-    # DiffQ at each target, PTQ rows of the float model; trains and keeps the float model.
-    first = finetune([*common, f"train.float_epochs={a.float_epochs}",
-                      *(f"--target-mb={x:g}" for x in a.targets)], work / "diffq")
-    weights = str(work / "diffq" / "float.pt")
-    rows = list(first["table"])
-    start = ["--weights", weights, "train.float_epochs=0", "--baseline", "none", "--mu", "0"]
-    for method, widths in (("uniform", a.qat_bits), ("lsq", a.lsq_bits)):
-        for bits in widths:
-            run = finetune([*common, *start, f"quant.method={method}", f"quant.bits={bits}"],
-                           work / f"{method}{bits}")["runs"][0]
-            rows.append({"method": "qat" if method == "uniform" else "lsq",
-                         "label": f"{bits} bits", "bits": bits, "accuracy": run["accuracy"],
-                         "true_mb": run["true_mb"], "artifact_mb": run["artifact_mb"]})
-    from diffq_cli.baselines import collapsed, mark_best
-    from diffq_cli.plots import tradeoff_svg
-
-    for row in rows:
-        row["collapsed"] = collapsed(row["accuracy"], 10)
-    mark_best(rows)
-    title = (f"resnet18, Fashion-MNIST ({a.train_subset} train / {a.val_subset} val), "
-             f"{a.epochs} epochs per method")
-    Path(a.svg).parent.mkdir(parents=True, exist_ok=True)
-    tradeoff_svg(a.svg, rows, title)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"args": vars(a), "rows": rows}, indent=2))
-    print(f"# {title}; float {first['float']['accuracy']:.2f} %\n")
+def print_table(rows: list[dict], title: str, float_acc: float) -> None:
+    print(f"# {title}; float {float_acc:.2f} %\n")
     print("| method | run | true size MB | accuracy % | mean bits | final mu | note |")
     print("|---|---|---|---|---|---|---|")
-    for r in sorted(rows, key=lambda r: -r["true_mb"]):
+    for r in sorted(rows, key=lambda r: (-r["true_mb"], r["method"])):
         note = " ".join(t for t, on in (("best", r.get("best")),
-                                        ("collapsed", r["collapsed"])) if on)
+                                        ("collapsed", r.get("collapsed"))) if on)
         bits = "—" if r.get("mean_bits") is None else f"{r['mean_bits']:.2f}"
         mu = "—" if r.get("mu") is None or r["method"] != "diffq" else f"{r['mu']:.3g}"
         print(f"| {r['method']} | {r['label']} | {r['true_mb']:.3f} | {r['accuracy']:.2f} | "
               f"{bits} | {mu} | {note} |")
-    print(f"\npicture: {a.svg}; rows: {a.out}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("overrides", nargs="*", help="recipe key=value overrides for every call")
+    p.add_argument("--recipe", default="fashion-mnist-resnet18")
+    p.add_argument("--model", default=None, help="model name (default: the recipe's)")
+    p.add_argument("--data-dir", default=FASHION, help="'' for a dataset that needs none")
+    p.add_argument("--train-subset", type=int, default=3200)
+    p.add_argument("--val-subset", type=int, default=1000)
+    p.add_argument("--input-size", type=int, default=28)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--float-epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", default=None, help="start from this float.pt")
+    # resnet18: 2.70 MB floor; uniform 3 bits 4.03 MB, 4 bits 5.36 MB: DiffQ at equal sizes.
+    p.add_argument("--targets", type=float, nargs="+", default=[3.0, 4.03, 5.36])
+    p.add_argument("--diffq-set", nargs="*", default=[], help="key=value for the DiffQ call only")
+    p.add_argument("--qat-bits", type=int, nargs="*", default=[2, 3, 4, 8])
+    p.add_argument("--lsq-bits", type=int, nargs="*", default=[2, 3, 4])
+    p.add_argument("--diffq-only", action="store_true", help="no QAT/LSQ runs")
+    p.add_argument("--svg", default="docs/tradeoff.svg", help="'' for no picture")
+    p.add_argument("--out", default="bench/out/tradeoff.json")
+    p.add_argument("--title", default=None)
+    a = p.parse_args()
+    common = common_args(a)
+    work = Path(tempfile.mkdtemp(prefix="diffq-tradeoff-"))
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from diffq_cli.baselines import collapsed, mark_best
+
+    def save(rows, first):
+        out.write_text(json.dumps({"args": vars(a), "float": first["float"], "rows": rows},
+                                  indent=2))
+
+    # DiffQ at each target plus the PTQ rows; trains the float model unless --weights.
+    start = (["--weights", a.weights, "train.float_epochs=0"] if a.weights
+             else [f"train.float_epochs={a.float_epochs}"])
+    first = finetune([*common, *start, *a.diffq_set, *(f"--target-mb={x:g}" for x in a.targets)],
+                     work / "diffq")
+    weights = a.weights or str(work / "diffq" / "float.pt")
+    rows = list(first["table"])
+    save(rows, first)
+    plain = ["--weights", weights, "train.float_epochs=0", "--baseline", "none", "--mu", "0"]
+    runs = [] if a.diffq_only else [("uniform", b) for b in a.qat_bits] + [
+        ("lsq", b) for b in a.lsq_bits]
+    for method, bits in runs:
+        run = finetune([*common, *plain, f"quant.method={method}", f"quant.bits={bits}"],
+                       work / f"{method}{bits}")["runs"][0]
+        rows.append({"method": "qat" if method == "uniform" else "lsq",
+                     "label": f"{bits} bits", "bits": bits, "accuracy": run["accuracy"],
+                     "true_mb": run["true_mb"], "artifact_mb": run["artifact_mb"],
+                     "mean_bits": float(bits)})
+        save(rows, first)
+    classes = first["runs"][0].get("num_classes", 10) if first["runs"] else 10
+    for row in rows:
+        row["collapsed"] = collapsed(row["accuracy"], classes)
+    mark_best(rows)
+    save(rows, first)
+    title = a.title or (
+        f"{first['model']}, {first['dataset']} ({a.train_subset} train / {a.val_subset} val), "
+        f"{a.epochs} epoch(s) per method, seed {a.seed}")
+    if a.svg:
+        from diffq_cli.plots import tradeoff_svg
+
+        Path(a.svg).parent.mkdir(parents=True, exist_ok=True)
+        tradeoff_svg(a.svg, rows, title)
+    print_table(rows, title, first["float"]["accuracy"])
+    print(f"\npicture: {a.svg or '-'}; rows: {a.out}; float weights: {weights}")
 
 
 if __name__ == "__main__":
