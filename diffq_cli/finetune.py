@@ -13,13 +13,10 @@ MB = 2**20
 
 
 class RunContext:
-    """What the loop needs besides the recipe: device, output, distributed helpers, hooks."""
+    """What the loop needs besides the recipe: device, output, distributed helpers."""
 
     def __init__(self, device, reporter, dist, resume: bool):
         self.device, self.reporter, self.dist, self.resume = device, reporter, dist, resume
-
-    def after_epoch(self, epoch: int) -> None:
-        """Called after each epoch's checkpoint (tests use it to simulate an interruption)."""
 
 
 def _float_mb(model) -> float:
@@ -192,7 +189,6 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
         result = train_one(model, recipe, mu, (train_loader, val_loader), mu_dir, ctx, target)
         quantizer = result["quantizer"]
         state = quantizer.get_quantized_state()
-        dist.debug_dump(state, model)  # a test hook; does nothing unless its env var is set
         sizes = summarize_state(state)
         metrics = {
             "method": "diffq",

@@ -237,7 +237,6 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
                         }
                     ),
                 )
-            ctx.after_epoch(epoch)
     model.eval()
     fit = fit_target(quantizer, target_mb, ctx.reporter)
     accuracy = history[-1]["accuracy"] if history and not fit.get("lowered") else None

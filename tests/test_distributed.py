@@ -27,9 +27,10 @@ FAST = ["--model", "test_resnet", "data.input_size=16", "data.batch_size=32",
 
 
 def torchrun(out: Path, dump: Path, *extra) -> subprocess.CompletedProcess:
+    worker = Path(__file__).with_name("ddp_dump_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "diffq_cli", "finetune", *FAST, "--output", str(out), *extra]
-    env = {**os.environ, distributed.DEBUG_DUMP_ENV: str(dump), "OMP_NUM_THREADS": "1"}
+           "2", str(worker), "finetune", *FAST, "--output", str(out), *extra]
+    env = {**os.environ, "DIFFQ_TEST_DUMP": str(dump), "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
