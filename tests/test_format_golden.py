@@ -9,13 +9,12 @@ is left out of the state digest: options get added over time and readers only lo
 keys they know (checked below).
 """
 
-from pathlib import Path
-
-import torch
 import gzip
 import io
+from pathlib import Path
 
 import pytest
+import torch
 from golden import (
     digest,
     golden_diffq,
