@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from diffq_cli import nppack
-from diffq_cli.quant.pack import MAX_WIDTH, packed_nbytes
+from diffq_cli.quant.pack import packed_nbytes
+from diffq_cli.statecheck import level_chunks
 
 CODING = "ans-order0-v1"
 # Fields copied from a state entry unchanged (data and bits_nbytes are rebuilt on decode).
@@ -53,19 +54,6 @@ def _model(counts: np.ndarray):
 def _crc(symbols: np.ndarray) -> int:
     # The buffer itself, no tobytes() copy; uint8 symbols widen to the stored uint16 layout.
     return zlib.crc32(symbols.astype("<u2", copy=False))
-
-
-def _chunks(widths: np.ndarray, numel: int, group_size: int) -> list[tuple[int, int]]:
-    """(width, values) of each packed chunk of an entry's levels, in stream order: what
-    ``statecheck.level_chunks`` gives, from a NumPy array of per-group widths."""
-    full = numel // group_size
-    chunks = []
-    if full:
-        counts = np.bincount(widths[:full], minlength=MAX_WIDTH + 1).tolist()
-        chunks = [(width, count * group_size) for width, count in enumerate(counts) if count]
-    if numel > full * group_size:
-        chunks.append((int(widths[full]), numel - full * group_size))
-    return chunks
 
 
 def _group_widths(entry: dict, numel: int) -> np.ndarray:
@@ -139,7 +127,7 @@ def _levels_by_width(entry: dict, widths: np.ndarray, numel: int) -> dict:
     order} of one entry."""
     data = entry["data"][entry["bits_nbytes"] :].numpy()
     pos, out = 0, {}
-    for width, n in _chunks(widths, numel, entry["group_size"]):
+    for width, n in level_chunks(widths, numel, entry["group_size"]):
         size = packed_nbytes(n, width)
         out.setdefault(width, []).append(nppack.unpack(data[pos : pos + size], width, n))
         pos += size
@@ -250,7 +238,7 @@ def _decode_entry(arrays: dict, name: str, centry) -> dict:
               and int(widths.max()) - lo < 2**bw, f"entry '{name}': bad widths")
     else:
         widths = np.full(groups, lo, dtype=np.uint8)
-    chunks = _chunks(widths, numel, gs)
+    chunks = level_chunks(widths, numel, gs)
     need = {}
     for width, n in chunks:
         need[width] = need.get(width, 0) + n
