@@ -1,6 +1,5 @@
 """``diffq finetune``: data, model, float baseline, one DiffQ run per mu, artifacts, summary."""
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -111,7 +110,7 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     import torch
 
     from diffq_cli import baselines, distributed
-    from diffq_cli.data import DataSpec, build_loaders
+    from diffq_cli.data import build_loaders
     from diffq_cli.errors import GateError
     from diffq_cli.models import create_model
     from diffq_cli.quant.summary import summarize_state
@@ -128,8 +127,8 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     run_dir = Path(output_dir(recipe))
     _check_run_dir(run_dir, resume, overwrite)
 
-    spec = DataSpec(**dataclasses.asdict(recipe.data), seed=recipe.train.seed)
-    train_loader, val_loader, info = build_loaders(spec, distributed=dist.distributed)
+    train_loader, val_loader, info = build_loaders(recipe.data, dist.distributed,
+                                                   recipe.train.seed)
     m, t = recipe.model, recipe.train
 
     def fresh_model(weights=None):
