@@ -8,17 +8,16 @@ Parameters themselves stay registered, so optimizers, ``state_dict`` and DDP see
 weights, and gradients reach them through the computed tensors.
 """
 
-import fnmatch
 import weakref
 from collections.abc import Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from diffq_cli.quant import state as state_io
 from diffq_cli.quant.install import Installer
+from diffq_cli.quant.params import QParam, discover
 
 MB = 8 * 2**20  # bits in a megabyte (MiB, as in the paper and the reference)
 
@@ -49,27 +48,6 @@ def _through_half(p: torch.Tensor) -> torch.Tensor:
     """``p`` rounded through float16 and back to its dtype (how ``float16=True`` stores it)."""
     with torch.no_grad():
         return p.detach().to(torch.float16).to(p.dtype)
-
-
-@dataclass(eq=False)
-class QParam:
-    """One quantized parameter. A shared Parameter is one QParam with several bindings
-    (detect_bound=True), or one QParam per binding with its own bits, noise, size and saved
-    entry (detect_bound=False)."""
-
-    name: str
-    param: nn.Parameter
-    bindings: list = field(default_factory=list)  # (module, attribute name) pairs
-    group_size: int = 1  # values per group; the last group may be shorter
-    bit_param: nn.Parameter | None = None  # the learned part (DiffQ logits, LSQ step)
-
-    @property
-    def numel(self) -> int:
-        return self.param.numel()
-
-    @property
-    def n_groups(self) -> int:
-        return -(-self.numel // self.group_size)
 
 
 class BaseQuantizer:
@@ -113,7 +91,9 @@ class BaseQuantizer:
         self.exclude = list(exclude or [])
         self.detect_bound = bool(detect_bound)
         self.group_size = int(group_size)
-        self._qparams, self._others, self._float_bindings = self._discover()
+        self._qparams, self._others, self._float_bindings = discover(
+            model, self.min_size, self.exclude, self.detect_bound, self.group_size
+        )
         for qp in self._qparams:
             self._prepare(qp)
         self._optimizer_ready = not self._bit_parameters()
@@ -127,47 +107,6 @@ class BaseQuantizer:
             model.register_forward_hook(self._post_forward, always_call=True),
         ]
         _ATTACHED[model] = self
-
-    # ----------------------------------------------------------------- discovery
-    def _excluded(self, full: str, short: str) -> bool:
-        return any(fnmatch.fnmatchcase(n, p) for p in self.exclude for n in (full, short))
-
-    def _quantizable(self, full: str, short: str, p: nn.Parameter) -> bool:
-        return (
-            p.is_floating_point()
-            and p.numel() * 4 / 2**20 >= self.min_size
-            and not self._excluded(full, short)
-        )
-
-    def _discover(self):
-        """(quantized params, kept (name, Parameter) pairs, (module, attr, Parameter) of every
-        binding of a kept floating Parameter: ``float16`` rounds those at evaluation)."""
-        qparams, others, float_bindings, seen = [], [], [], {}
-        for mname, module in self.model.named_modules(remove_duplicate=False):
-            for attr, p in list(module._parameters.items()):
-                if p is None:
-                    continue
-                full = f"{mname}.{attr}" if mname else attr
-                entry = seen.get(id(p))
-                if entry is not None and (self.detect_bound or not isinstance(entry, QParam)):
-                    if isinstance(entry, QParam) and not any(
-                        m is module and a == attr for m, a in entry.bindings
-                    ):
-                        entry.bindings.append((module, attr))
-                    elif not isinstance(entry, QParam) and p.is_floating_point():
-                        float_bindings.append((module, attr, p))
-                    continue
-                if self._quantizable(full, attr, p):
-                    gs = self.group_size if 0 < self.group_size < p.numel() else p.numel()
-                    qp = QParam(full, p, [(module, attr)], max(gs, 1))
-                    qparams.append(qp)
-                    seen[id(p)] = qp
-                else:
-                    others.append((full, p))
-                    seen[id(p)] = full
-                    if p.is_floating_point():
-                        float_bindings.append((module, attr, p))
-        return qparams, others, float_bindings
 
     # ------------------------------------------------------------ subclass hooks
     def _prepare(self, qp: QParam) -> None:

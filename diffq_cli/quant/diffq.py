@@ -13,9 +13,10 @@ import weakref
 import torch
 from torch import nn
 
-from diffq_cli.quant.base import MB, BaseQuantizer, QParam
+from diffq_cli.quant.base import MB, BaseQuantizer
 from diffq_cli.quant.noise import FreshNoise, NoisePool
 from diffq_cli.quant.ops import BitsAndUnit, minmax_levels, noisy_weight_and_again
+from diffq_cli.quant.params import QParam
 from diffq_cli.quant.state import HEADER_BITS, group_lengths
 
 

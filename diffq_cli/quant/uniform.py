@@ -3,8 +3,9 @@
 import torch
 from torch import nn
 
-from diffq_cli.quant.base import MB, BaseQuantizer, QParam
+from diffq_cli.quant.base import MB, BaseQuantizer
 from diffq_cli.quant.ops import minmax_dequantize, minmax_levels
+from diffq_cli.quant.params import QParam
 from diffq_cli.quant.state import HEADER_BITS
 
 
