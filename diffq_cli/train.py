@@ -20,25 +20,11 @@ from diffq_cli.fileio import atomic_write, torch_bytes
 
 def build_quantizer(model, q):
     """The quantizer a recipe's ``quant`` section asks for, attached to ``model``."""
-    from diffq_cli.quant import LSQ, DiffQuantizer, UniformQuantizer
+    import dataclasses
 
-    common = dict(min_size=q.min_size, float16=q.float16, exclude=list(q.exclude))
-    if q.method == "uniform":
-        return UniformQuantizer(model, bits=q.bits, qat=True, **common)
-    if q.method == "lsq":
-        return LSQ(model, bits=q.bits, **common)
-    return DiffQuantizer(
-        model,
-        group_size=q.group_size,
-        min_bits=q.min_bits,
-        max_bits=q.max_bits,
-        init_bits=q.init_bits,
-        extra_bits=q.extra_bits,
-        param=q.param,
-        noise=q.noise,
-        noise_source=q.noise_source,
-        **common,
-    )
+    from diffq_cli.quant import registry
+
+    return registry.build(q.method, model, dataclasses.asdict(q))
 
 
 def build_optimizer(params, o):

@@ -17,6 +17,7 @@ from diffq_cli.quant.base import MB, BaseQuantizer
 from diffq_cli.quant.noise import FreshNoise, NoisePool
 from diffq_cli.quant.ops import BitsAndUnit, minmax_levels, noisy_weight_and_again
 from diffq_cli.quant.params import QParam
+from diffq_cli.quant.registry import register
 from diffq_cli.quant.state import HEADER_BITS, group_lengths
 
 
@@ -37,6 +38,7 @@ def _forget_hook(quantizer, entry):
     return forget
 
 
+@register("diffq")
 class DiffQuantizer(BaseQuantizer):
     """Differentiable quantizer (see the module docstring).
 

@@ -10,7 +10,9 @@ import math
 import torch
 from torch import nn
 
-from diffq_cli.quant.base import MB, BaseQuantizer, QParam
+from diffq_cli.quant.base import MB, BaseQuantizer
+from diffq_cli.quant.params import QParam
+from diffq_cli.quant.registry import register
 from diffq_cli.quant.state import HEADER_BITS
 
 
@@ -23,6 +25,7 @@ def _grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
     return (x - x * scale).detach() + x * scale
 
 
+@register("lsq")
 class LSQ(BaseQuantizer):
     """Learned step size quantizer on ``bits`` bits.
 

@@ -6,9 +6,11 @@ from torch import nn
 from diffq_cli.quant.base import MB, BaseQuantizer
 from diffq_cli.quant.ops import minmax_dequantize, minmax_levels
 from diffq_cli.quant.params import QParam
+from diffq_cli.quant.registry import register
 from diffq_cli.quant.state import HEADER_BITS
 
 
+@register("uniform", qat=True)  # the recipe method trains with the straight-through estimator
 class UniformQuantizer(BaseQuantizer):
     """Every quantized tensor on ``bits`` bits over its [min, max] range.
 
