@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from diffq_cli.cli import app
 
 # 192 training images in batches of 32: 6 steps per epoch; one float epoch, one DiffQ epoch.
-FAST = ["--model", "resnet18", "--epochs", "1", "--mu", "1e-3", "data.input_size=16",
+FAST = ["--model", "test_resnet", "--epochs", "1", "--mu", "1e-3", "data.input_size=16",
         "data.train_subset=192", "data.val_subset=96", "data.batch_size=32",
         "train.float_epochs=1", "train.log_every=2", "train.baseline=none"]
 RAW_FLOAT = re.compile(r"\d\.\d{5,}|\d\.\d+e-\d\d\d")  # e.g. 94.98607242339833, 3.815e-005
