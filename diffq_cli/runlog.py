@@ -22,7 +22,7 @@ def check_logger(name: str) -> None:
     """Raise a one-line InputError when ``train.logger`` names a package that is not installed."""
     if name == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
         raise InputError("train.logger=tensorboard needs the tensorboard package: "
-                         "pip install 'diffq[tensorboard]' (or set train.logger=none)")
+                         "pip install 'diffq-cli[tensorboard]' (or set train.logger=none)")
 
 
 def mean_bits(quantizer) -> float | None:

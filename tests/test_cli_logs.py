@@ -107,7 +107,7 @@ def test_missing_tensorboard_is_one_line_and_exit_2_before_training(tmp_path, mo
     result = run("finetune", *FAST, "train.logger=tensorboard", "--output", out)
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "pip install 'diffq[tensorboard]'" in lines[0], result.stderr
+    assert len(lines) == 1 and "pip install 'diffq-cli[tensorboard]'" in lines[0], result.stderr
     assert not out.exists()  # nothing was started
 
 
