@@ -393,15 +393,15 @@ def eval_(
     if min_acc is not None and not 0 <= min_acc <= 100:
         raise InputError(f"--min-acc is a percentage between 0 and 100, got {min_acc:g}")
     reporter = _reporter(json_out)
-    with reporter.activity(f"evaluating {file}"):
-        result = evaluate_artifact(
-            file,
-            dataset=dataset,
-            data_dir=data_dir,
-            batch_size=batch_size,
-            device=resolve_device(device),
-            val_subset=val_subset,
-        )
+    result = evaluate_artifact(
+        file,
+        dataset=dataset,
+        data_dir=data_dir,
+        batch_size=batch_size,
+        device=resolve_device(device),
+        val_subset=val_subset,
+        activity=reporter.activity,  # a spinner, or start/end lines on stderr
+    )
     passed = min_acc is None or result["accuracy"] >= min_acc
     if json_out:
         reporter.emit_json({**result, "gate": _gate("min_acc", min_acc, passed)})
@@ -434,8 +434,9 @@ def export(
     from diffq_cli.export import export_artifact
 
     reporter = _reporter(json_out)
-    with reporter.activity(f"exporting {file} and checking the outputs"):
-        result = export_artifact(file, out, fmt=format, atol=atol, dtype=dtype)
+    result = export_artifact(
+        file, out, fmt=format, atol=atol, dtype=dtype, activity=reporter.activity
+    )
     if json_out:
         reporter.emit_json({**result, "gate": _gate("atol", atol, result["ok"])})
     else:

@@ -261,7 +261,7 @@ class Reporter:
                        "compression (float32 / on disk)": human(ratio, "ratio"),
                        "mean bits": human(summary.get("mean_bits"), "bits"),
                        **({"order-0 entropy bound": human(summary["bound_mb"], "mib"),
-                           "on disk / bound": human(summary.get("bound_ratio"), "ratio")}
+                           "on disk / bound": human(summary.get("bound_ratio"), "ratio_fine")}
                           if bound else {})},
                       title=str(summary["path"]) if summary.get("path") else None)
 

@@ -39,6 +39,7 @@ _FORMATS: dict[str, tuple[Callable[[Any], str], str]] = {
     "bits": (lambda v: f"{v:.2f}", ""),            # mean bits
     "int": (lambda v: f"{v:g}", ""),               # whole bit widths
     "ratio": (lambda v: f"{v:.2f}", "×"),          # compression
+    "ratio_fine": (lambda v: f"{v:.3f}", "×"),     # file over its entropy bound (near 1)
     "diff": (_sci, ""),                             # output differences, tolerances
     "mu": (lambda v: f"{v:.3g}", ""),              # penalties, learning rates
     "loss": (lambda v: f"{v:.4f}", ""),
@@ -52,7 +53,7 @@ def human(value: Any, kind: str = "text", unit: bool = True) -> str:
 
     Args:
         value: a number (or, for ``kind="text"``, anything); None and NaN print as "—".
-        kind: one of pct, pp, mib, mib_small, count, bytes, bits, int, ratio, diff, mu,
+        kind: one of pct, pp, mib, mib_small, count, bytes, bits, int, ratio, ratio_fine, diff, mu,
             loss, seconds, rate, text.
         unit: append the unit (" %", " MiB"...); False where a column header states it.
     """

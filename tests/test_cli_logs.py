@@ -134,8 +134,9 @@ def test_eval_table_in_words_with_progress_on_stderr(artifact):
         assert text in result.stdout, text
     assert "recorded_accuracy" not in result.stdout and not RAW_FLOAT.search(result.stdout)
     err = result.stderr.splitlines()
-    assert err[0] == f"evaluating {artifact}..."
-    assert re.fullmatch(rf"evaluating {re.escape(str(artifact))}: done in {NUM} s", err[1])
+    assert err[0] == f"evaluating {artifact} on digits..."
+    assert re.fullmatch(rf"evaluating {re.escape(str(artifact))} on digits: done in {NUM} s",
+                        err[1])
 
 
 def test_eval_json_is_unchanged(artifact):
@@ -156,7 +157,8 @@ def test_export_table_in_words(artifact, tmp_path):
     for raw in ("True", "max_abs_diff", "dtype_diff", "true_mb"):
         assert raw not in result.stdout, raw
     assert not RAW_FLOAT.search(result.stdout)
-    assert "exporting" in result.stderr and "done in" in result.stderr
+    err = result.stderr.splitlines()
+    assert err[0] == f"exporting {tmp_path / 'm.pt2'} (compact)..." and "done in" in err[1]
 
 
 def test_export_json_is_unchanged(artifact, tmp_path):
