@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from diffq_cli import UniformQuantizer
-from diffq_cli.artifact import FORMAT, read_file, save_artifact, torch_bytes, versions
+from diffq_cli.artifact import FORMAT, read_file, save_artifact, versions
 from diffq_cli.evaluate import evaluate_artifact
+from diffq_cli.fileio import torch_bytes
 from diffq_cli.models import create_model
 from diffq_cli.quant.summary import summarize_state
 

@@ -322,7 +322,7 @@ def size(
     json_out: JsonOpt = False,
 ):
     """Report the sizes of an artifact, a quantized state or a float checkpoint."""
-    from diffq_cli.inspect import inspect_file
+    from diffq_cli.sizes import inspect_file
 
     _at_least_1("--top", top)
     if max_mb is not None and max_mb < 0:

@@ -57,7 +57,7 @@ def build_loaders(spec, distributed: bool = False):
     Args:
         spec: a ``DataSpec`` (or any object with the same attributes).
         distributed: when True and ``torch.distributed`` is initialised, shard both splits with
-            ``DistributedSampler``; call ``set_epoch(loader, epoch)`` at each epoch.
+            ``DistributedSampler`` (``distributed.Ddp.set_epoch`` reshuffles it each epoch).
 
     Returns:
         ``(train_loader, val_loader, info)``. Batches are ``(images, labels)``: float NCHW
@@ -102,13 +102,6 @@ def build_loaders(spec, distributed: bool = False):
     train = _loader(train_ds, spec.batch_size, True, spec, collate[0], distributed)
     val = _loader(val_ds, spec.eval_batch_size, False, spec, collate[1], distributed)
     return train, val, info
-
-
-def set_epoch(loader, epoch: int) -> None:
-    """Tell a distributed sampler which epoch it is (so each epoch shuffles differently)."""
-    sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
 
 
 def read_idx(path) -> np.ndarray:

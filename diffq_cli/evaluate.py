@@ -75,9 +75,8 @@ def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device=
         >>> evaluate_artifact("runs/resnet18-digits-mu0.001/model.th")["accuracy"]
         96.9
     """
-    from diffq_cli.artifact import rebuild_model
+    from diffq_cli.artifact import load_artifact, rebuild_model
     from diffq_cli.data import DataSpec, build_loaders
-    from diffq_cli.export import load_artifact
 
     artifact = load_artifact(path)
     data, spec = artifact.get("data") or {}, artifact["model"]

@@ -34,9 +34,10 @@ import json
 import warnings
 from pathlib import Path
 
-from diffq_cli.artifact import atomic_write, check_writable, read_file, rebuild_model
+from diffq_cli.artifact import load_artifact, rebuild_model
 from diffq_cli.errors import InputError
 from diffq_cli.evaluate import logits as _logits
+from diffq_cli.fileio import atomic_write, check_writable
 
 FORMATS = ("compact", "pt2", "torchscript", "safetensors", "onnx")
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -106,16 +107,6 @@ def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
     return {"format": fmt, "path": str(out), "bytes": out.stat().st_size,
             "true_mb": summarize_state(artifact["state"])["true_mb"], "max_abs_diff": diff,
             "atol": float(atol), "ok": diff <= atol, "dtype": dtype, "dtype_diff": dtype_diff}
-
-
-def load_artifact(path) -> dict:
-    """The artifact at ``path``; InputError for anything else (states, checkpoints, junk)."""
-    kind, obj = read_file(path)
-    if kind != "artifact":
-        what = "quantized state" if kind == "state" else "float checkpoint"
-        raise InputError(f"{path} is a {what}, not an artifact; pass the model.th written by "
-                         "diffq finetune")
-    return obj
 
 
 def sample_batch(artifact: dict, n: int = SAMPLES):

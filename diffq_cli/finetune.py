@@ -5,7 +5,8 @@ import json
 import time
 from pathlib import Path
 
-from diffq_cli.artifact import atomic_write, save_artifact
+from diffq_cli.artifact import save_artifact
+from diffq_cli.fileio import atomic_write
 from diffq_cli.recipe import dump_recipe, output_dir, recipe_to_dict
 
 MB = 2**20
@@ -29,7 +30,7 @@ def _float_stage(model, recipe, train_loader, run_dir: Path, ctx) -> None:
     """Float pre-training, saved as ``float.pt`` so that ``--resume`` does not redo it."""
     import torch
 
-    from diffq_cli.artifact import torch_bytes
+    from diffq_cli.fileio import torch_bytes
     from diffq_cli.train import train_float
 
     path = run_dir / "float.pt"
@@ -45,8 +46,8 @@ def _float_stage(model, recipe, train_loader, run_dir: Path, ctx) -> None:
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuses contradictory flags, an unwritable output, a resume with nothing to resume, and
     a silent replacement of an earlier run's results: all before any work is done."""
-    from diffq_cli.artifact import check_writable
     from diffq_cli.errors import InputError
+    from diffq_cli.fileio import check_writable
 
     if resume and overwrite:
         raise InputError("--resume continues a run and --overwrite replaces it; pass only one")

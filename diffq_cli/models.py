@@ -53,14 +53,6 @@ def create_model(name: str, source: str = "auto", num_classes: int = 10, in_chan
     return model
 
 
-def model_spec(model) -> dict:
-    """The ``{name, source, num_classes, in_chans, input_size}`` a model was created with."""
-    spec = getattr(getattr(model, "module", model), "diffq_spec", None)  # unwrap DDP
-    if spec is None:
-        raise ValueError("model has no diffq_spec; build it with diffq_cli.models.create_model")
-    return dict(spec)
-
-
 def resolve_model(name: str, source: str = "auto") -> tuple[str, str]:
     """Return ``(name, source)``: prefix removed, ``auto`` resolved; InputError if unknown."""
     if source not in SOURCES:

@@ -386,7 +386,7 @@ def copy_recipe(name: str, dest: str | os.PathLike, force: bool = False) -> Path
     Example:
         >>> copy_recipe("default", "my.yaml")  # then: diffq finetune --recipe my.yaml
     """
-    from diffq_cli.artifact import atomic_write
+    from diffq_cli.fileio import atomic_write
 
     text, path = recipe_text(name), Path(dest).expanduser()
     if path.is_dir():

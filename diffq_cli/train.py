@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from diffq_cli.aim import CALIBRATE_EVERY, fit_target, start_control
-from diffq_cli.artifact import atomic_write, torch_bytes
 from diffq_cli.errors import TrainingError
+from diffq_cli.fileio import atomic_write, torch_bytes
 from diffq_cli.runlog import RunLog, mean_bits
 from diffq_cli.units import human
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffq_cli.data import DATASETS, DataSpec, build_loaders, find_idx_files, read_idx, set_epoch
+from diffq_cli.data import DATASETS, DataSpec, build_loaders, find_idx_files, read_idx
 from diffq_cli.errors import InputError
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -264,11 +264,10 @@ def test_distributed_samplers(tmp_path):
         train, val, _ = build_loaders(DataSpec(seed=3), distributed=True)
         assert type(train.sampler).__name__ == "DistributedSampler"
         assert train.sampler.shuffle and not val.sampler.shuffle and train.sampler.seed == 3
-        set_epoch(train, 0)
+        train.sampler.set_epoch(0)
         first = list(train.sampler)
-        set_epoch(train, 1)
+        train.sampler.set_epoch(1)
         assert list(train.sampler) != first
         assert list(val.sampler) == list(range(359))
     finally:
         dist.destroy_process_group()
-    set_epoch(val, 2)  # plain samplers: a no-op

@@ -16,8 +16,9 @@ from golden import digest, golden_diffq, golden_input, golden_model, golden_unif
 from typer.testing import CliRunner
 
 from diffq_cli import restore_quantized_state
-from diffq_cli.artifact import read_file, torch_bytes
+from diffq_cli.artifact import read_file
 from diffq_cli.cli import app
+from diffq_cli.fileio import torch_bytes
 
 GOLDEN_V1 = Path(__file__).parent / "data" / "golden_v1.th"
 

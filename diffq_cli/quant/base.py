@@ -31,6 +31,20 @@ def attached_quantizer(model: nn.Module):
     return _ATTACHED.get(model)
 
 
+def restore_quantized_state(model: nn.Module, state: dict) -> None:
+    """Restores a quantized state into a model, without the original quantizer (through the
+    attached one, if any, so that its own parameters are left alone).
+
+    Example:
+        >>> restore_quantized_state(model, torch.load("model.th"))
+    """
+    quantizer = attached_quantizer(model)
+    if quantizer is not None:
+        quantizer.restore_quantized_state(state)
+    else:
+        state_io.restore(model, state)
+
+
 def _through_half(p: torch.Tensor) -> torch.Tensor:
     """``p`` rounded through float16 and back to its dtype (how ``float16=True`` stores it)."""
     with torch.no_grad():
@@ -39,7 +53,9 @@ def _through_half(p: torch.Tensor) -> torch.Tensor:
 
 @dataclass(eq=False)
 class QParam:
-    """One quantized parameter (shared ones appear once, with several bindings)."""
+    """One quantized parameter. A shared Parameter is one QParam with several bindings
+    (detect_bound=True), or one QParam per binding with its own bits, noise, size and saved
+    entry (detect_bound=False)."""
 
     name: str
     param: nn.Parameter
@@ -280,11 +296,6 @@ class BaseQuantizer:
         self._optimizer_ready = True
 
     # ------------------------------------------------------------ sizes
-    def _unique(self) -> list[QParam]:
-        # A shared Parameter is one QParam with several bindings (detect_bound=True), or one
-        # QParam per binding with its own bits, noise, size and saved entry (detect_bound=False).
-        return list(self._qparams)
-
     def _float_bits(self) -> int:
         return (16 if self.float16 else 32) * sum(p.numel() for _, p in self._others)
 
@@ -292,12 +303,17 @@ class BaseQuantizer:
         """Size in MB with integer bit widths and naive bit packing (no compression)."""
         total = float(self._float_bits())
         with torch.no_grad():
-            for qp in self._unique():
+            for qp in self._qparams:
                 total += state_io.tensor_bits(self._true_bits(qp), qp.numel, qp.group_size)[1]
         return total / MB
 
     def model_size(self, exact: bool = False) -> torch.Tensor:
-        """Differentiable estimate of the size in MB (a tensor usable in the loss)."""
+        """Size in MiB as a 0-d tensor, usable in a loss. Here (fixed widths) it is the true
+        size and carries no gradient; DiffQ overrides it with a differentiable estimate.
+
+        Args:
+            exact: use the rounded widths of true quantization (the same here).
+        """
         return torch.tensor(self.true_model_size())
 
     def packed_model_size(self) -> float:
@@ -340,7 +356,7 @@ class BaseQuantizer:
             return
         with torch.no_grad():
             backup = []
-            for qp in self._unique():
+            for qp in self._qparams:
                 backup.append((qp.param, qp.param.detach().clone()))
                 qp.param.copy_(self._dequantized(qp))
             if self.float16:
@@ -385,7 +401,7 @@ class BaseQuantizer:
         driven down by the size penalty alone.
         """
         unused = []
-        for qp in self._unique():
+        for qp in self._qparams:
             grad = qp.param.grad
             if grad is None or not bool(grad.any()):
                 unused.append(qp.name)

@@ -143,7 +143,7 @@ class DiffQuantizer(BaseQuantizer):
         qp.bit_param = logit
 
     def _make_noise(self):
-        unique = self._unique()
+        unique = self._qparams
         device = unique[0].param.device if unique else torch.device("cpu")
         if self.noise_source == "fresh" or not unique:
             return FreshNoise(self.noise, device)
@@ -169,7 +169,7 @@ class DiffQuantizer(BaseQuantizer):
         return bits, unit
 
     def _train_factories(self):
-        unique = self._unique()
+        unique = self._qparams
         if not unique:
             return []
         if self._noise.device != unique[0].param.device:
@@ -214,7 +214,7 @@ class DiffQuantizer(BaseQuantizer):
         """
         if exact:
             return torch.tensor(self.true_model_size())
-        unique = self._unique()
+        unique = self._qparams
         if not unique:
             return torch.tensor(self._float_bits() / MB)
         bits, _ = self._batched_bits(unique, reuse=True)

@@ -88,8 +88,9 @@ class LSQ(BaseQuantizer):
         }
 
     def model_size(self, exact: bool = False) -> torch.Tensor:
-        """Size in MB: ``bits`` per weight plus a float step per tensor."""
+        """Size in MiB: ``bits`` per weight plus a header per tensor (no gradient: LSQ learns
+        steps, not widths; ``exact`` changes nothing since the widths are whole already)."""
         total = self._float_bits() + sum(
-            self.bits * qp.numel + HEADER_BITS for qp in self._unique()
+            self.bits * qp.numel + HEADER_BITS for qp in self._qparams
         )
         return torch.tensor(total / MB)

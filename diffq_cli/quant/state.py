@@ -311,21 +311,6 @@ def restore(model: torch.nn.Module, state: dict, skip=frozenset()) -> None:
             buffers[name].copy_(t)
 
 
-def restore_quantized_state(model: torch.nn.Module, state: dict) -> None:
-    """Restores a quantized state into a plain model, without the original quantizer.
-
-    Example:
-        >>> restore_quantized_state(model, torch.load("model.th"))
-    """
-    from diffq_cli.quant.base import attached_quantizer
-
-    quantizer = attached_quantizer(model)
-    if quantizer is not None:
-        quantizer.restore_quantized_state(state)
-    else:
-        restore(model, state)
-
-
 def state_nbytes(state: dict) -> int:
     """Bytes of tensor data in a state (shared storages counted once)."""
     seen, total = set(), 0

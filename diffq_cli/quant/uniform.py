@@ -75,5 +75,5 @@ class UniformQuantizer(BaseQuantizer):
     def model_size(self, exact: bool = False) -> torch.Tensor:
         """Size in MB with ``bits`` per weight (fractional bits counted as they are)."""
         bits = self._width if exact else self.bits
-        total = self._float_bits() + sum(bits * qp.numel + HEADER_BITS for qp in self._unique())
+        total = self._float_bits() + sum(bits * qp.numel + HEADER_BITS for qp in self._qparams)
         return torch.tensor(total / MB)

@@ -1,4 +1,4 @@
-"""Cases where the reference implementation broke (DESIGN.md section 2), one test each."""
+"""Cases where the reference implementation broke (README, "The library"), one test each."""
 
 import io
 
