@@ -76,7 +76,8 @@ def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device=
         96.9
     """
     from diffq_cli.artifact import load_artifact, rebuild_model
-    from diffq_cli.data import DataSpec, build_loaders
+    from diffq_cli.data import build_loaders
+    from diffq_cli.recipe import DataConfig
 
     artifact = load_artifact(path)
     data, spec = artifact.get("data") or {}, artifact["model"]
@@ -88,7 +89,7 @@ def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device=
         recipe_data = (artifact.get("recipe") or {}).get("data") or {}
         data_dir = data_dir or recipe_data.get("data_dir")
     size = int(data.get("input_size") or spec.get("input_size") or 32)
-    loader_spec = DataSpec(dataset=dataset, data_dir=data_dir, input_size=size,
+    loader_spec = DataConfig(dataset=dataset, data_dir=data_dir, input_size=size,
                            batch_size=batch_size, eval_batch_size=batch_size, train_subset=1,
                            val_subset=val_subset)
     _, val_loader, info = build_loaders(loader_spec)

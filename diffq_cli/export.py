@@ -113,13 +113,14 @@ def sample_batch(artifact: dict, n: int = SAMPLES):
     """``n`` validation images of the artifact's dataset, or a seeded random batch offline."""
     import torch
 
-    from diffq_cli.data import DataSpec, build_loaders
+    from diffq_cli.data import build_loaders
+    from diffq_cli.recipe import DataConfig
 
     data, spec = artifact.get("data") or {}, artifact["model"]
     size = int(data.get("input_size") or spec.get("input_size") or 32)
     try:
         data_dir = ((artifact.get("recipe") or {}).get("data") or {}).get("data_dir")
-        loaders = build_loaders(DataSpec(dataset=data["dataset"], data_dir=data_dir,
+        loaders = build_loaders(DataConfig(dataset=data["dataset"], data_dir=data_dir,
                                          input_size=size, batch_size=n, eval_batch_size=n,
                                          train_subset=n, val_subset=n))
         x = next(iter(loaders[1]))[0]

@@ -1,6 +1,5 @@
 """``diffq finetune``: data, model, float baseline, one DiffQ run per mu, artifacts, summary."""
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -13,13 +12,10 @@ MB = 2**20
 
 
 class RunContext:
-    """What the loop needs besides the recipe: device, output, distributed helpers, hooks."""
+    """What the loop needs besides the recipe: device, output, distributed helpers."""
 
     def __init__(self, device, reporter, dist, resume: bool):
         self.device, self.reporter, self.dist, self.resume = device, reporter, dist, resume
-
-    def after_epoch(self, epoch: int) -> None:
-        """Called after each epoch's checkpoint (tests use it to simulate an interruption)."""
 
 
 def _float_mb(model) -> float:
@@ -114,7 +110,7 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     import torch
 
     from diffq_cli import baselines, distributed
-    from diffq_cli.data import DataSpec, build_loaders
+    from diffq_cli.data import build_loaders
     from diffq_cli.errors import GateError
     from diffq_cli.models import create_model
     from diffq_cli.quant.summary import summarize_state
@@ -131,8 +127,8 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     run_dir = Path(output_dir(recipe))
     _check_run_dir(run_dir, resume, overwrite)
 
-    spec = DataSpec(**dataclasses.asdict(recipe.data), seed=recipe.train.seed)
-    train_loader, val_loader, info = build_loaders(spec, distributed=dist.distributed)
+    train_loader, val_loader, info = build_loaders(recipe.data, dist.distributed,
+                                                   recipe.train.seed)
     m, t = recipe.model, recipe.train
 
     def fresh_model(weights=None):
@@ -194,7 +190,6 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
         result = train_one(model, recipe, mu, (train_loader, val_loader), mu_dir, ctx, target)
         quantizer = result["quantizer"]
         state = quantizer.get_quantized_state()
-        dist.debug_dump(state, model)  # a test hook; does nothing unless its env var is set
         sizes = summarize_state(state)
         metrics = {
             "method": "diffq",

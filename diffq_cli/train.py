@@ -247,7 +247,6 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
                         }
                     ),
                 )
-            ctx.after_epoch(epoch)
     log.close()
     model.eval()
     fit = fit_target(quantizer, target_mb, ctx.reporter)

@@ -45,16 +45,17 @@ def test_eval_json(artifact):
 
     from diffq_cli import restore_quantized_state
     from diffq_cli.artifact import read_file
-    from diffq_cli.data import DataSpec, build_loaders
+    from diffq_cli.data import build_loaders
     from diffq_cli.evaluate import accuracy
     from diffq_cli.models import create_model
+    from diffq_cli.recipe import DataConfig
 
     blob = read_file(artifact)[1]
     spec = blob["model"]
     model = create_model(spec["name"], num_classes=spec["num_classes"],
                          in_chans=spec["in_chans"], input_size=spec["input_size"])
     restore_quantized_state(model, blob["state"])
-    _, val, _ = build_loaders(DataSpec(dataset="digits", input_size=spec["input_size"] or 16,
+    _, val, _ = build_loaders(DataConfig(dataset="digits", input_size=spec["input_size"] or 16,
                                        train_subset=1))
     with torch.no_grad():
         assert doc["accuracy"] == accuracy(model, val)
