@@ -5,8 +5,9 @@ from urllib.error import URLError
 import pytest
 import torch
 
+from diffq_cli.adapt import load_weights
 from diffq_cli.errors import InputError
-from diffq_cli.models import create_model, list_models, load_weights
+from diffq_cli.models import create_model, list_models
 
 OFFLINE = ("could not download pretrained weights for {} (offline?); "
            "pass --weights PATH to a local checkpoint")
