@@ -1,5 +1,6 @@
 """Accuracy of a model on a loader, and of an artifact on its dataset (``diffq eval``)."""
 
+import contextlib
 from pathlib import Path
 
 from diffq_cli.errors import InputError
@@ -49,7 +50,7 @@ def accuracy(model, loader, device="cpu", max_batches=None) -> float:
 
 
 def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device="cpu",
-                      val_subset=None) -> dict:
+                      val_subset=None, activity=None) -> dict:
     """Rebuild the model from an artifact alone and measure its quantized accuracy.
 
     Args:
@@ -59,6 +60,8 @@ def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device=
         batch_size: evaluation batch size.
         device: where to run the model.
         val_subset: evaluate on the first N validation images only (None: all).
+        activity: ``activity(description)`` gives a context manager shown while the model
+            runs (``Reporter.activity``), entered only once every input has been checked.
 
     Returns:
         ``{"path", "model", "dataset", "accuracy", "samples", "recorded_accuracy"}``; the last is
@@ -92,7 +95,8 @@ def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device=
     _, val_loader, info = build_loaders(loader_spec)
     _check_fits(info, spec)
     model = rebuild_model(artifact).to(device)
-    correct, total = count_correct(model, val_loader, device)
+    with (activity or _quiet)(f"evaluating {path} on {info['dataset']}"):
+        correct, total = count_correct(model, val_loader, device)
     if total == 0:
         raise InputError(f"the {info['dataset']} validation split is empty; check --data-dir")
     return {
@@ -103,6 +107,10 @@ def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device=
         "samples": total,
         "recorded_accuracy": (artifact.get("metrics") or {}).get("accuracy"),
     }
+
+
+def _quiet(description: str):
+    return contextlib.nullcontext()
 
 
 def _same_dataset(a, b) -> bool:

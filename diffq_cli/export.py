@@ -28,6 +28,7 @@ from the artifact (``max_abs_diff``, gated by ``atol``):
   extra ``diffq-cli[onnx]``; checked with onnxruntime.
 """
 
+import contextlib
 import io
 import json
 import warnings
@@ -50,7 +51,7 @@ SAMPLES = 8
 
 
 def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
-                    dtype: str = "fp32") -> dict:
+                    dtype: str = "fp32", activity=None) -> dict:
     """Write ``fmt`` from an artifact, load it back and compare outputs on a sample batch.
 
     Args:
@@ -61,6 +62,8 @@ def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
         atol: largest allowed abs difference between the file's outputs and the quantized
             model's, rebuilt from the artifact (with ``dtype``, its weights rounded to it).
         dtype: weights dtype of ``safetensors``: ``fp32``, ``fp16`` or ``bf16``.
+        activity: ``activity(description)`` gives a context manager shown while the file is
+            written and checked (``Reporter.activity``), entered once the inputs are checked.
 
     Returns:
         ``{"format", "path", "bytes", "true_mb", "max_abs_diff", "atol", "ok", "dtype",
@@ -90,16 +93,17 @@ def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
     artifact = load_artifact(path)
     model = rebuild_model(artifact)
     x = sample_batch(artifact)
-    with torch.no_grad():
-        expected = _logits(model(x))
-        dtype_diff = None
-        if dtype != "fp32":  # the file holds rounded weights: check it against exactly those
-            rounded = _logits(_rounded(model, DTYPES[dtype])(x))
-            dtype_diff, expected = _max_diff(rounded, expected), rounded
-    writer, runner = _FORMATS[fmt]
-    atomic_write(out, writer(model, artifact, x, dtype))
-    with torch.no_grad():
-        diff = _max_diff(_logits(runner(out, artifact, x)), expected)
+    with (activity or (lambda _: contextlib.nullcontext()))(f"exporting {out} ({fmt})"):
+        with torch.no_grad():
+            expected = _logits(model(x))
+            dtype_diff = None
+            if dtype != "fp32":  # the file holds rounded weights: check it against exactly those
+                rounded = _logits(_rounded(model, DTYPES[dtype])(x))
+                dtype_diff, expected = _max_diff(rounded, expected), rounded
+        writer, runner = _FORMATS[fmt]
+        atomic_write(out, writer(model, artifact, x, dtype))
+        with torch.no_grad():
+            diff = _max_diff(_logits(runner(out, artifact, x)), expected)
     return {"format": fmt, "path": str(out), "bytes": out.stat().st_size,
             "true_mb": summarize_state(artifact["state"])["true_mb"], "max_abs_diff": diff,
             "atol": float(atol), "ok": diff <= atol, "dtype": dtype, "dtype_diff": dtype_diff}

@@ -34,7 +34,7 @@ def _float_stage(model, recipe, train_loader, run_dir: Path, ctx) -> None:
         model.load_state_dict(torch.load(path, map_location=ctx.device, weights_only=True))
         ctx.reporter.note(f"resumed: float weights from {path}")
         return
-    train_float(model, recipe, train_loader, ctx)
+    train_float(model, recipe, train_loader, ctx, run_dir)
     if ctx.dist.is_main:
         atomic_write(path, torch_bytes(model.state_dict()))
 
@@ -86,13 +86,13 @@ def _check_targets(model, recipe, reporter) -> None:
     q, low = recipe.quant, min(recipe.train.target_mb)
     if low < floor:
         raise InputError(
-            f"--target-mb {low:g} is below the smallest reachable size {floor:.3f} MB (every "
+            f"--target-mb {low:g} is below the smallest reachable size {floor:.3f} MiB (every "
             f"group at quant.min_bits={q.min_bits}, plus the tensors kept in float); "
-            f"{at_init:.3f} MB at quant.init_bits={q.init_bits}. Raise the target, or lower "
+            f"{at_init:.3f} MiB at quant.init_bits={q.init_bits}. Raise the target, or lower "
             "quant.min_bits / quant.min_size (fewer float tensors)"
         )
-    reporter.note(f"size targets: floor {floor:.3f} MB (min_bits={q.min_bits}), "
-                  f"{at_init:.3f} MB at init_bits={q.init_bits}")
+    reporter.note(f"size targets: floor {floor:.3f} MiB (min_bits={q.min_bits}), "
+                  f"{at_init:.3f} MiB at init_bits={q.init_bits}")
 
 
 def _row(metrics: dict) -> dict:
@@ -157,6 +157,8 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", dump_recipe(recipe).encode())
+        if not resume:  # an earlier run's epochs (even float-stage ones) are not this run's
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     if t.float_epochs:
         ctx = RunContext(device, reporter, dist, resume)
         _float_stage(model, recipe, train_loader, run_dir, ctx)
@@ -165,7 +167,7 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     float_mb = _float_mb(model)
     reporter.note(
         f"{m.name} on {info['dataset']}: float accuracy {float_acc:.2f}%, "
-        f"{float_mb:.2f} MB as float32"
+        f"{float_mb:.2f} MiB as float32"
     )
     rows = [{"method": "float", "label": "float32", "accuracy": float_acc, "delta": 0.0,
              "true_mb": float_mb, "compression": 1.0, "mean_bits": 32.0}]
@@ -260,8 +262,8 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     dist.close()
     if missed:
         raise GateError("; ".join(
-            f"target {r['target_mb']:g} MB missed by {r['true_mb'] - r['target_mb']:.4f} MB "
-            f"(true size {r['true_mb']:.4f} MB)" for r in missed))
+            f"target {r['target_mb']:g} MiB missed by {r['true_mb'] - r['target_mb']:.4f} MiB "
+            f"(true size {r['true_mb']:.4f} MiB)" for r in missed))
     return summary
 
 

@@ -5,6 +5,7 @@ Read top to bottom: ``train_one`` builds the quantizer and optimizers, optionall
 quantized weights, a line in ``metrics.jsonl`` and an atomic checkpoint.
 """
 
+import functools
 import json
 import math
 import random
@@ -16,6 +17,8 @@ import torch
 from diffq_cli.aim import CALIBRATE_EVERY, fit_target, start_control
 from diffq_cli.errors import TrainingError
 from diffq_cli.fileio import atomic_write, torch_bytes
+from diffq_cli.runlog import RunLog, mean_bits
+from diffq_cli.units import human
 
 
 def build_quantizer(model, q):
@@ -139,6 +142,8 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
     )
     epoch, step, history = 0, 0, []
     ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
+    float_records = _float_records(metrics_path)  # the float stage's epochs stay in the file
+    stage = recipe.quant.method  # "diffq", or "uniform" for a QAT baseline
 
     if ctx.resume and ctx.dist.agree(ckpt_path.exists(), str(ckpt_path)):  # every rank loads
         ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)
@@ -153,6 +158,7 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
         epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
         ctx.reporter.note(f"resumed {label} from {ckpt_path} at epoch {epoch}, step {step}")
 
+    log = _run_log(ctx, label, t, total, run_dir)
     with ctx.reporter.progress(total - step, label) as bar:
         while epoch < t.epochs and step < total:
             net.train()
@@ -183,9 +189,12 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
                 seen += 1
                 loss_sum += value
                 bar.update(loss=f"{value:.3f}")
+                log.step(step, value, optimizer.param_groups[0]["lr"], len(y), size=size,
+                         bits=functools.partial(mean_bits, quantizer))
             epoch += 1
             acc = ctx.dist.accuracy(model, val_loader, ctx.device)  # over all ranks' shards
             record = {
+                "stage": stage,
                 "mu": control.mu,
                 "target_mb": target_mb,
                 "epoch": epoch,
@@ -198,13 +207,14 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
                 "seconds": time.time() - start,
             }
             history.append(record)
+            log.epoch(record)
             ctx.reporter.note(
-                f"{label} epoch {epoch}/{t.epochs} step {step}: mu {control.mu:.3g}, "
-                f"loss {record['loss']:.4f}, "
-                f"quantized acc {acc:.2f}%, true size {record['true_mb']:.3f} MB"
+                f"{label} epoch {epoch}/{t.epochs} step {step}: mu {human(control.mu, 'mu')}, "
+                f"loss {human(record['loss'], 'loss')}, quantized accuracy "
+                f"{human(acc, 'pct')}, true size {human(record['true_mb'], 'mib')}"
             )
             if ctx.dist.is_main:
-                _write_metrics(metrics_path, history)
+                _write_metrics(metrics_path, float_records + history)
                 atomic_write(
                     ckpt_path,
                     torch_bytes(
@@ -223,6 +233,7 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
                         }
                     ),
                 )
+    log.close()
     model.eval()
     fit = fit_target(quantizer, target_mb, ctx.reporter)
     accuracy = history[-1]["accuracy"] if history and not fit.get("lowered") else None
@@ -241,10 +252,27 @@ def _write_metrics(path: Path, history: list) -> None:
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
-def train_float(model, recipe, train_loader, ctx) -> None:
+def _float_records(path: Path) -> list:
+    """The float stage's lines of ``metrics.jsonl`` (``stage: float``), kept when a DiffQ run
+    rewrites the file."""
+    if not path.is_file():
+        return []
+    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [r for r in records if r.get("stage") == "float"]
+
+
+def _run_log(ctx, label: str, t, total: int, run_dir: Path | None) -> RunLog:
+    """Step lines without a TTY; TensorBoard scalars under ``run_dir/tensorboard`` if asked."""
+    board = t.logger == "tensorboard" and run_dir is not None and ctx.dist.is_main
+    return RunLog(ctx.reporter, label, t.log_every, total,
+                  run_dir / "tensorboard" / label if board else None)
+
+
+def train_float(model, recipe, train_loader, ctx, run_dir: Path | None = None) -> None:
     """Plain float training for ``train.float_epochs``, at most ``train.max_steps`` steps (a
     starting point when no pretrained weights are available); same optimizer, precision and
-    clipping settings, its own schedule."""
+    clipping settings, its own schedule. Each epoch is a ``stage: float`` line of
+    ``run_dir/metrics.jsonl`` (when ``run_dir`` is given)."""
     o, t = recipe.optim, recipe.train
     optimizer = build_optimizer(model.parameters(), o)
     net = ctx.dist.wrap(model)
@@ -253,12 +281,14 @@ def train_float(model, recipe, train_loader, ctx) -> None:
     total = t.float_epochs * len(train_loader)
     if t.max_steps is not None:  # a short (smoke) run stays short in this stage too
         total = min(total, t.max_steps)
-    step = 0
+    step, history = 0, []
+    log = _run_log(ctx, "float", t, total, run_dir)
     net.train()
     for epoch in range(t.float_epochs):
         if step >= total:
             break
         ctx.dist.set_epoch(train_loader, 10_000 + epoch, t.seed)
+        start, seen, loss_sum = time.time(), 0, 0.0
         for x, y in train_loader:
             if step >= total:
                 break
@@ -271,5 +301,17 @@ def train_float(model, recipe, train_loader, ctx) -> None:
                 raise TrainingError(f"float pre-training loss became {value}; lower optim.lr")
             _optimize(loss, [optimizer], scaler, o.grad_clip)
             step += 1
-        ctx.reporter.note(f"float epoch {epoch + 1}/{t.float_epochs} step {step}: loss {value:.4f}")
+            seen += 1
+            loss_sum += value
+            log.step(step, value, optimizer.param_groups[0]["lr"], len(y))
+        record = {"stage": "float", "epoch": epoch + 1, "step": step,
+                  "loss": loss_sum / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": time.time() - start}
+        history.append(record)
+        log.epoch(record)
+        ctx.reporter.note(f"float epoch {epoch + 1}/{t.float_epochs} step {step}: "
+                          f"loss {human(record['loss'], 'loss')} (mean over the epoch)")
+        if run_dir is not None and ctx.dist.is_main:
+            _write_metrics(run_dir / "metrics.jsonl", history)
+    log.close()
     model.eval()

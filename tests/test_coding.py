@@ -183,7 +183,7 @@ def test_size_reports_bound_and_disk_bytes_per_layer(tmp_path):
     assert disk["w"] * 8 <= 1.02 * entropy_bits(state["quantized"]["w"]) + 8 * 64
     assert out["bound_ratio"] == pytest.approx(out["file_bytes"] / (out["bound_mb"] * 2**20))
     table = CliRunner().invoke(app, ["size", str(tmp_path / "model.th")])
-    assert "order-0 bound" in table.stdout and "disk bytes" in table.stdout
+    assert "order-0 entropy bound" in table.stdout and "bytes on disk" in table.stdout
 
 
 def test_entropy_bits_of_a_known_histogram():
