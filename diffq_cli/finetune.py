@@ -68,8 +68,8 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 def _size_bounds(model, recipe) -> tuple[float, float]:
     """(floor, size at init_bits) in MB: every group at min_bits / init_bits, plus the floats."""
+    from diffq_cli.optim import build_quantizer
     from diffq_cli.quant.budget import size_at_bits, size_floor
-    from diffq_cli.train import build_quantizer
 
     quantizer = build_quantizer(model, recipe.quant)
     try:

@@ -10,11 +10,13 @@ TensorBoard scalars under ``<run dir>/tensorboard`` (rank 0 only).
 """
 
 import importlib.util
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from diffq_cli.errors import InputError
+from diffq_cli.fileio import atomic_write
 from diffq_cli.units import human
 
 
@@ -113,3 +115,23 @@ class RunLog:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def write_metrics(path: Path, history: list) -> None:
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in history).encode())
+
+
+def float_records(path: Path) -> list:
+    """The float stage's lines of ``metrics.jsonl`` (``stage: float``), kept when a DiffQ run
+    rewrites the file."""
+    if not path.is_file():
+        return []
+    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [r for r in records if r.get("stage") == "float"]
+
+
+def run_log(ctx, label: str, t, total: int, run_dir: Path | None) -> RunLog:
+    """Step lines without a TTY; TensorBoard scalars under ``run_dir/tensorboard`` if asked."""
+    board = t.logger == "tensorboard" and run_dir is not None and ctx.dist.is_main
+    return RunLog(ctx.reporter, label, t.log_every, total,
+                  run_dir / "tensorboard" / label if board else None)
