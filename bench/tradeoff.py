@@ -51,7 +51,7 @@ def common_args(a) -> list[str]:
 
 def print_table(rows: list[dict], title: str, float_acc: float) -> None:
     print(f"# {title}; float {float_acc:.2f} %\n")
-    print("| method | run | true size MB | accuracy % | mean bits | final mu | note |")
+    print("| method | run | true size MiB | accuracy % | mean bits | final mu | note |")
     print("|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (-r["true_mb"], r["method"])):
         note = " ".join(t for t, on in (("best", r.get("best")),

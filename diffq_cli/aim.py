@@ -127,6 +127,6 @@ def fit_target(quantizer, target_mb: float | None, reporter) -> dict:
     if fit["lowered"]:
         reporter.note(
             f"target={target_mb:g}MB: lowered {fit['lowered']} group widths by rounding "
-            f"{fit['tau']:.3f} bits lower; true size {fit['true_mb']:.3f} MB"
+            f"{fit['tau']:.3f} bits lower; true size {fit['true_mb']:.3f} MiB"
         )
     return fit

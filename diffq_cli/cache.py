@@ -38,7 +38,7 @@ def cached(name: str, key: dict, compute: Callable[[], Any]) -> Any:
         pass
     value = compute()
     try:
-        from diffq_cli.artifact import atomic_write
+        from diffq_cli.fileio import atomic_write
 
         atomic_write(path, json.dumps({"key": key, "value": value}).encode("utf-8"))
     except OSError:

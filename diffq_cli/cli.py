@@ -25,7 +25,7 @@ app = typer.Typer(
         "\b\n"  # click: keep the example lines as they are (no re-wrapping)
         "  diffq finetune --model resnet18 --mu 1e-3\n"
         "  diffq finetune --mu 1e-3 --mu 0.1 --mu 1          # trade-off sweep, one table\n"
-        "  diffq finetune --target-mb 4 --baseline qat       # fit 4 MB, compare with QAT\n"
+        "  diffq finetune --target-mb 4 --baseline qat       # fit 4 MiB, compare with QAT\n"
         "  diffq finetune --recipe fashion-mnist-resnet18 optim.lr=0.02\n"
         "  diffq size runs/resnet18-digits-mu0.001/model.th --max-mb 12\n"
         "  diffq eval runs/resnet18-digits-mu0.001/model.th --min-acc 90\n"
@@ -155,7 +155,11 @@ def finetune(
         list[float] | None,
         typer.Option(
             metavar="FLOAT (repeatable)",
-            help=_h("Size penalty; several values make a trade-off sweep.", "train.mu"),
+            help=_h(
+                "Size penalty (loss = task + mu * size in MiB); several values make a "
+                "trade-off sweep.",
+                "train.mu",
+            ),
         ),
     ] = None,
     epochs: Annotated[
@@ -181,7 +185,7 @@ def finetune(
         list[float] | None,
         typer.Option(
             "--target-mb",
-            help="Size budget in MB (true size); mu adapts to meet it. Repeatable; "
+            help="Size budget in MiB (2^20 bytes, true size); mu adapts to meet it. Repeatable; "
             "exclusive with --mu.",
         ),
     ] = None,
@@ -303,7 +307,8 @@ def _at_least_1(name: str, value: int | None) -> None:
 def size(
     file: FileArg,
     max_mb: Annotated[
-        float | None, typer.Option(help="Exit 1 when the file on disk is larger than this (MB).")
+        float | None,
+        typer.Option(help="Exit 1 when the file on disk is larger than this (MiB, 2^20 bytes)."),
     ] = None,
     plot: Annotated[
         Path | None, typer.Option(help="Draw the learned bit widths per layer to this SVG.")
@@ -317,7 +322,7 @@ def size(
     json_out: JsonOpt = False,
 ):
     """Report the sizes of an artifact, a quantized state or a float checkpoint."""
-    from diffq_cli.inspect import inspect_file
+    from diffq_cli.sizes import inspect_file
 
     _at_least_1("--top", top)
     if max_mb is not None and max_mb < 0:
@@ -341,7 +346,7 @@ def size(
             title = "Per layer" if top is None else f"Largest {len(summary['layers'])} layers"
             reporter.layer_table(summary["layers"], title)
     if not passed:
-        raise GateError(f"{file} is {file_mb:.3f} MB, over --max-mb {max_mb:g}")
+        raise GateError(f"{file} is {file_mb:.3f} MiB, over --max-mb {max_mb:g} MiB")
 
 
 def _plot_bits(file: Path, plot: Path) -> None:
@@ -387,6 +392,7 @@ def eval_(
 
     if min_acc is not None and not 0 <= min_acc <= 100:
         raise InputError(f"--min-acc is a percentage between 0 and 100, got {min_acc:g}")
+    reporter = _reporter(json_out)
     result = evaluate_artifact(
         file,
         dataset=dataset,
@@ -394,13 +400,13 @@ def eval_(
         batch_size=batch_size,
         device=resolve_device(device),
         val_subset=val_subset,
+        activity=reporter.activity,  # a spinner, or start/end lines on stderr
     )
     passed = min_acc is None or result["accuracy"] >= min_acc
-    reporter = _reporter(json_out)
     if json_out:
         reporter.emit_json({**result, "gate": _gate("min_acc", min_acc, passed)})
     else:
-        reporter.kv_table(result, "Evaluation")
+        reporter.eval_table(result)
     if not passed:
         raise GateError(f"accuracy {result['accuracy']:.2f}% is below --min-acc {min_acc:g}")
 
@@ -427,15 +433,17 @@ def export(
     """Export an artifact to a deployable file, checked against the quantized model."""
     from diffq_cli.export import export_artifact
 
-    result = export_artifact(file, out, fmt=format, atol=atol, dtype=dtype)
     reporter = _reporter(json_out)
+    result = export_artifact(
+        file, out, fmt=format, atol=atol, dtype=dtype, activity=reporter.activity
+    )
     if json_out:
         reporter.emit_json({**result, "gate": _gate("atol", atol, result["ok"])})
     else:
-        reporter.kv_table(result, "Export")
+        reporter.export_table(result)
     if not result["ok"]:
         raise GateError(
-            f"exported model differs from the quantized one by {result['max_abs_diff']:.3g} "
+            f"exported model differs from the quantized one by {result['max_abs_diff']:.1e} "
             f"(> --atol {atol:g})"
         )
 

@@ -33,8 +33,8 @@ import zlib
 import numpy as np
 import torch
 
-from diffq_cli.quant.pack import pack, packed_nbytes, unpack
-from diffq_cli.quant.state import entry_group_bits, entry_levels_data, numel_of
+from diffq_cli import nppack
+from diffq_cli.quant.pack import packed_nbytes
 from diffq_cli.statecheck import level_chunks
 
 CODING = "ans-order0-v1"
@@ -52,7 +52,17 @@ def _model(counts: np.ndarray):
 
 
 def _crc(symbols: np.ndarray) -> int:
-    return zlib.crc32(symbols.astype("<u2").tobytes())
+    # The buffer itself, no tobytes() copy; uint8 symbols widen to the stored uint16 layout.
+    return zlib.crc32(symbols.astype("<u2", copy=False))
+
+
+def _group_widths(entry: dict, numel: int) -> np.ndarray:
+    """uint8 width of each group of a bit-packed entry."""
+    groups = -(-numel // entry["group_size"])
+    if not entry["bits_width"]:
+        return np.full(groups, entry["bits_min"], dtype=np.uint8)
+    data = entry["data"][: entry["bits_nbytes"]].numpy()
+    return nppack.unpack(data, entry["bits_width"], groups) + np.uint8(entry["bits_min"])
 
 
 class _Writer:
@@ -76,7 +86,8 @@ class _Writer:
         return [start, self.nrows]
 
     def add(self, kind: str, width: int, values: np.ndarray, pack_width: int, offset: int):
-        """Codes ``values`` (one stream); ``pack_width``/``offset``: the packed fallback."""
+        """Codes ``values`` (one stream, uint8 or uint16); ``pack_width``/``offset``: the
+        packed fallback."""
         import constriction
 
         n = int(values.size)
@@ -95,12 +106,12 @@ class _Writer:
         coder = constriction.stream.stack.AnsCoder()
         coder.encode_reverse(lut[values], _model(counts))
         words = coder.get_compressed().astype("<u4").view(np.uint8)
-        packed_cost = packed_nbytes(n, pack_width)
-        if words.size + TABLE_BYTES * symbols.size < packed_cost:
+        packed = np.empty(packed_nbytes(n, pack_width), dtype=np.uint8)
+        if words.size + TABLE_BYTES * symbols.size < packed.size:
             stream.update(mode="ans", table=self._table(symbols, counts), data=self._span(words))
         else:
-            packed = pack(torch.from_numpy(values.astype(np.int32) - offset), pack_width)
-            stream.update(data=self._span(packed.numpy()))
+            nppack.pack_into(packed, values - values.dtype.type(offset), pack_width)
+            stream.update(data=self._span(packed))
         return stream
 
     def tensors(self) -> dict:
@@ -111,32 +122,40 @@ class _Writer:
                 "counts": cat(self.counts, np.int32)}
 
 
-def _levels_by_width(entry: dict, bits: torch.Tensor) -> dict:
-    """{width: int32 levels of every group of that width, in stream order} of one entry."""
-    numel, gs = numel_of(entry["shape"]), entry["group_size"]
-    data, pos, out = entry_levels_data(entry), 0, {}
-    for width, n in level_chunks(bits, numel, gs):
+def _levels_by_width(entry: dict, widths: np.ndarray, numel: int) -> dict:
+    """{width: levels (uint8, or uint16 above 8 bits) of every group of that width, in stream
+    order} of one entry."""
+    data = entry["data"][entry["bits_nbytes"] :].numpy()
+    pos, out = 0, {}
+    for width, n in level_chunks(widths, numel, entry["group_size"]):
         size = packed_nbytes(n, width)
-        out.setdefault(width, []).append(unpack(data[pos : pos + size], width, n))
+        out.setdefault(width, []).append(nppack.unpack(data[pos : pos + size], width, n))
         pos += size
-    return {w: torch.cat(parts).to(torch.int32).numpy() for w, parts in out.items()}
+    return {w: parts[0] if len(parts) == 1 else np.concatenate(parts) for w, parts in out.items()}
 
 
 def encode_state(state: dict) -> dict:
     """The coded form of a (checked) bit-packed quantized state (see the module docstring)."""
     writer, quantized = _Writer(), {}
     for name, entry in state["quantized"].items():
-        bits = entry_group_bits(entry)
+        numel = _numel(entry["shape"])
+        widths = _group_widths(entry, numel)
         streams = []
         if entry["bits_width"]:
-            streams.append(writer.add("bits", 0, bits.to(torch.int32).numpy(),
-                                      entry["bits_width"], entry["bits_min"]))
-        for width, values in sorted(_levels_by_width(entry, bits).items()):
+            streams.append(writer.add("bits", 0, widths, entry["bits_width"], entry["bits_min"]))
+        for width, values in sorted(_levels_by_width(entry, widths, numel).items()):
             streams.append(writer.add("levels", width, values, width, 0))
         quantized[name] = {**{k: entry[k] for k in FIELDS}, "streams": streams}
     return {"coding": CODING, "quantizer": state["quantizer"], "config": state["config"],
             "quantized": quantized, "floats": state["floats"], "buffers": state["buffers"],
             **writer.tensors()}
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
 
 
 # ---------------------------------------------------------------------- decoding
@@ -152,31 +171,37 @@ def _span(value, limit: int, what: str) -> tuple[int, int]:
     return value[0], value[1]
 
 
-def _decode_stream(coded: dict, stream, n: int, width: int, offset: int, limit: int,
+def _decode_stream(arrays: dict, stream, n: int, width: int, offset: int, limit: int,
                    where: str) -> np.ndarray:
-    """The symbols (below ``limit``) of one stream, checked against its length, table
-    and CRC; ``width``/``offset``: how the packed fallback stores them."""
+    """The symbols (below ``limit``; uint8 up to 256, else uint16) of one stream, checked
+    against its length, table and CRC; ``width``/``offset``: how the packed fallback stores
+    them. ``arrays``: the coded state's payload, symbols and counts as NumPy arrays."""
     import constriction
 
     _need(isinstance(stream, dict) and stream.get("n") == n,
           f"{where}: stream length does not match the tensor")
-    t0, t1 = _span(stream.get("table"), coded["symbols"].numel(), f"{where} table")
-    d0, d1 = _span(stream.get("data"), coded["payload"].numel(), f"{where} data")
+    t0, t1 = _span(stream.get("table"), arrays["symbols"].size, f"{where} table")
+    d0, d1 = _span(stream.get("data"), arrays["payload"].size, f"{where} data")
     mode = stream.get("mode")
-    # Narrow symbols (uint8 up to 8 bits): packing them back is several times faster.
-    narrow = np.uint8 if limit <= 256 else np.int16
-    symbols = coded["symbols"][t0:t1].numpy().astype(narrow)
-    counts = coded["counts"][t0:t1].numpy()
+    narrow = np.uint8 if limit <= 256 else np.uint16
+    symbols, counts = arrays["symbols"][t0:t1], arrays["counts"][t0:t1]
+    # Every decoded value is a table symbol: checking the table bounds every value.
+    _need(symbols.size == 0 or (int(symbols.min()) >= 0 and int(symbols.max()) < limit),
+          f"{where}: symbols out of range")
+    symbols = symbols.astype(narrow)
     if mode == "packed":
         _need(d1 - d0 == packed_nbytes(n, width), f"{where}: packed stream has the wrong size")
-        values = unpack(coded["payload"][d0:d1], width, n).numpy().astype(narrow) + offset
+        values = nppack.unpack(arrays["payload"][d0:d1], width, n).astype(narrow, copy=False)
+        if offset:
+            values += narrow(offset)
+        _need(values.size == 0 or int(values.max()) < limit, f"{where}: symbols out of range")
     elif mode == "const":
         _need(symbols.size == 1 and int(counts[0]) == n, f"{where}: bad constant stream")
         values = np.full(n, symbols[0], dtype=narrow)
     elif mode == "ans":
         _need(symbols.size >= 2 and (d1 - d0) % 4 == 0 and bool((counts > 0).all())
               and int(counts.sum(dtype=np.int64)) == n, f"{where}: bad table or stream size")
-        words = coded["payload"][d0:d1].numpy().view("<u4").astype(np.uint32)
+        words = arrays["payload"][d0:d1].view("<u4").astype(np.uint32)
         try:
             coder = constriction.stream.stack.AnsCoder(words)
             index = coder.decode(_model(counts), n)
@@ -188,13 +213,11 @@ def _decode_stream(coded: dict, stream, n: int, width: int, offset: int, limit: 
         values = symbols[index]
     else:
         raise ValueError(f"{where}: unknown stream mode {mode!r}")
-    _need(values.size == 0 or (int(values.min()) >= 0 and int(values.max()) < limit),
-          f"{where}: symbols out of range")
     _need(_crc(values) == stream.get("crc"), f"{where}: CRC mismatch, the file is damaged")
     return values
 
 
-def _decode_entry(coded: dict, name: str, centry) -> dict:
+def _decode_entry(arrays: dict, name: str, centry) -> dict:
     _need(isinstance(centry, dict) and all(k in centry for k in (*FIELDS, "streams")),
           f"entry '{name}' lacks fields")
     streams = list(centry["streams"]) if isinstance(centry["streams"], list) else None
@@ -204,21 +227,18 @@ def _decode_entry(coded: dict, name: str, centry) -> dict:
     _need(isinstance(gs, int) and gs >= 1 and isinstance(lo, int) and 1 <= lo <= 15
           and isinstance(bw, int) and 0 <= bw <= 4 and isinstance(shape, list)
           and all(isinstance(s, int) and s >= 0 for s in shape), f"entry '{name}' is malformed")
-    numel = numel_of(shape)
-    _need(numel <= 64 * coded["payload"].numel() + 2**20, f"entry '{name}': shape too large")
+    numel = _numel(shape)
+    _need(numel <= 64 * arrays["payload"].size + 2**20, f"entry '{name}': shape too large")
     groups = -(-numel // gs)
-    pieces = []
     if bw:
         _need(bool(streams) and streams[0].get("kind") == "bits", f"entry '{name}' lacks widths")
-        values = _decode_stream(coded, streams.pop(0), groups, bw, lo, 16,
+        widths = _decode_stream(arrays, streams.pop(0), groups, bw, lo, 16,
                                 f"entry '{name}' widths")
-        bits = torch.from_numpy(values.astype(np.int64))
-        _need(bool(bits.numel()) and int(bits.min()) >= lo and int(bits.max()) <= 15
-              and int(bits.max()) - lo < 2**bw, f"entry '{name}': bad widths")
-        pieces.append(pack(bits - lo, bw))
+        _need(bool(widths.size) and int(widths.min()) >= lo and int(widths.max()) <= 15
+              and int(widths.max()) - lo < 2**bw, f"entry '{name}': bad widths")
     else:
-        bits = torch.full((groups,), lo, dtype=torch.int64)
-    chunks = level_chunks(bits, numel, gs)
+        widths = np.full(groups, lo, dtype=np.uint8)
+    chunks = level_chunks(widths, numel, gs)
     need = {}
     for width, n in chunks:
         need[width] = need.get(width, 0) + n
@@ -227,16 +247,22 @@ def _decode_entry(coded: dict, name: str, centry) -> dict:
     for stream, (width, n) in zip(streams, sorted(need.items()), strict=True):
         _need(stream.get("kind") == "levels" and stream.get("width") == width,
               f"entry '{name}': level streams out of order")
-        by_width[width] = _decode_stream(coded, stream, n, width, 0, 2**width,
+        by_width[width] = _decode_stream(arrays, stream, n, width, 0, 2**width,
                                          f"entry '{name}' {width}-bit")
-    used = dict.fromkeys(need, 0)
-    for width, n in chunks:
-        part = by_width[width][used[width] : used[width] + n]
+    # Re-pack straight into the entry's one buffer: widths first, then each chunk's levels.
+    bits_nbytes = packed_nbytes(groups, bw) if bw else 0
+    sizes = [packed_nbytes(n, width) for width, n in chunks]
+    data = np.empty(bits_nbytes + sum(sizes), dtype=np.uint8)
+    if bw:
+        nppack.pack_into(data[:bits_nbytes], widths - np.uint8(lo), bw)
+    pos, used = bits_nbytes, dict.fromkeys(need, 0)
+    for (width, n), size in zip(chunks, sizes, strict=True):
+        nppack.pack_into(data[pos : pos + size], by_width[width][used[width] : used[width] + n],
+                         width)
         used[width] += n
-        pieces.append(pack(torch.from_numpy(part), width))
-    data = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.uint8)
-    entry["bits_nbytes"] = pieces[0].numel() if bw else 0
-    entry["data"] = data
+        pos += size
+    entry["bits_nbytes"] = bits_nbytes
+    entry["data"] = torch.from_numpy(data)
     return entry
 
 
@@ -248,15 +274,17 @@ def decode_state(coded, state_format: str, state_version: int) -> tuple[dict, di
     """
     _need(isinstance(coded, dict) and coded.get("coding") == CODING,
           "artifact state is not coded with " + CODING)
+    arrays = {}
     for key, dtype in (("payload", torch.uint8), ("symbols", torch.int16),
                        ("counts", torch.int32)):
         t = coded.get(key)
         _need(torch.is_tensor(t) and t.dtype == dtype and t.dim() == 1,
               f"coded state lacks its '{key}' tensor")
+        arrays[key] = t.contiguous().numpy()
     _need(isinstance(coded.get("quantized"), dict), "coded state lacks its 'quantized' dict")
     quantized, disk = {}, {}
     for name, centry in coded["quantized"].items():
-        quantized[name] = _decode_entry(coded, str(name), centry)
+        quantized[name] = _decode_entry(arrays, str(name), centry)
         disk[name] = sum(_stream_bytes(s) for s in centry["streams"])
     state = {"format": state_format, "version": state_version,
              "quantizer": coded.get("quantizer"), "config": coded.get("config"),

@@ -18,8 +18,8 @@ import copy
 import torch
 from torch import nn
 
-from diffq_cli.quant.pack import pack, planes
-from diffq_cli.quant.state import entry_group_bits, entry_levels_data, numel_of, unpack_levels
+from diffq_cli.quant.pack import as_words, pack, planes, unpack_levels
+from diffq_cli.quant.state import entry_group_bits, entry_levels_data, numel_of
 
 
 def _entry_rows(entry: dict, bits: torch.Tensor, gs: int) -> torch.Tensor:
@@ -118,9 +118,9 @@ class CompactModel(nn.Module):
             # says where each group goes back.
             order, start = torch.sort(bits, stable=True).indices, 0
             rows = torch.empty(groups, gs, dtype=dtype)
-            words = _as_words(rows)
+            words = as_words(rows)
             for stream in streams:
-                words.index_copy_(0, order[start : start + len(stream)], _as_words(stream))
+                words.index_copy_(0, order[start : start + len(stream)], as_words(stream))
                 start += len(stream)
         if any(affine[-1] is None for _, _, _, affine, _, _ in plan["tensors"]):
             qmax = torch.pow(2.0, bits.float() + plan["bits_min"]) - 1  # per group
@@ -152,16 +152,6 @@ class CompactModel(nn.Module):
 
     def forward(self, x):
         return torch.func.functional_call(self.net, self.weights(), (x,), strict=False)
-
-
-def _as_words(rows: torch.Tensor) -> torch.Tensor:
-    """Each row as one wide element where possible (a bit cast), so that moving rows is a
-    plain gather of scalars: 16 bytes as complex128, 8 as int64; else rows stay as they are."""
-    nbytes = rows.shape[1] * rows.element_size()
-    for dtype in (torch.complex128, torch.int64):
-        if nbytes == dtype.itemsize:
-            return rows.view(dtype).view(-1)
-    return rows
 
 
 def _unpack(data: torch.Tensor, width: int, n: int) -> torch.Tensor:

@@ -13,12 +13,12 @@ torch/torchvision are imported inside the functions so that importing this modul
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from diffq_cli.errors import InputError
+from diffq_cli.recipe import DataConfig
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "idx")
 
@@ -34,30 +34,14 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 _DOWNLOAD_ERRORS = (OSError, RuntimeError)  # URLError is an OSError; torchvision wraps in Runtime
 
 
-@dataclass
-class DataSpec:
-    """What to load and how to batch it (the recipe's ``data`` section)."""
-
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    input_size: int = 32
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    num_workers: int = 0
-    train_subset: int | None = None
-    val_subset: int | None = None
-    augment: bool = False
-    seed: int = 0
-
-
-def build_loaders(spec, distributed: bool = False):
+def build_loaders(spec: DataConfig, distributed: bool = False, seed: int = 0):
     """Build the train and validation loaders for ``spec``.
 
     Args:
-        spec: a ``DataSpec`` (or any object with the same attributes).
+        spec: the recipe's ``data`` section (``recipe.DataConfig``: validated when built).
         distributed: when True and ``torch.distributed`` is initialised, shard both splits with
-            ``DistributedSampler``; call ``set_epoch(loader, epoch)`` at each epoch.
+            ``DistributedSampler`` (``distributed.Ddp.set_epoch`` reshuffles it each epoch).
+        seed: the training shuffle's seed (the validation split never depends on it).
 
     Returns:
         ``(train_loader, val_loader, info)``. Batches are ``(images, labels)``: float NCHW
@@ -65,10 +49,9 @@ def build_loaders(spec, distributed: bool = False):
         input_size, mean, std, train_size, val_size``.
 
     Example:
-        >>> train, val, info = build_loaders(DataSpec(dataset="digits", input_size=32))
+        >>> train, val, info = build_loaders(DataConfig(dataset="digits", input_size=32))
     """
     name = _canonical_name(spec.dataset)
-    _check_spec(spec)
     if name == "imagefolder":
         train_ds, val_ds, info, collate = _imagefolder(spec)
     else:
@@ -99,16 +82,9 @@ def build_loaders(spec, distributed: bool = False):
             f"dataset {name} has {present} class(es) in its training split; classification "
             "needs at least 2: check --data-dir (one sub-folder per class) or the label files"
         )
-    train = _loader(train_ds, spec.batch_size, True, spec, collate[0], distributed)
-    val = _loader(val_ds, spec.eval_batch_size, False, spec, collate[1], distributed)
+    train = _loader(train_ds, spec.batch_size, True, spec, collate[0], distributed, seed)
+    val = _loader(val_ds, spec.eval_batch_size, False, spec, collate[1], distributed, seed)
     return train, val, info
-
-
-def set_epoch(loader, epoch: int) -> None:
-    """Tell a distributed sampler which epoch it is (so each epoch shuffles differently)."""
-    sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
 
 
 def read_idx(path) -> np.ndarray:
@@ -187,18 +163,6 @@ def _canonical_name(dataset) -> str:
     if name not in DATASETS:
         raise InputError(f"unknown dataset '{dataset}'; choose one of: {', '.join(DATASETS)}")
     return name
-
-
-def _check_spec(spec) -> None:
-    for field in ("input_size", "batch_size", "eval_batch_size"):
-        if int(getattr(spec, field)) < 1:
-            raise InputError(f"data.{field} must be >= 1, got {getattr(spec, field)}")
-    for field in ("train_subset", "val_subset"):
-        value = getattr(spec, field)
-        if value is not None and int(value) < 1:
-            raise InputError(f"data.{field} must be >= 1 (or unset for all samples), got {value}")
-    if int(spec.num_workers) < 0:
-        raise InputError(f"data.num_workers must be >= 0, got {spec.num_workers}")
 
 
 def _need_dir(spec, name, hint) -> Path:
@@ -325,15 +289,15 @@ def _imagefolder(spec):
     return train_ds, val_ds, info, [None, None]
 
 
-def _loader(dataset, batch_size, train, spec, collate, distributed):
+def _loader(dataset, batch_size, train, spec, collate, distributed, seed):
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
     sampler = generator = None
     if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
-        sampler = DistributedSampler(dataset, shuffle=train, seed=spec.seed)
-    elif train:  # a private generator: the shuffle order depends on spec.seed alone
-        generator = torch.Generator().manual_seed(int(spec.seed))
+        sampler = DistributedSampler(dataset, shuffle=train, seed=seed)
+    elif train:  # a private generator: the shuffle order depends on the seed alone
+        generator = torch.Generator().manual_seed(int(seed))
     return DataLoader(dataset, batch_size=int(batch_size), shuffle=train and sampler is None,
                       sampler=sampler, generator=generator, num_workers=int(spec.num_workers),
                       collate_fn=collate, persistent_workers=int(spec.num_workers) > 0)

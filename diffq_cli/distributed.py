@@ -21,7 +21,6 @@ import torch
 
 # Test hook: when set, every rank saves its final quantized state and parameters to
 # ``<dir>/rank<r>.th`` (the last mu of a sweep), so a test can check that ranks agree.
-DEBUG_DUMP_ENV = "DIFFQ_DEBUG_DUMP_DIR"
 
 
 class Single:
@@ -68,16 +67,6 @@ class Single:
         from diffq_cli.evaluate import accuracy
 
         return accuracy(model, loader, device)
-
-    def debug_dump(self, state: dict, model) -> None:
-        """Test hook (see ``DEBUG_DUMP_ENV``): this rank's quantized state and parameters."""
-        directory = os.environ.get(DEBUG_DUMP_ENV)
-        if not directory:
-            return
-        os.makedirs(directory, exist_ok=True)
-        params = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        torch.save({"state": state, "params": params},
-                   os.path.join(directory, f"rank{self.rank}.th"))
 
 
 class Ddp(Single):

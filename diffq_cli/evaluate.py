@@ -1,5 +1,6 @@
 """Accuracy of a model on a loader, and of an artifact on its dataset (``diffq eval``)."""
 
+import contextlib
 from pathlib import Path
 
 from diffq_cli.errors import InputError
@@ -49,7 +50,7 @@ def accuracy(model, loader, device="cpu", max_batches=None) -> float:
 
 
 def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device="cpu",
-                      val_subset=None) -> dict:
+                      val_subset=None, activity=None) -> dict:
     """Rebuild the model from an artifact alone and measure its quantized accuracy.
 
     Args:
@@ -59,6 +60,8 @@ def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device=
         batch_size: evaluation batch size.
         device: where to run the model.
         val_subset: evaluate on the first N validation images only (None: all).
+        activity: ``activity(description)`` gives a context manager shown while the model
+            runs (``Reporter.activity``), entered only once every input has been checked.
 
     Returns:
         ``{"path", "model", "dataset", "accuracy", "samples", "recorded_accuracy"}``; the last is
@@ -72,9 +75,9 @@ def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device=
         >>> evaluate_artifact("runs/resnet18-digits-mu0.001/model.th")["accuracy"]
         96.9
     """
-    from diffq_cli.artifact import rebuild_model
-    from diffq_cli.data import DataSpec, build_loaders
-    from diffq_cli.export import load_artifact
+    from diffq_cli.artifact import load_artifact, rebuild_model
+    from diffq_cli.data import build_loaders
+    from diffq_cli.recipe import DataConfig
 
     artifact = load_artifact(path)
     data, spec = artifact.get("data") or {}, artifact["model"]
@@ -86,13 +89,14 @@ def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device=
         recipe_data = (artifact.get("recipe") or {}).get("data") or {}
         data_dir = data_dir or recipe_data.get("data_dir")
     size = int(data.get("input_size") or spec.get("input_size") or 32)
-    loader_spec = DataSpec(dataset=dataset, data_dir=data_dir, input_size=size,
+    loader_spec = DataConfig(dataset=dataset, data_dir=data_dir, input_size=size,
                            batch_size=batch_size, eval_batch_size=batch_size, train_subset=1,
                            val_subset=val_subset)
     _, val_loader, info = build_loaders(loader_spec)
     _check_fits(info, spec)
     model = rebuild_model(artifact).to(device)
-    correct, total = count_correct(model, val_loader, device)
+    with (activity or _quiet)(f"evaluating {path} on {info['dataset']}"):
+        correct, total = count_correct(model, val_loader, device)
     if total == 0:
         raise InputError(f"the {info['dataset']} validation split is empty; check --data-dir")
     return {
@@ -103,6 +107,10 @@ def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device=
         "samples": total,
         "recorded_accuracy": (artifact.get("metrics") or {}).get("accuracy"),
     }
+
+
+def _quiet(description: str):
+    return contextlib.nullcontext()
 
 
 def _same_dataset(a, b) -> bool:

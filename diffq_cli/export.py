@@ -28,14 +28,16 @@ from the artifact (``max_abs_diff``, gated by ``atol``):
   extra ``diffq-cli[onnx]``; checked with onnxruntime.
 """
 
+import contextlib
 import io
 import json
 import warnings
 from pathlib import Path
 
-from diffq_cli.artifact import atomic_write, check_writable, read_file, rebuild_model
+from diffq_cli.artifact import load_artifact, rebuild_model
 from diffq_cli.errors import InputError
 from diffq_cli.evaluate import logits as _logits
+from diffq_cli.fileio import atomic_write, check_writable
 
 FORMATS = ("compact", "pt2", "torchscript", "safetensors", "onnx")
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -49,7 +51,7 @@ SAMPLES = 8
 
 
 def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
-                    dtype: str = "fp32") -> dict:
+                    dtype: str = "fp32", activity=None) -> dict:
     """Write ``fmt`` from an artifact, load it back and compare outputs on a sample batch.
 
     Args:
@@ -60,6 +62,8 @@ def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
         atol: largest allowed abs difference between the file's outputs and the quantized
             model's, rebuilt from the artifact (with ``dtype``, its weights rounded to it).
         dtype: weights dtype of ``safetensors``: ``fp32``, ``fp16`` or ``bf16``.
+        activity: ``activity(description)`` gives a context manager shown while the file is
+            written and checked (``Reporter.activity``), entered once the inputs are checked.
 
     Returns:
         ``{"format", "path", "bytes", "true_mb", "max_abs_diff", "atol", "ok", "dtype",
@@ -89,42 +93,34 @@ def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
     artifact = load_artifact(path)
     model = rebuild_model(artifact)
     x = sample_batch(artifact)
-    with torch.no_grad():
-        expected = _logits(model(x))
-        dtype_diff = None
-        if dtype != "fp32":  # the file holds rounded weights: check it against exactly those
-            rounded = _logits(_rounded(model, DTYPES[dtype])(x))
-            dtype_diff, expected = _max_diff(rounded, expected), rounded
-    writer, runner = _FORMATS[fmt]
-    atomic_write(out, writer(model, artifact, x, dtype))
-    with torch.no_grad():
-        diff = _max_diff(_logits(runner(out, artifact, x)), expected)
+    with (activity or (lambda _: contextlib.nullcontext()))(f"exporting {out} ({fmt})"):
+        with torch.no_grad():
+            expected = _logits(model(x))
+            dtype_diff = None
+            if dtype != "fp32":  # the file holds rounded weights: check it against exactly those
+                rounded = _logits(_rounded(model, DTYPES[dtype])(x))
+                dtype_diff, expected = _max_diff(rounded, expected), rounded
+        writer, runner = _FORMATS[fmt]
+        atomic_write(out, writer(model, artifact, x, dtype))
+        with torch.no_grad():
+            diff = _max_diff(_logits(runner(out, artifact, x)), expected)
     return {"format": fmt, "path": str(out), "bytes": out.stat().st_size,
             "true_mb": summarize_state(artifact["state"])["true_mb"], "max_abs_diff": diff,
             "atol": float(atol), "ok": diff <= atol, "dtype": dtype, "dtype_diff": dtype_diff}
-
-
-def load_artifact(path) -> dict:
-    """The artifact at ``path``; InputError for anything else (states, checkpoints, junk)."""
-    kind, obj = read_file(path)
-    if kind != "artifact":
-        what = "quantized state" if kind == "state" else "float checkpoint"
-        raise InputError(f"{path} is a {what}, not an artifact; pass the model.th written by "
-                         "diffq finetune")
-    return obj
 
 
 def sample_batch(artifact: dict, n: int = SAMPLES):
     """``n`` validation images of the artifact's dataset, or a seeded random batch offline."""
     import torch
 
-    from diffq_cli.data import DataSpec, build_loaders
+    from diffq_cli.data import build_loaders
+    from diffq_cli.recipe import DataConfig
 
     data, spec = artifact.get("data") or {}, artifact["model"]
     size = int(data.get("input_size") or spec.get("input_size") or 32)
     try:
         data_dir = ((artifact.get("recipe") or {}).get("data") or {}).get("data_dir")
-        loaders = build_loaders(DataSpec(dataset=data["dataset"], data_dir=data_dir,
+        loaders = build_loaders(DataConfig(dataset=data["dataset"], data_dir=data_dir,
                                          input_size=size, batch_size=n, eval_batch_size=n,
                                          train_subset=n, val_subset=n))
         x = next(iter(loaders[1]))[0]

@@ -1,24 +1,21 @@
 """``diffq finetune``: data, model, float baseline, one DiffQ run per mu, artifacts, summary."""
 
-import dataclasses
 import json
 import time
 from pathlib import Path
 
-from diffq_cli.artifact import atomic_write, save_artifact
+from diffq_cli.artifact import save_artifact
+from diffq_cli.fileio import atomic_write
 from diffq_cli.recipe import dump_recipe, output_dir, recipe_to_dict
 
 MB = 2**20
 
 
 class RunContext:
-    """What the loop needs besides the recipe: device, output, distributed helpers, hooks."""
+    """What the loop needs besides the recipe: device, output, distributed helpers."""
 
     def __init__(self, device, reporter, dist, resume: bool):
         self.device, self.reporter, self.dist, self.resume = device, reporter, dist, resume
-
-    def after_epoch(self, epoch: int) -> None:
-        """Called after each epoch's checkpoint (tests use it to simulate an interruption)."""
 
 
 def _float_mb(model) -> float:
@@ -29,7 +26,7 @@ def _float_stage(model, recipe, train_loader, run_dir: Path, ctx) -> None:
     """Float pre-training, saved as ``float.pt`` so that ``--resume`` does not redo it."""
     import torch
 
-    from diffq_cli.artifact import torch_bytes
+    from diffq_cli.fileio import torch_bytes
     from diffq_cli.train import train_float
 
     path = run_dir / "float.pt"
@@ -37,7 +34,7 @@ def _float_stage(model, recipe, train_loader, run_dir: Path, ctx) -> None:
         model.load_state_dict(torch.load(path, map_location=ctx.device, weights_only=True))
         ctx.reporter.note(f"resumed: float weights from {path}")
         return
-    train_float(model, recipe, train_loader, ctx)
+    train_float(model, recipe, train_loader, ctx, run_dir)
     if ctx.dist.is_main:
         atomic_write(path, torch_bytes(model.state_dict()))
 
@@ -45,8 +42,8 @@ def _float_stage(model, recipe, train_loader, run_dir: Path, ctx) -> None:
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuses contradictory flags, an unwritable output, a resume with nothing to resume, and
     a silent replacement of an earlier run's results: all before any work is done."""
-    from diffq_cli.artifact import check_writable
     from diffq_cli.errors import InputError
+    from diffq_cli.fileio import check_writable
 
     if resume and overwrite:
         raise InputError("--resume continues a run and --overwrite replaces it; pass only one")
@@ -71,8 +68,8 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 def _size_bounds(model, recipe) -> tuple[float, float]:
     """(floor, size at init_bits) in MB: every group at min_bits / init_bits, plus the floats."""
+    from diffq_cli.optim import build_quantizer
     from diffq_cli.quant.budget import size_at_bits, size_floor
-    from diffq_cli.train import build_quantizer
 
     quantizer = build_quantizer(model, recipe.quant)
     try:
@@ -89,13 +86,13 @@ def _check_targets(model, recipe, reporter) -> None:
     q, low = recipe.quant, min(recipe.train.target_mb)
     if low < floor:
         raise InputError(
-            f"--target-mb {low:g} is below the smallest reachable size {floor:.3f} MB (every "
+            f"--target-mb {low:g} is below the smallest reachable size {floor:.3f} MiB (every "
             f"group at quant.min_bits={q.min_bits}, plus the tensors kept in float); "
-            f"{at_init:.3f} MB at quant.init_bits={q.init_bits}. Raise the target, or lower "
+            f"{at_init:.3f} MiB at quant.init_bits={q.init_bits}. Raise the target, or lower "
             "quant.min_bits / quant.min_size (fewer float tensors)"
         )
-    reporter.note(f"size targets: floor {floor:.3f} MB (min_bits={q.min_bits}), "
-                  f"{at_init:.3f} MB at init_bits={q.init_bits}")
+    reporter.note(f"size targets: floor {floor:.3f} MiB (min_bits={q.min_bits}), "
+                  f"{at_init:.3f} MiB at init_bits={q.init_bits}")
 
 
 def _row(metrics: dict) -> dict:
@@ -113,7 +110,7 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     import torch
 
     from diffq_cli import baselines, distributed
-    from diffq_cli.data import DataSpec, build_loaders
+    from diffq_cli.data import build_loaders
     from diffq_cli.errors import GateError
     from diffq_cli.models import create_model
     from diffq_cli.quant.summary import summarize_state
@@ -130,8 +127,8 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     run_dir = Path(output_dir(recipe))
     _check_run_dir(run_dir, resume, overwrite)
 
-    spec = DataSpec(**dataclasses.asdict(recipe.data), seed=recipe.train.seed)
-    train_loader, val_loader, info = build_loaders(spec, distributed=dist.distributed)
+    train_loader, val_loader, info = build_loaders(recipe.data, dist.distributed,
+                                                   recipe.train.seed)
     m, t = recipe.model, recipe.train
 
     def fresh_model(weights=None):
@@ -160,6 +157,8 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", dump_recipe(recipe).encode())
+        if not resume:  # an earlier run's epochs (even float-stage ones) are not this run's
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     if t.float_epochs:
         ctx = RunContext(device, reporter, dist, resume)
         _float_stage(model, recipe, train_loader, run_dir, ctx)
@@ -168,7 +167,7 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     float_mb = _float_mb(model)
     reporter.note(
         f"{m.name} on {info['dataset']}: float accuracy {float_acc:.2f}%, "
-        f"{float_mb:.2f} MB as float32"
+        f"{float_mb:.2f} MiB as float32"
     )
     rows = [{"method": "float", "label": "float32", "accuracy": float_acc, "delta": 0.0,
              "true_mb": float_mb, "compression": 1.0, "mean_bits": 32.0}]
@@ -191,7 +190,6 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
         result = train_one(model, recipe, mu, (train_loader, val_loader), mu_dir, ctx, target)
         quantizer = result["quantizer"]
         state = quantizer.get_quantized_state()
-        dist.debug_dump(state, model)  # a test hook; does nothing unless its env var is set
         sizes = summarize_state(state)
         metrics = {
             "method": "diffq",
@@ -264,8 +262,8 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     dist.close()
     if missed:
         raise GateError("; ".join(
-            f"target {r['target_mb']:g} MB missed by {r['true_mb'] - r['target_mb']:.4f} MB "
-            f"(true size {r['true_mb']:.4f} MB)" for r in missed))
+            f"target {r['target_mb']:g} MiB missed by {r['true_mb'] - r['target_mb']:.4f} MiB "
+            f"(true size {r['true_mb']:.4f} MiB)" for r in missed))
     return summary
 
 

@@ -33,7 +33,7 @@ def _pyplot():
 def _save(fig, path) -> None:
     import io
 
-    from diffq_cli.artifact import atomic_write
+    from diffq_cli.fileio import atomic_write
 
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})

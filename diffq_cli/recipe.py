@@ -158,7 +158,8 @@ class TrainConfig(_Section):
     """Loop length, the model-size penalties ``mu`` or size targets (one run each), device."""
 
     section: ClassVar = "train"
-    choices: ClassVar = {"amp": ("none", "bf16", "fp16"), "baseline": ("none", "ptq", "qat")}
+    choices: ClassVar = {"amp": ("none", "bf16", "fp16"), "baseline": ("none", "ptq", "qat"),
+                         "logger": ("none", "tensorboard")}
     bounds: ClassVar = {"epochs": _GE1, "max_steps": _GE1, "log_every": _GE1, "seed": _GE0,
                         "float_epochs": _GE0}
     epochs: int = 3
@@ -169,6 +170,7 @@ class TrainConfig(_Section):
     baseline: str = "ptq"
     seed: int = 0
     log_every: int = 10
+    logger: str = "none"
     device: str = "auto"
     amp: str = "none"
     channels_last: bool = False
@@ -184,11 +186,14 @@ class TrainConfig(_Section):
                              "(or give train.target_mb)")
         for target in self.target_mb:
             if target <= 0:
-                raise InputError(f"target size must be > 0 MB, got {target:g} "
+                raise InputError(f"target size must be > 0 MiB, got {target:g} "
                                  "(recipe key 'train.target_mb')")
         for mu in self.mu or ():
             if mu < 0:
                 raise InputError(f"mu must be >= 0, got {mu:g} (recipe key 'train.mu')")
+        from diffq_cli.runlog import check_logger
+
+        check_logger(self.logger)  # a missing package fails at load time, before any training
         if not _DEVICE.fullmatch(self.device):
             raise InputError("recipe key 'train.device' must be auto, cpu, cuda, cuda:N or mps; "
                              f"got {self.device!r}")
@@ -381,7 +386,7 @@ def copy_recipe(name: str, dest: str | os.PathLike, force: bool = False) -> Path
     Example:
         >>> copy_recipe("default", "my.yaml")  # then: diffq finetune --recipe my.yaml
     """
-    from diffq_cli.artifact import atomic_write
+    from diffq_cli.fileio import atomic_write
 
     text, path = recipe_text(name), Path(dest).expanduser()
     if path.is_dir():

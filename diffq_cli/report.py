@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,17 +35,11 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-NONE = "—"  # shown for a missing value
-MAX_BITS, BAR_WIDTH = 15, 20  # a layer at 15 bits fills the whole bar
+from diffq_cli.units import NONE, human
+
+MAX_BITS = BAR_WIDTH = 15  # one character per bit: a layer at 15 bits fills the bar
 _EIGHTHS = " ▏▎▍▌▋▊▉"  # partial blocks, so a bar resolves 1/8 of a character
-_PIPE_WIDTH = 120  # width of tables written to a file or pipe (Rich would use 80 and wrap)
-
-
-def _num(value: Any, fmt: str, suffix: str = "") -> str:
-    """``value`` formatted with ``fmt``, or NONE for None/NaN."""
-    if value is None or isinstance(value, float) and math.isnan(value):
-        return NONE
-    return f"{value:{fmt}}{suffix}"
+_PIPE_WIDTH = 132  # width of tables written to a file or pipe (Rich would use 80 and wrap)
 
 
 def bits_bar(bits: float | None) -> str:
@@ -77,7 +72,7 @@ class _FieldsColumn(ProgressColumn):
     """The task's extra fields (loss, acc, size...) as ``name value`` pairs."""
 
     def render(self, task: Task) -> Text:
-        return Text("  ".join(f"{k} {_num(v, '.4g') if isinstance(v, float) else v}"
+        return Text("  ".join(f"{k} {human(v, 'mu') if isinstance(v, float) else v}"
                               for k, v in task.fields.items()))
 
 
@@ -156,11 +151,29 @@ class Reporter:
         with Progress(*columns, console=self.err, transient=True) as bar:
             yield ProgressHandle(bar, bar.add_task(description, total=total))
 
+    @contextmanager
+    def activity(self, description: str) -> Iterator[None]:
+        """Show that ``description`` is under way, on stderr: a spinner on a TTY, otherwise a
+        start line and an end line with the time taken (logs and CI need no terminal)."""
+        if not self.enabled:
+            yield
+            return
+        start = time.perf_counter()
+        if self.animated:
+            with self.err.status(description):
+                yield
+            return
+        self.note(f"{description}...")
+        yield
+        self.note(f"{description}: done in {human(time.perf_counter() - start, 'seconds')}")
+
     def _table(self, title: str | None, headers: list[str], rows: list[list[str]],
                left: tuple[int, ...] = (0,)) -> None:
         table = Table(title=title, title_justify="left")
         for i, header in enumerate(headers):
-            table.add_column(header, justify="left" if i in left else "right", no_wrap=i == 0)
+            # the name and the last column (bits bars) are never wrapped
+            table.add_column(header, justify="left" if i in left else "right",
+                             no_wrap=i in (0, len(headers) - 1))
         for row in rows:
             table.add_row(*row)
         self.out.print(table)
@@ -172,7 +185,7 @@ class Reporter:
             rows: dicts with keys ``method`` (float, diffq, ptq, qat...), ``label`` (the run:
                 ``"mu=0.001"``, ``"target=4MB"``, ``"4 bits"``; a float is printed with ``g``),
                 ``accuracy`` (percent), ``delta`` (accuracy minus the float accuracy, points),
-                ``true_mb`` (float32 size for the float row, true quantized size otherwise),
+                ``true_mb`` (float32 size for the float row, true quantized size otherwise, MiB),
                 ``artifact_mb`` (bytes on disk of the saved artifact / 2**20), ``compression``
                 (float size / artifact size), ``mean_bits``, ``mu`` (the final mu of a DiffQ
                 run), ``best`` (no row at the same or a smaller size is more accurate: marked
@@ -182,19 +195,15 @@ class Reporter:
         """
         body = []
         for row in rows:
-            label = row.get("label")
-            label = f"{label:g}" if isinstance(label, float) else _num(label, "")
             flags = (("★", row.get("best")), ("chance", row.get("collapsed")))
-            note = " ".join(text for text, on in flags if on)
             body.append([
-                _num(row.get("method"), ""), label, _num(row.get("accuracy"), ".2f"),
-                _num(row.get("delta"), "+.2f"),
-                _num(row.get("true_mb"), ".3f"), _num(row.get("artifact_mb"), ".3f"),
-                _num(row.get("compression"), ".2f", "×"), _num(row.get("mean_bits"), ".2f"),
-                _num(row.get("mu"), ".3g"), note])
-        self._table(title, ["method", "run", "accuracy (%)", "Δ vs float (pp)", "true size MB",
-                            "artifact MB", "compression ×", "mean bits", "mu", "note"], body,
-                    left=(0, 1, 9))
+                human(row.get("method")), human(row.get("label")),
+                human(row.get("accuracy"), "pct"), human(row.get("delta"), "pp"),
+                human(row.get("true_mb"), "mib"), human(row.get("artifact_mb"), "mib"),
+                human(row.get("compression"), "ratio"), human(row.get("mean_bits"), "bits"),
+                human(row.get("mu"), "mu"), " ".join(text for text, on in flags if on)])
+        self._table(title, ["method", "run", "accuracy", "vs float", "true size", "artifact",
+                            "compression", "mean bits", "mu", "note"], body, left=(0, 1, 9))
         if any(row.get("best") for row in rows) or any(row.get("collapsed") for row in rows):
             self.out.print("★ best accuracy at its size or smaller; chance: accuracy at chance "
                            "level (collapsed)", markup=False, highlight=False)
@@ -204,20 +213,27 @@ class Reporter:
 
         Args:
             layers: dicts with keys ``name``, ``numel``, ``bits_mean``, ``bits_min``,
-                ``bits_max`` (None for a layer kept in float) and ``mb`` (its true size in MB);
-                optional ``bound_mb`` (order-0 entropy bound) and ``disk_bytes`` (bytes in the
-                file), shown as two more columns when any layer has ``disk_bytes``.
+                ``bits_max`` (None for a layer kept in float; a width above 15 also marks a
+                float layer: "kept in float32") and ``mb`` (its true size in MiB); optional
+                ``bound_mb`` (order-0 entropy bound) and ``disk_bytes`` (bytes in the file),
+                shown as two more columns when any layer has ``disk_bytes``.
             title: table title.
         """
         extra = any("disk_bytes" in layer for layer in layers)  # diffq size, not finetune
-        body = [[str(layer.get("name")), _num(layer.get("numel"), ","),
-                 _num(layer.get("bits_mean"), ".2f"), _num(layer.get("bits_min"), "g"),
-                 _num(layer.get("bits_max"), "g"), _num(layer.get("mb"), ".4g")]
-                + ([_num(layer.get("bound_mb"), ".4g"), _num(layer.get("disk_bytes"), ",")]
-                   if extra else [])
-                + [bits_bar(layer.get("bits_mean"))] for layer in layers]
-        head = ["layer", "numel", "bits mean", "min", "max", "MB"]
-        head += ["bound MB", "disk bytes"] if extra else []
+        body = []
+        for layer in layers:
+            mean = layer.get("bits_mean")
+            kept = mean is not None and mean > MAX_BITS  # a float tensor: 16 or 32 bits
+            low, high = layer.get("bits_min"), layer.get("bits_max")
+            span = human(low, "int") if low == high else f"{low:g}–{high:g}"
+            bits = [NONE, NONE] if kept else [human(mean, "bits"), span]
+            body.append([str(layer.get("name")), human(layer.get("numel"), "count"), *bits,
+                         human(layer.get("mb"), "mib_small", unit=False)]
+                        + ([human(layer.get("bound_mb"), "mib_small", unit=False),
+                            human(layer.get("disk_bytes"), "count")] if extra else [])
+                        + [f"kept in float{mean:g}" if kept else bits_bar(mean)])
+        head = ["layer", "numel", "mean bits", "range", "size (MiB)"]
+        head += ["bound (MiB)", "bytes on disk"] if extra else []
         self._table(title, head + [f"bits (0-{MAX_BITS})"], body, left=(0, len(head)))
 
     def kv_table(self, items: Mapping[str, Any], title: str | None = None) -> None:
@@ -229,21 +245,47 @@ class Reporter:
         """Print the sizes of a saved artifact (for ``diffq size FILE``).
 
         Args:
-            summary: keys ``float_mb`` (float32 size), ``true_mb`` (true quantized size),
-                ``file_bytes`` (bytes on disk), ``compression`` (float_mb / true_mb, computed
-                when missing), ``mean_bits``; optional ``path`` (the title) and ``bound_mb``
-                (order-0 entropy bound of the content, with the file's ratio to it).
+            summary: keys ``float_mb`` (float32 size, MiB), ``true_mb`` (true quantized size,
+                MiB), ``file_bytes`` (bytes on disk), ``compression`` (float_mb / true_mb,
+                computed when missing), ``mean_bits``; optional ``path`` (the title) and
+                ``bound_mb`` (order-0 entropy bound of the content, with the file's ratio to it).
         """
-        float_mb, true_mb, nbytes = (summary.get(k) for k in ("float_mb", "true_mb", "file_bytes"))
+        float_mb, true_mb = summary.get("float_mb"), summary.get("true_mb")
         ratio = summary.get("compression")
         if ratio is None and float_mb and true_mb:
             ratio = float_mb / true_mb
-        on_disk = NONE if nbytes is None else f"{nbytes:,} ({nbytes / 2**20:.3f} MB)"
-        self.kv_table({"float32 size": _num(float_mb, ".3f", " MB"),
-                       "true quantized size": _num(true_mb, ".3f", " MB"),
-                       "bytes on disk": on_disk, "compression": _num(ratio, ".2f", "×"),
-                       "mean bits": _num(summary.get("mean_bits"), ".2f"),
-                       **({"order-0 bound": _num(summary["bound_mb"], ".3f", " MB"),
-                           "on disk / bound": _num(summary.get("bound_ratio"), ".3f", "×")}
-                          if summary.get("bound_mb") is not None else {})},
+        bound = summary.get("bound_mb") is not None
+        self.kv_table({"float32 size": human(float_mb, "mib"),
+                       "true quantized size": human(true_mb, "mib"),
+                       "bytes on disk": human(summary.get("file_bytes"), "bytes"),
+                       "compression (float32 / on disk)": human(ratio, "ratio"),
+                       "mean bits": human(summary.get("mean_bits"), "bits"),
+                       **({"order-0 entropy bound": human(summary["bound_mb"], "mib"),
+                           "on disk / bound": human(summary.get("bound_ratio"), "ratio_fine")}
+                          if bound else {})},
                       title=str(summary["path"]) if summary.get("path") else None)
+
+    def eval_table(self, result: Mapping[str, Any]) -> None:
+        """Print ``diffq eval``'s result (see ``evaluate.evaluate_artifact``) in words."""
+        self.kv_table({"artifact": result.get("path"), "model": result.get("model"),
+                       "dataset": result.get("dataset"),
+                       "accuracy (measured now)": human(result.get("accuracy"), "pct"),
+                       "accuracy (recorded at training)":
+                           human(result.get("recorded_accuracy"), "pct"),
+                       "validation images": human(result.get("samples"), "count")},
+                      "Evaluation")
+
+    def export_table(self, result: Mapping[str, Any]) -> None:
+        """Print ``diffq export``'s result (see ``export.export_artifact``) in words."""
+        diff, atol = result.get("max_abs_diff"), result.get("atol")
+        check = (f"{'yes' if result.get('ok') else 'NO'} (max abs diff {human(diff, 'diff')} "
+                 f"{'<=' if result.get('ok') else '>'} {human(atol, 'diff')})")
+        items = {"format": result.get("format"), "file": result.get("path"),
+                 "file size": human(result.get("bytes"), "bytes"),
+                 "true quantized size": human(result.get("true_mb"), "mib"),
+                 "export matches the quantized model": check,
+                 "weights dtype": result.get("dtype")}
+        if result.get("dtype_diff") is not None:
+            items[f"outputs moved by rounding to {result.get('dtype')}"] = human(
+                result["dtype_diff"], "diff")
+        self.kv_table(items, "Export")

@@ -9,15 +9,18 @@ They are cheap: only the packed per-group widths are unpacked, never the levels.
 
 import math
 
+import numpy as np
 import torch
 
-from diffq_cli.quant.pack import MAX_WIDTH, packed_nbytes, unpack
+from diffq_cli import nppack
+from diffq_cli.quant.pack import MAX_WIDTH, packed_nbytes
 
 SCHEMES = ("minmax", "lsq")
 
 
-def level_chunks(bits: torch.Tensor, numel: int, group_size: int) -> list[tuple[int, int]]:
-    """(width, values) of each packed chunk of a v1 entry's levels, in stream order.
+def level_chunks(widths: np.ndarray, numel: int, group_size: int) -> list[tuple[int, int]]:
+    """(width, values) of each packed chunk of an entry's levels, in stream order, from the
+    NumPy array of per-group widths.
 
     The layout written by ``quant.state``: the full groups sorted by width (stable), one chunk
     per width present (one chunk when all widths are equal), then the short last group if any.
@@ -25,11 +28,10 @@ def level_chunks(bits: torch.Tensor, numel: int, group_size: int) -> list[tuple[
     full = numel // group_size
     chunks = []
     if full:
-        counts = torch.bincount(bits[:full], minlength=MAX_WIDTH + 1).tolist()
+        counts = np.bincount(widths[:full], minlength=MAX_WIDTH + 1).tolist()
         chunks = [(width, count * group_size) for width, count in enumerate(counts) if count]
-    tail = numel - full * group_size
-    if tail:
-        chunks.append((int(bits[full]), tail))
+    if numel > full * group_size:
+        chunks.append((int(widths[full]), numel - full * group_size))
     return chunks
 
 
@@ -78,10 +80,11 @@ def check_entry(name: str, entry) -> None:
     groups = -(-numel // gs)
     _need(_is_int(nbytes) and nbytes == (packed_nbytes(groups, width) if width else 0),
           f"entry '{name}': bits_nbytes {nbytes!r} does not match its {groups} groups")
+    # NumPy, single-threaded: this runs on every file read, often on busy cores.
     if width:
-        bits = unpack(data[:nbytes], width, groups).to(torch.int64) + lo
+        bits = nppack.unpack(data[:nbytes].numpy(), width, groups) + np.uint8(lo)
     else:
-        bits = torch.full((groups,), lo, dtype=torch.int64)
+        bits = np.full(groups, lo, dtype=np.uint8)
     _need(not groups or int(bits.max()) <= MAX_WIDTH,
           f"entry '{name}': a group is wider than {MAX_WIDTH} bits")
     need = nbytes + sum(packed_nbytes(n, w) for w, n in level_chunks(bits, numel, gs))

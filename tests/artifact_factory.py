@@ -4,8 +4,9 @@ import torch
 
 from diffq_cli import DiffQuantizer
 from diffq_cli.artifact import save_artifact
-from diffq_cli.data import DataSpec, build_loaders
+from diffq_cli.data import build_loaders
 from diffq_cli.models import create_model
+from diffq_cli.recipe import DataConfig
 
 MODEL = "test_resnet"  # timm's 0.4M-parameter test network: exports in a few seconds
 INPUT_SIZE = 16
@@ -13,7 +14,7 @@ INPUT_SIZE = 16
 
 def digits_info(input_size: int = INPUT_SIZE) -> dict:
     """The data section finetune records for the embedded digits set."""
-    return build_loaders(DataSpec(dataset="digits", input_size=input_size, train_subset=1,
+    return build_loaders(DataConfig(dataset="digits", input_size=input_size, train_subset=1,
                                   val_subset=1))[2]
 
 
@@ -28,8 +29,8 @@ def make_artifact(path, name=MODEL, num_classes=10, in_chans=1, steps=0, seed=0,
     model = create_model(name, num_classes=num_classes, in_chans=in_chans)
     quantizer = DiffQuantizer(model, group_size=8)
     if steps:
-        train, _, _ = build_loaders(DataSpec(dataset="digits", input_size=INPUT_SIZE,
-                                             batch_size=64, seed=seed))
+        train, _, _ = build_loaders(DataConfig(dataset="digits", input_size=INPUT_SIZE,
+                                               batch_size=64), seed=seed)
         opt = torch.optim.Adam([p for n, p in model.named_parameters()
                                 if not n.endswith("_diffq")], lr=3e-3)
         quantizer.setup_optimizer(opt)

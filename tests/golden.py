@@ -37,6 +37,21 @@ def golden_uniform(model: torch.nn.Module) -> UniformQuantizer:
     return UniformQuantizer(model, bits=3, min_size=0)
 
 
+def golden_peaked_model(hidden: int = 64) -> torch.nn.Module:
+    """The golden model's shape, wider, with peaked (Gaussian-like) weights from a formula and
+    two outliers per tensor: its 4-bit levels are skewed enough for the v2 artifact to
+    entropy-code them (the tiny model's streams are too short: they all stay bit-packed)."""
+    model = torch.nn.Sequential(torch.nn.Linear(6, hidden), torch.nn.ReLU(),
+                                torch.nn.Linear(hidden, 3))
+    with torch.no_grad():
+        for k, p in enumerate(model.parameters()):
+            steps = torch.arange(1, p.numel() + 1, dtype=torch.float64)
+            values = torch.special.ndtri(torch.frac(steps * 0.6180339887 + 0.1 * k)) * 0.1
+            values[:2] = torch.tensor([0.6, -0.6], dtype=torch.float64)[: values.numel()]
+            p.copy_(values.view(p.shape).float())
+    return model
+
+
 def golden_input() -> torch.Tensor:
     return torch.cos(torch.arange(5 * 6, dtype=torch.float64) * 0.61).view(5, 6).float()
 
@@ -73,3 +88,24 @@ def _feed(h, obj) -> None:
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     else:
         raise TypeError(f"digest: unsupported {type(obj).__name__}")
+
+
+def write_golden_v2(data_dir) -> None:
+    """Writes tests/data/golden_v2*.th with the current code (run once, when the v2 layout was
+    pinned: ``python -c "import golden; golden.write_golden_v2('data')"`` from tests/)."""
+    from pathlib import Path
+
+    from diffq_cli.artifact import save_artifact
+
+    data_dir = Path(data_dir)
+    for path, model, make in ((data_dir / "golden_v2.th", golden_model(), golden_diffq),
+                              (data_dir / "golden_v2_ans.th", golden_peaked_model(),
+                               lambda m: UniformQuantizer(m, bits=4, min_size=0))):
+        quantizer = make(model)
+        with torch.no_grad():
+            logits = model.eval()(golden_input())
+        spec = {"name": "golden_mlp", "source": "torch", "num_classes": 3, "in_chans": 1,
+                "input_size": 6}
+        save_artifact(path, quantizer.get_quantized_state(), spec, {"dataset": None},
+                      {"quant": {"method": type(quantizer).__name__}},
+                      {"expected_logits": logits.tolist()})

@@ -7,8 +7,9 @@ import os
 import pytest
 import torch
 
-from diffq_cli.artifact import atomic_write, read_file
+from diffq_cli.artifact import read_file
 from diffq_cli.errors import InputError
+from diffq_cli.fileio import atomic_write
 
 
 def test_atomic_write_gives_normal_permissions_and_replaces(tmp_path):

@@ -10,9 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from diffq_cli import DiffQuantizer
-from diffq_cli.artifact import read_file, save_artifact, torch_bytes
+from diffq_cli.artifact import read_file, save_artifact
 from diffq_cli.cli import app
 from diffq_cli.errors import InputError
+from diffq_cli.fileio import torch_bytes
 
 # gzip header bytes that no reader checks (mtime, extra flags, OS): a flip there is harmless.
 UNCHECKED_HEADER = range(4, 10)

@@ -9,7 +9,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from diffq_cli import finetune as finetune_mod
 from diffq_cli.cli import app
 
 # A tiny, fast run: 16x16 digits subset, one epoch of a few steps.
@@ -203,19 +202,17 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(runner, tmp_path, monkeypatch)
     assert checkpoint["epoch"] == 1  # the good epoch-1 checkpoint is kept
 
 
-def test_interrupted_run_resumes_to_the_same_metrics(runner, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_metrics(runner, tmp_path,
+                                                     interrupt_after_checkpoints):
     args = [*FAST, "--epochs", "2", "data.train_subset=128"]
     full = tmp_path / "full"
     assert run(runner, "finetune", *args, "--output", full).exit_code == 0
 
-    def interrupt(self, epoch):
-        raise KeyboardInterrupt
-
     part = tmp_path / "part"
-    monkeypatch.setattr(finetune_mod.RunContext, "after_epoch", interrupt)
+    patched = interrupt_after_checkpoints(1)
     stopped = run(runner, "finetune", *args, "--output", part)
     assert stopped.exit_code == 130 and "--resume" in stopped.stderr
-    monkeypatch.undo()
+    patched.undo()
     resumed = run(runner, "finetune", *args, "--output", part, "--resume")
     assert resumed.exit_code == 0, resumed.output
     expected = (full / "metrics.jsonl").read_text().splitlines()

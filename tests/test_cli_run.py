@@ -94,25 +94,18 @@ def test_checkpoint_removed_after_a_finished_run_unless_kept(tmp_path):
     assert torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)["step"] == 1
 
 
-def test_resume_refuses_a_finished_run_and_resumes_a_sweep(tmp_path, monkeypatch):
-    from diffq_cli import finetune as finetune_mod
+def test_resume_refuses_a_finished_run_and_resumes_a_sweep(tmp_path,
+                                                           interrupt_after_checkpoints):
 
     common = [*BASE, "--float-epochs", "1", "--max-steps", "1"]
     assert run("finetune", *common, "--output", tmp_path / "a").exit_code == 0
     again = run("finetune", *common, "--output", tmp_path / "a", "--resume")
     assert again.exit_code == 2 and "no checkpoint to resume" in again.stderr
 
-    calls = {"n": 0}
-
-    def stop_in_second_mu(self, epoch):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
     sweep = [*common, "--mu", "0", "--mu", "1", "--output", tmp_path / "s"]
-    monkeypatch.setattr(finetune_mod.RunContext, "after_epoch", stop_in_second_mu)
+    patched = interrupt_after_checkpoints(2)  # the first epoch of the second mu
     assert run("finetune", *sweep).exit_code == 130
-    monkeypatch.undo()
+    patched.undo()
     assert (tmp_path / "s" / "mu0" / "checkpoint.pt").is_file()  # kept until the sweep ends
     resumed = run("finetune", *sweep, "--resume")
     assert resumed.exit_code == 0, resumed.output

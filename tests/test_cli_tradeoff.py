@@ -101,8 +101,8 @@ def test_target_below_the_floor_exits_2_before_training(tmp_path):
     result = run(CliRunner(), "finetune", *FAST, "--target-mb", "1", "--output", out)
     assert result.exit_code == 2
     (line,) = result.stderr.strip().splitlines()
-    assert "below the smallest reachable size 2.699 MB" in line  # resnet18, 2 bits
-    assert "10.685 MB at quant.init_bits=8" in line
+    assert "below the smallest reachable size 2.699 MiB" in line  # resnet18, 2 bits
+    assert "10.685 MiB at quant.init_bits=8" in line
     assert not out.exists()  # nothing trained, nothing written
 
 
@@ -131,5 +131,5 @@ def test_a_missed_budget_exits_1_saying_by_how_much(tmp_path, monkeypatch):
     result = run(CliRunner(), "finetune", *FAST, "--max-steps", "1", "--target-mb", "4",
                  "--baseline", "none", "--output", out)
     assert result.exit_code == 1
-    assert re.search(r"target 4 MB missed by 0\.0\d+ MB", result.stderr)
+    assert re.search(r"target 4 MiB missed by 0\.0\d+ MiB", result.stderr)
     assert (out / "model.th").is_file()  # the result is kept, the gate fails

@@ -183,7 +183,7 @@ def test_size_reports_bound_and_disk_bytes_per_layer(tmp_path):
     assert disk["w"] * 8 <= 1.02 * entropy_bits(state["quantized"]["w"]) + 8 * 64
     assert out["bound_ratio"] == pytest.approx(out["file_bytes"] / (out["bound_mb"] * 2**20))
     table = CliRunner().invoke(app, ["size", str(tmp_path / "model.th")])
-    assert "order-0 bound" in table.stdout and "disk bytes" in table.stdout
+    assert "order-0 entropy bound" in table.stdout and "bytes on disk" in table.stdout
 
 
 def test_entropy_bits_of_a_known_histogram():
@@ -197,3 +197,19 @@ def test_entropy_bits_of_a_known_histogram():
     state = build_state("X", {}, {"w": enc}, {"w": SimpleNamespace(param=param, group_size=8)},
                         {}, {}, False)
     assert entropy_bits(state["quantized"]["w"]) == pytest.approx(1000 + 72)
+
+
+@settings(max_examples=80, deadline=None)
+@given(width=st.integers(1, 15), n=st.integers(0, 300), seed=st.integers(0, 99))
+def test_numpy_packing_matches_the_library_byte_for_byte(width, n, seed):
+    import numpy as np
+
+    from diffq_cli import nppack
+    from diffq_cli.quant.pack import pack, packed_nbytes
+
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 2**width, n).astype(np.uint8 if width <= 8 else np.uint16)
+    out = np.empty(packed_nbytes(n, width), dtype=np.uint8)
+    nppack.pack_into(out, values, width)
+    assert np.array_equal(out, pack(torch.from_numpy(values.astype(np.int32)), width).numpy())
+    assert np.array_equal(nppack.unpack(out, width, n), values)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffq_cli.data import DATASETS, DataSpec, build_loaders, find_idx_files, read_idx, set_epoch
+from diffq_cli.data import DATASETS, build_loaders, find_idx_files, read_idx
 from diffq_cli.errors import InputError
+from diffq_cli.recipe import DataConfig
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -43,7 +44,7 @@ def _make_idx_dir(root, gz, n_train=40, n_val=12, size=28, prefix=""):
 
 
 def test_digits_default_shapes_labels_and_split():
-    train, val, info = build_loaders(DataSpec())
+    train, val, info = build_loaders(DataConfig())
     assert info == {"num_classes": 10, "in_chans": 1, "input_size": 32, "dataset": "digits",
                     "train_size": 1438, "val_size": 359, "mean": info["mean"], "std": info["std"]}
     x, y = next(iter(train))
@@ -55,7 +56,7 @@ def test_digits_default_shapes_labels_and_split():
 
 
 def test_digits_normalised_with_train_statistics():
-    train, val, info = build_loaders(DataSpec(input_size=8))  # native size: no resampling
+    train, val, info = build_loaders(DataConfig(input_size=8))  # native size: no resampling
     xs, _ = _all(train)
     assert xs.mean().item() == pytest.approx(0.0, abs=1e-4)
     assert xs.std().item() == pytest.approx(1.0, abs=1e-3)
@@ -64,7 +65,7 @@ def test_digits_normalised_with_train_statistics():
 
 def test_digits_shuffle_depends_on_seed_only_and_val_split_is_fixed():
     def first_labels(seed):
-        train, val, _ = build_loaders(DataSpec(seed=seed, batch_size=32))
+        train, val, _ = build_loaders(seed=seed, spec=DataConfig(batch_size=32))
         return next(iter(train))[1].tolist(), _all(val)[1].tolist()
 
     a, b, c = first_labels(0), first_labels(0), first_labels(1)
@@ -74,8 +75,8 @@ def test_digits_shuffle_depends_on_seed_only_and_val_split_is_fixed():
 
 
 def test_subsets_take_the_first_samples():
-    full_train, full_val, _ = build_loaders(DataSpec(batch_size=500, eval_batch_size=500))
-    train, val, info = build_loaders(DataSpec(train_subset=100, val_subset=50))
+    full_train, full_val, _ = build_loaders(DataConfig(batch_size=500, eval_batch_size=500))
+    train, val, info = build_loaders(DataConfig(train_subset=100, val_subset=50))
     assert (info["train_size"], info["val_size"]) == (100, 50)
     assert torch.equal(_all(val)[0], next(iter(full_val))[0][:50])
     assert sorted(_all(train)[1].tolist()) == sorted(full_train.dataset.tensors[1][:100].tolist())
@@ -83,24 +84,24 @@ def test_subsets_take_the_first_samples():
 
 def test_unknown_dataset_and_bad_values_raise_input_error():
     with pytest.raises(InputError, match="unknown dataset 'mnits'.*fashion-mnist"):
-        build_loaders(DataSpec(dataset="mnits"))
+        build_loaders(DataConfig(dataset="mnits"))
     with pytest.raises(InputError, match="batch_size"):
-        build_loaders(DataSpec(batch_size=0))
+        build_loaders(DataConfig(batch_size=0))
     assert "digits" in DATASETS and "idx" in DATASETS
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10", "imagefolder", "idx"])
 def test_missing_data_dir_asks_for_it(name):
     with pytest.raises(InputError, match="--data-dir"):
-        build_loaders(DataSpec(dataset=name))
+        build_loaders(DataConfig(dataset=name))
 
 
 def test_absent_files_say_how_to_fetch(tmp_path):
     with pytest.raises(InputError, match="fashion-mnist not found under .*--download") as err:
-        build_loaders(DataSpec(dataset="fashion-mnist", data_dir=str(tmp_path)))
+        build_loaders(DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path)))
     assert "\n" not in str(err.value)
     with pytest.raises(InputError, match="cifar10 not found under .*--download"):
-        build_loaders(DataSpec(dataset="cifar10", data_dir=str(tmp_path)))
+        build_loaders(DataConfig(dataset="cifar10", data_dir=str(tmp_path)))
 
 
 def test_download_failure_is_one_line(tmp_path, monkeypatch):
@@ -111,7 +112,7 @@ def test_download_failure_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tv_mnist, "download_and_extract_archive", offline)
     with pytest.raises(InputError, match="could not download mnist .*offline") as err:
-        build_loaders(DataSpec(dataset="mnist", data_dir=str(tmp_path), download=True))
+        build_loaders(DataConfig(dataset="mnist", data_dir=str(tmp_path), download=True))
     assert "\n" not in str(err.value)
 
 
@@ -131,7 +132,7 @@ def test_cifar10_from_torchvision_files(tmp_path, monkeypatch):
     # the files are fakes: skip torchvision's md5 checks of the real download
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
     monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
-    spec = DataSpec(dataset="CIFAR-10", data_dir=str(tmp_path), eval_batch_size=8, augment=True)
+    spec = DataConfig(dataset="CIFAR-10", data_dir=str(tmp_path), eval_batch_size=8, augment=True)
     train, val, info = build_loaders(spec)
     assert (info["num_classes"], info["in_chans"], info["train_size"], info["val_size"]) == \
         (10, 3, 10, 2)
@@ -147,7 +148,7 @@ def test_cifar10_from_torchvision_files(tmp_path, monkeypatch):
 
 
 def test_worker_processes(tmp_path):
-    train, _, _ = build_loaders(DataSpec(num_workers=2, train_subset=64, batch_size=32))
+    train, _, _ = build_loaders(DataConfig(num_workers=2, train_subset=64, batch_size=32))
     assert sum(len(y) for _, y in train) == 64
 
 
@@ -180,7 +181,7 @@ def test_read_idx_rejects_bad_files(tmp_path):
 def test_idx_directory_loads_as_mnist_like(tmp_path, gz):
     arrays = _make_idx_dir(tmp_path, gz)
     assert find_idx_files(tmp_path)["train-images"].name.endswith(".gz" if gz else "ubyte")
-    train, val, info = build_loaders(DataSpec(dataset="idx", data_dir=str(tmp_path),
+    train, val, info = build_loaders(DataConfig(dataset="idx", data_dir=str(tmp_path),
                                               input_size=28, eval_batch_size=100))
     assert info["train_size"] == 40 and info["val_size"] == 12
     assert info["num_classes"] == 10 and info["in_chans"] == 1
@@ -194,7 +195,7 @@ def test_idx_directory_loads_as_mnist_like(tmp_path, gz):
 
 def test_mnist_reads_torchvision_layout_and_resizes(tmp_path):
     _make_idx_dir(tmp_path / "MNIST" / "raw", gz=False)
-    train, _, info = build_loaders(DataSpec(dataset="mnist", data_dir=str(tmp_path),
+    train, _, info = build_loaders(DataConfig(dataset="mnist", data_dir=str(tmp_path),
                                             input_size=16, batch_size=8))
     assert next(iter(train))[0].shape == (8, 1, 16, 16)
     assert info["dataset"] == "mnist"
@@ -202,8 +203,9 @@ def test_mnist_reads_torchvision_layout_and_resizes(tmp_path):
 
 @pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_debian_fashion_mnist_files():
-    train, val, info = build_loaders(DataSpec(dataset="fashion_mnist", data_dir=str(DEBIAN_FASHION),
-                                              train_subset=256, val_subset=128))
+    train, val, info = build_loaders(DataConfig(dataset="fashion_mnist",
+                                                data_dir=str(DEBIAN_FASHION),
+                                                train_subset=256, val_subset=128))
     assert (info["train_size"], info["val_size"], info["num_classes"]) == (256, 128, 10)
     # statistics of all 60,000 training images, as published for Fashion-MNIST
     assert info["mean"][0] == pytest.approx(0.2860, abs=1e-3)
@@ -226,7 +228,7 @@ def _make_image_folder(root, size=20):
 
 def test_imagefolder(tmp_path):
     _make_image_folder(tmp_path)
-    train, val, info = build_loaders(DataSpec(dataset="imagefolder", data_dir=str(tmp_path),
+    train, val, info = build_loaders(DataConfig(dataset="imagefolder", data_dir=str(tmp_path),
                                               input_size=16, batch_size=4, augment=True))
     assert (info["num_classes"], info["in_chans"], info["train_size"], info["val_size"]) == \
         (2, 3, 6, 4)
@@ -239,7 +241,7 @@ def test_imagefolder_without_train_dir(tmp_path):
     _make_image_folder(tmp_path)
     (tmp_path / "train").rename(tmp_path / "other")
     with pytest.raises(InputError, match="train/ with one subfolder per class"):
-        build_loaders(DataSpec(dataset="imagefolder", data_dir=str(tmp_path)))
+        build_loaders(DataConfig(dataset="imagefolder", data_dir=str(tmp_path)))
 
 
 def test_rgb_augment_keeps_shape_and_values():
@@ -261,14 +263,13 @@ def test_distributed_samplers(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
                             world_size=1)
     try:
-        train, val, _ = build_loaders(DataSpec(seed=3), distributed=True)
+        train, val, _ = build_loaders(DataConfig(), seed=3, distributed=True)
         assert type(train.sampler).__name__ == "DistributedSampler"
         assert train.sampler.shuffle and not val.sampler.shuffle and train.sampler.seed == 3
-        set_epoch(train, 0)
+        train.sampler.set_epoch(0)
         first = list(train.sampler)
-        set_epoch(train, 1)
+        train.sampler.set_epoch(1)
         assert list(train.sampler) != first
         assert list(val.sampler) == list(range(359))
     finally:
         dist.destroy_process_group()
-    set_epoch(val, 2)  # plain samplers: a no-op

@@ -27,9 +27,10 @@ FAST = ["--model", "test_resnet", "data.input_size=16", "data.batch_size=32",
 
 
 def torchrun(out: Path, dump: Path, *extra) -> subprocess.CompletedProcess:
+    worker = Path(__file__).with_name("ddp_dump_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "diffq_cli", "finetune", *FAST, "--output", str(out), *extra]
-    env = {**os.environ, distributed.DEBUG_DUMP_ENV: str(dump), "OMP_NUM_THREADS": "1"}
+           "2", str(worker), "finetune", *FAST, "--output", str(out), *extra]
+    env = {**os.environ, "DIFFQ_TEST_DUMP": str(dump), "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -86,15 +87,16 @@ def test_ddp_ranks_end_identical(ddp_run):
 
 
 def test_ddp_accuracy_covers_the_whole_val_set_once(ddp_run):
-    from diffq_cli.data import DataSpec, build_loaders
+    from diffq_cli.data import build_loaders
     from diffq_cli.models import create_model
     from diffq_cli.quant import restore_quantized_state
+    from diffq_cli.recipe import DataConfig
 
     proc, out, dump = ddp_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads((out / "summary.json").read_text())["runs"][0]
     # Rebuild the quantized model in this process and score the full val set.
-    _, val, info = build_loaders(DataSpec(input_size=16, val_subset=VAL))
+    _, val, info = build_loaders(DataConfig(input_size=16, val_subset=VAL))
     model = create_model("test_resnet", num_classes=10, in_chans=1, input_size=16)
     restore_quantized_state(model, torch.load(dump / "rank0.th", weights_only=True)["state"])
     correct, total = count_correct(model, val, "cpu")
@@ -261,12 +263,13 @@ def test_bf16_channels_last_run_on_cpu(tmp_path):
     assert artifact["recipe"]["train"]["amp"] == "bf16"
     # The recorded accuracy is the rebuilt artifact's (evaluation runs in float32; one sample
     # of slack: the run's model is channels-last, the rebuilt one is not).
-    from diffq_cli.data import DataSpec, build_loaders
+    from diffq_cli.data import build_loaders
     from diffq_cli.models import create_model
     from diffq_cli.quant import restore_quantized_state
+    from diffq_cli.recipe import DataConfig
 
     assert run["accuracy"] == artifact["metrics"]["accuracy"]
-    _, val, _ = build_loaders(DataSpec(input_size=32, val_subset=VAL))
+    _, val, _ = build_loaders(DataConfig(input_size=32, val_subset=VAL))
     model = create_model("test_resnet", num_classes=10, in_chans=1, input_size=32)
     restore_quantized_state(model, artifact["state"])
     correct, total = count_correct(model, val, "cpu")

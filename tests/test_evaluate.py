@@ -6,9 +6,10 @@ from artifact_factory import INPUT_SIZE, make_artifact
 from torch import nn
 
 from diffq_cli.artifact import read_file, rebuild_model
-from diffq_cli.data import DataSpec, build_loaders
+from diffq_cli.data import build_loaders
 from diffq_cli.errors import InputError
 from diffq_cli.evaluate import accuracy, count_correct, evaluate_artifact
+from diffq_cli.recipe import DataConfig
 
 DIGITS_VAL = 359  # the embedded digits set: 1,797 images, 20 % held out
 
@@ -60,7 +61,7 @@ def test_evaluate_artifact_on_its_recorded_dataset(trained):
     assert result["samples"] == DIGITS_VAL and result["recorded_accuracy"] == 42.0
     assert 15.0 < result["accuracy"] <= 100.0  # 8 steps already beat chance (10 %)
     # Same number as the quantized model evaluated by hand on the same split.
-    _, val, _ = build_loaders(DataSpec(dataset="digits", input_size=INPUT_SIZE))
+    _, val, _ = build_loaders(DataConfig(dataset="digits", input_size=INPUT_SIZE))
     model = rebuild_model(read_file(trained)[1])
     assert result["accuracy"] == pytest.approx(accuracy(model, val))
     assert evaluate_artifact(trained, dataset="Digits", batch_size=100) == result

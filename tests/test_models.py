@@ -5,8 +5,9 @@ from urllib.error import URLError
 import pytest
 import torch
 
+from diffq_cli.adapt import load_weights
 from diffq_cli.errors import InputError
-from diffq_cli.models import create_model, list_models, load_weights, model_spec
+from diffq_cli.models import create_model, list_models
 
 OFFLINE = ("could not download pretrained weights for {} (offline?); "
            "pass --weights PATH to a local checkpoint")
@@ -22,7 +23,7 @@ def test_resnet18_grayscale_ten_classes():
     model = create_model("resnet18", num_classes=10, in_chans=1)
     assert model.conv1.in_channels == 1 and model.fc.out_features == 10
     assert _forward(model).shape == (2, 10)
-    assert model_spec(model) == {"name": "resnet18", "source": "torchvision", "num_classes": 10,
+    assert model.diffq_spec == {"name": "resnet18", "source": "torchvision", "num_classes": 10,
                                  "in_chans": 1, "input_size": None}
 
 
@@ -48,7 +49,7 @@ def test_spec_rebuilds_the_same_architecture():
 
 def test_prefixes_pick_the_source():
     assert create_model("tv:resnet18").diffq_spec["source"] == "torchvision"
-    spec = model_spec(create_model("timm:resnet18"))
+    spec = create_model("timm:resnet18").diffq_spec
     assert (spec["name"], spec["source"]) == ("resnet18", "timm")
     with pytest.raises(InputError, match="conflicts"):
         create_model("tv:resnet18", source="timm")
@@ -72,11 +73,6 @@ def test_list_models_filters_and_labels_sources():
     assert all(name.startswith("resnet1") for name in models)
     assert set(dict(list_models(source="torchvision")).values()) == {"torchvision"}
     assert ("deit_tiny_patch16_224", "timm") in list_models("deit_*")
-
-
-def test_model_spec_requires_create_model():
-    with pytest.raises(ValueError, match="create_model"):
-        model_spec(torch.nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])

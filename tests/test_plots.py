@@ -55,7 +55,7 @@ def test_tradeoff_svg_has_one_marker_per_row_and_series(tmp_path):
 def test_bits_svg_one_bar_and_whisker_per_layer_and_a_width_histogram(tmp_path):
     q = DiffQuantizer(make_net(), group_size=4, min_size=1e-3)
     q.no_optimizer()
-    first = q._unique()[0]
+    first = q._qparams[0]
     with torch.no_grad():  # a spread of widths in the first layer: 2..9 bits
         first.bit_param.copy_(torch.linspace(-4, 1, first.n_groups))
     state = q.get_quantized_state()

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 
 import pytest
 from rich.console import Console
@@ -34,10 +35,11 @@ def test_tradeoff_table_to_stdout(capsys):
     Reporter().tradeoff_table(ROWS)
     out, err = capsys.readouterr()
     assert err == ""
-    for text in ("mu", "accuracy (%)", "Δ vs float (pp)", "true size MB", "artifact MB",
-                 "compression ×", "mean bits", "float", "0.001", "97.50", "96.12", "-1.38",
-                 "42.627", "2.310", "—", "1.00×", "20.30×", "32.00", "3.21"):
+    for text in ("mu", "accuracy", "vs float", "true size", "artifact", "compression",
+                 "mean bits", "float", "0.001", "97.50 %", "96.12 %", "-1.38 pp",
+                 "42.627 MiB", "2.310 MiB", "—", "1.00×", "20.30×", "32.00", "3.21"):
         assert text in out, text
+    assert " MB" not in out and "96.125" not in out  # one unit, rounded
     assert out.index("float") < out.index("0.001")
     assert "\x1b[" not in out  # no colour codes when not a TTY
 
@@ -56,20 +58,80 @@ def test_tradeoff_table_marks_best_and_collapsed_rows(capsys):
 def test_layer_table_and_bars(capsys):
     Reporter().layer_table(LAYERS, title="bits per layer")
     out = capsys.readouterr().out
-    for text in ("bits per layer", "conv1.weight", "9,408", "7.50", "11", "0.0123", "fc.bias"):
+    for text in ("bits per layer", "conv1.weight", "9,408", "7.50", "3–11", "0.0123",
+                 "fc.bias", "<0.0001", "size (MiB)"):
         assert text in out, text
+    assert "4e-05" not in out and "MB" not in out
     assert bits_bar(7.5) in out
     assert bits_bar(15) == "█" * BAR_WIDTH and bits_bar(99) == "█" * BAR_WIDTH
     assert bits_bar(0) == "" and bits_bar(None) == ""
-    assert len(bits_bar(7.5)) == BAR_WIDTH // 2
+    assert bits_bar(7.5) == "█" * 7 + "▌"  # one character per bit
+
+
+def test_layer_table_shows_float_layers_as_kept_not_as_32_bits(capsys):
+    kept = {"name": "bn1.weight", "numel": 64, "bits_mean": 32.0, "bits_min": 32,
+            "bits_max": 32, "mb": 0.000244140625, "bound_mb": 0.000244140625, "disk_bytes": None}
+    Reporter().layer_table([LAYERS[0] | {"disk_bytes": 1234, "bound_mb": 0.01}, kept], "t")
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "bn1.weight" in line)
+    assert "kept in float32" in row and "32" not in row.replace("float32", "")
+    assert "█" not in row and "0.0002" in row
+    assert "1,234" in out and "bytes on disk" in out and "bound (MiB)" in out
 
 
 def test_size_table(capsys):
     Reporter().size_table(SIZE)
     out = capsys.readouterr().out
-    for text in ("runs/x/model.th", "float32 size", "42.600 MB", "true quantized size",
-                 "2.000 MB", "bytes on disk", "2,200,000", "21.30×", "mean bits", "1.50"):
+    for text in ("runs/x/model.th", "float32 size", "42.600 MiB", "true quantized size",
+                 "2.000 MiB", "bytes on disk", "2,200,000 bytes (2.098 MiB)", "21.30×",
+                 "mean bits", "1.50"):
         assert text in out, text
+
+
+def test_eval_table_in_words(capsys):
+    Reporter().eval_table({"path": "m.th", "model": "resnet18", "dataset": "digits",
+                           "accuracy": 94.98607242339833, "samples": 1797,
+                           "recorded_accuracy": 94.98607242339833})
+    out = capsys.readouterr().out
+    for text in ("accuracy (measured now)", "94.99 %", "accuracy (recorded at training)",
+                 "validation images", "1,797"):
+        assert text in out, text
+    assert "recorded_accuracy" not in out and "94.986" not in out
+
+
+@pytest.mark.parametrize("ok, diff, verdict", [(True, 7.62939453125e-06, "yes (max abs diff "
+                                                "7.6e-06 <= 1e-04)"),
+                                               (False, 0.03125, "NO (max abs diff 3.1e-02 > "
+                                                "1e-04)")])
+def test_export_table_in_words(capsys, ok, diff, verdict):
+    Reporter().export_table({"format": "pt2", "path": "m.pt2", "bytes": 11942060,
+                             "true_mb": 10.685338020324707, "max_abs_diff": diff, "atol": 1e-4,
+                             "ok": ok, "dtype": "fp32", "dtype_diff": None})
+    out = capsys.readouterr().out
+    for text in (verdict, "11,942,060 bytes (11.389 MiB)", "10.685 MiB", "weights dtype"):
+        assert text in out, text
+    for raw in ("True", "dtype_diff", "10.68533", "7.62939", "max_abs_diff", "true_mb"):
+        assert raw not in out, raw
+
+
+def test_activity_prints_start_and_end_lines_without_a_tty(capsys):
+    with Reporter().activity("evaluating m.th"):
+        pass
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines()[0] == "evaluating m.th..."
+    assert re.fullmatch(r"evaluating m\.th: done in \d+\.\d s", err.splitlines()[1])
+
+
+def test_activity_spins_on_a_tty(monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("TERM", raising=False)
+    rep = Reporter()
+    stream = io.StringIO()
+    rep.err = Console(file=stream, force_terminal=True, width=100)
+    with rep.activity("exporting m.th"):
+        pass
+    assert "exporting m.th" in stream.getvalue() and "done in" not in stream.getvalue()
 
 
 def test_notes_go_to_stderr_verbatim(capsys):

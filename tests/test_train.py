@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from diffq_cli import DiffQuantizer
-from diffq_cli.train import _optimize, _rng_state, _set_rng_state
+from diffq_cli.optim import optimize as _optimize
+from diffq_cli.optim import rng_state as _rng_state
+from diffq_cli.optim import set_rng_state as _set_rng_state
 
 torch.set_num_threads(1)
 

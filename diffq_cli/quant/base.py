@@ -8,17 +8,16 @@ Parameters themselves stay registered, so optimizers, ``state_dict`` and DDP see
 weights, and gradients reach them through the computed tensors.
 """
 
-import fnmatch
 import weakref
 from collections.abc import Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from diffq_cli.quant import state as state_io
 from diffq_cli.quant.install import Installer
+from diffq_cli.quant.params import QParam, discover
 
 MB = 8 * 2**20  # bits in a megabyte (MiB, as in the paper and the reference)
 
@@ -31,29 +30,24 @@ def attached_quantizer(model: nn.Module):
     return _ATTACHED.get(model)
 
 
+def restore_quantized_state(model: nn.Module, state: dict) -> None:
+    """Restores a quantized state into a model, without the original quantizer (through the
+    attached one, if any, so that its own parameters are left alone).
+
+    Example:
+        >>> restore_quantized_state(model, torch.load("model.th"))
+    """
+    quantizer = attached_quantizer(model)
+    if quantizer is not None:
+        quantizer.restore_quantized_state(state)
+    else:
+        state_io.restore(model, state)
+
+
 def _through_half(p: torch.Tensor) -> torch.Tensor:
     """``p`` rounded through float16 and back to its dtype (how ``float16=True`` stores it)."""
     with torch.no_grad():
         return p.detach().to(torch.float16).to(p.dtype)
-
-
-@dataclass(eq=False)
-class QParam:
-    """One quantized parameter (shared ones appear once, with several bindings)."""
-
-    name: str
-    param: nn.Parameter
-    bindings: list = field(default_factory=list)  # (module, attribute name) pairs
-    group_size: int = 1  # values per group; the last group may be shorter
-    bit_param: nn.Parameter | None = None  # the learned part (DiffQ logits, LSQ step)
-
-    @property
-    def numel(self) -> int:
-        return self.param.numel()
-
-    @property
-    def n_groups(self) -> int:
-        return -(-self.numel // self.group_size)
 
 
 class BaseQuantizer:
@@ -97,7 +91,9 @@ class BaseQuantizer:
         self.exclude = list(exclude or [])
         self.detect_bound = bool(detect_bound)
         self.group_size = int(group_size)
-        self._qparams, self._others, self._float_bindings = self._discover()
+        self._qparams, self._others, self._float_bindings = discover(
+            model, self.min_size, self.exclude, self.detect_bound, self.group_size
+        )
         for qp in self._qparams:
             self._prepare(qp)
         self._optimizer_ready = not self._bit_parameters()
@@ -111,47 +107,6 @@ class BaseQuantizer:
             model.register_forward_hook(self._post_forward, always_call=True),
         ]
         _ATTACHED[model] = self
-
-    # ----------------------------------------------------------------- discovery
-    def _excluded(self, full: str, short: str) -> bool:
-        return any(fnmatch.fnmatchcase(n, p) for p in self.exclude for n in (full, short))
-
-    def _quantizable(self, full: str, short: str, p: nn.Parameter) -> bool:
-        return (
-            p.is_floating_point()
-            and p.numel() * 4 / 2**20 >= self.min_size
-            and not self._excluded(full, short)
-        )
-
-    def _discover(self):
-        """(quantized params, kept (name, Parameter) pairs, (module, attr, Parameter) of every
-        binding of a kept floating Parameter: ``float16`` rounds those at evaluation)."""
-        qparams, others, float_bindings, seen = [], [], [], {}
-        for mname, module in self.model.named_modules(remove_duplicate=False):
-            for attr, p in list(module._parameters.items()):
-                if p is None:
-                    continue
-                full = f"{mname}.{attr}" if mname else attr
-                entry = seen.get(id(p))
-                if entry is not None and (self.detect_bound or not isinstance(entry, QParam)):
-                    if isinstance(entry, QParam) and not any(
-                        m is module and a == attr for m, a in entry.bindings
-                    ):
-                        entry.bindings.append((module, attr))
-                    elif not isinstance(entry, QParam) and p.is_floating_point():
-                        float_bindings.append((module, attr, p))
-                    continue
-                if self._quantizable(full, attr, p):
-                    gs = self.group_size if 0 < self.group_size < p.numel() else p.numel()
-                    qp = QParam(full, p, [(module, attr)], max(gs, 1))
-                    qparams.append(qp)
-                    seen[id(p)] = qp
-                else:
-                    others.append((full, p))
-                    seen[id(p)] = full
-                    if p.is_floating_point():
-                        float_bindings.append((module, attr, p))
-        return qparams, others, float_bindings
 
     # ------------------------------------------------------------ subclass hooks
     def _prepare(self, qp: QParam) -> None:
@@ -280,11 +235,6 @@ class BaseQuantizer:
         self._optimizer_ready = True
 
     # ------------------------------------------------------------ sizes
-    def _unique(self) -> list[QParam]:
-        # A shared Parameter is one QParam with several bindings (detect_bound=True), or one
-        # QParam per binding with its own bits, noise, size and saved entry (detect_bound=False).
-        return list(self._qparams)
-
     def _float_bits(self) -> int:
         return (16 if self.float16 else 32) * sum(p.numel() for _, p in self._others)
 
@@ -292,12 +242,17 @@ class BaseQuantizer:
         """Size in MB with integer bit widths and naive bit packing (no compression)."""
         total = float(self._float_bits())
         with torch.no_grad():
-            for qp in self._unique():
+            for qp in self._qparams:
                 total += state_io.tensor_bits(self._true_bits(qp), qp.numel, qp.group_size)[1]
         return total / MB
 
     def model_size(self, exact: bool = False) -> torch.Tensor:
-        """Differentiable estimate of the size in MB (a tensor usable in the loss)."""
+        """Size in MiB as a 0-d tensor, usable in a loss. Here (fixed widths) it is the true
+        size and carries no gradient; DiffQ overrides it with a differentiable estimate.
+
+        Args:
+            exact: use the rounded widths of true quantization (the same here).
+        """
         return torch.tensor(self.true_model_size())
 
     def packed_model_size(self) -> float:
@@ -340,7 +295,7 @@ class BaseQuantizer:
             return
         with torch.no_grad():
             backup = []
-            for qp in self._unique():
+            for qp in self._qparams:
                 backup.append((qp.param, qp.param.detach().clone()))
                 qp.param.copy_(self._dequantized(qp))
             if self.float16:
@@ -385,7 +340,7 @@ class BaseQuantizer:
         driven down by the size penalty alone.
         """
         unused = []
-        for qp in self._unique():
+        for qp in self._qparams:
             grad = qp.param.grad
             if grad is None or not bool(grad.any()):
                 unused.append(qp.name)

@@ -25,7 +25,7 @@ def _check(quantizer) -> list:
 
     if not isinstance(quantizer, DiffQuantizer):
         raise TypeError(f"expected a DiffQuantizer, got {type(quantizer).__name__}")
-    return quantizer._unique()
+    return quantizer._qparams
 
 
 def _int_bits(real: torch.Tensor) -> torch.Tensor:

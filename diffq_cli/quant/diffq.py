@@ -13,9 +13,11 @@ import weakref
 import torch
 from torch import nn
 
-from diffq_cli.quant.base import MB, BaseQuantizer, QParam
+from diffq_cli.quant.base import MB, BaseQuantizer
 from diffq_cli.quant.noise import FreshNoise, NoisePool
 from diffq_cli.quant.ops import BitsAndUnit, minmax_levels, noisy_weight_and_again
+from diffq_cli.quant.params import QParam
+from diffq_cli.quant.registry import register
 from diffq_cli.quant.state import HEADER_BITS, group_lengths
 
 
@@ -36,6 +38,7 @@ def _forget_hook(quantizer, entry):
     return forget
 
 
+@register("diffq")
 class DiffQuantizer(BaseQuantizer):
     """Differentiable quantizer (see the module docstring).
 
@@ -143,7 +146,7 @@ class DiffQuantizer(BaseQuantizer):
         qp.bit_param = logit
 
     def _make_noise(self):
-        unique = self._unique()
+        unique = self._qparams
         device = unique[0].param.device if unique else torch.device("cpu")
         if self.noise_source == "fresh" or not unique:
             return FreshNoise(self.noise, device)
@@ -169,7 +172,7 @@ class DiffQuantizer(BaseQuantizer):
         return bits, unit
 
     def _train_factories(self):
-        unique = self._unique()
+        unique = self._qparams
         if not unique:
             return []
         if self._noise.device != unique[0].param.device:
@@ -214,7 +217,7 @@ class DiffQuantizer(BaseQuantizer):
         """
         if exact:
             return torch.tensor(self.true_model_size())
-        unique = self._unique()
+        unique = self._qparams
         if not unique:
             return torch.tensor(self._float_bits() / MB)
         bits, _ = self._batched_bits(unique, reuse=True)

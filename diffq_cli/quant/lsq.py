@@ -18,7 +18,9 @@ import math
 import torch
 from torch import nn
 
-from diffq_cli.quant.base import MB, BaseQuantizer, QParam
+from diffq_cli.quant.base import MB, BaseQuantizer
+from diffq_cli.quant.params import QParam
+from diffq_cli.quant.registry import register
 from diffq_cli.quant.state import HEADER_BITS
 
 
@@ -31,6 +33,7 @@ def _grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
     return (x - x * scale).detach() + x * scale
 
 
+@register("lsq")
 class LSQ(BaseQuantizer):
     """Learned step size quantizer on ``bits`` bits.
 
@@ -109,8 +112,9 @@ class LSQ(BaseQuantizer):
         }
 
     def model_size(self, exact: bool = False) -> torch.Tensor:
-        """Size in MB: ``bits`` per weight plus a float step per tensor."""
+        """Size in MiB: ``bits`` per weight plus a header per tensor (no gradient: LSQ learns
+        steps, not widths; ``exact`` changes nothing since the widths are whole already)."""
         total = self._float_bits() + sum(
-            self.bits * qp.numel + HEADER_BITS for qp in self._unique()
+            self.bits * qp.numel + HEADER_BITS for qp in self._qparams
         )
         return torch.tensor(total / MB)

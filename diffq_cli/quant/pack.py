@@ -9,6 +9,8 @@ is ``ceil(n * width / 8)`` bytes plus at most one padding byte per plane.
 
 import torch
 
+from diffq_cli.quant.ops import split_groups
+
 MAX_WIDTH = 15
 
 
@@ -112,4 +114,76 @@ def unpack(data: torch.Tensor, width: int, n: int) -> torch.Tensor:
             out = plane.clone() if shift == 0 else plane << shift
         else:
             out |= plane << shift
+    return out
+
+
+# ------------------------------------------------- one parameter's levels, groups by width
+def as_words(rows: torch.Tensor) -> torch.Tensor:
+    """(G, k) view of (G, group_size) narrow-integer rows using the widest dtype that divides a
+    row: moving 8-byte words is several times faster than moving bytes when reordering rows."""
+    nbytes = rows.shape[1] * rows.element_size()
+    for dtype, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2)):
+        if nbytes % size == 0 and rows.element_size() <= size:
+            return rows.view(dtype)
+    return rows
+
+
+def width_order(main_bits: torch.Tensor) -> torch.Tensor:
+    # Stable sort by width; sorting uint8 keys is ~3x faster than int64 ones.
+    return torch.argsort(main_bits.to(torch.uint8), stable=True)
+
+
+def pack_levels(levels: torch.Tensor, bits: torch.Tensor, group_size: int) -> list:
+    """Packed chunks of one parameter's levels, groups sorted by width."""
+    main, tail = split_groups(levels, group_size)
+    full = main.shape[0]
+    main_bits = bits[:full]
+    lo, hi = (int(v) for v in torch.aminmax(main_bits)) if full else (0, 0)
+    chunks = []
+    if full and lo == hi:
+        chunks.append(pack(main, lo))
+    elif full:
+        rows = as_words(main.contiguous()).index_select(0, width_order(main_bits))
+        rows = rows.view(main.dtype)
+        counts = torch.bincount(main_bits, minlength=16).tolist()
+        start = 0
+        for width, count in enumerate(counts):
+            if count:
+                chunks.append(pack(rows[start : start + count], width))
+                start += count
+    if tail.numel():
+        chunks.append(pack(tail, int(bits[full])))
+    return chunks
+
+
+def unpack_levels(data: torch.Tensor, bits: torch.Tensor, numel: int, gs: int):
+    """Levels (uint8 up to 8 bits, else int16) of one parameter, in the original group order."""
+    full = numel // gs
+    dtype = torch.uint8 if int(bits.max()) <= 8 else torch.int16
+    out = torch.empty(numel, dtype=dtype)
+    main, tail = split_groups(out, gs)
+    main_bits = bits[:full]
+    pos = 0
+    if full:
+        lo, hi = (int(v) for v in torch.aminmax(main_bits))
+        if lo == hi:
+            n = packed_nbytes(full * gs, lo)
+            main.copy_(unpack(data[:n], lo, full * gs).view(full, gs))
+            pos = n
+        else:
+            rows = torch.empty(full, gs, dtype=dtype)
+            start = 0
+            for width, count in enumerate(torch.bincount(main_bits, minlength=16).tolist()):
+                if count:
+                    n = packed_nbytes(count * gs, width)
+                    values = unpack(data[pos : pos + n], width, count * gs)
+                    rows[start : start + count] = values.view(count, gs)
+                    start += count
+                    pos += n
+            as_words(main).index_copy_(0, width_order(main_bits), as_words(rows))
+    if tail.numel():
+        width = int(bits[full])
+        tail.copy_(
+            unpack(data[pos : pos + packed_nbytes(tail.numel(), width)], width, tail.numel())
+        )
     return out

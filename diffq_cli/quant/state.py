@@ -21,8 +21,8 @@ import zlib
 
 import torch
 
-from diffq_cli.quant.ops import minmax_dequantize, split_groups
-from diffq_cli.quant.pack import pack, packed_nbytes, unpack
+from diffq_cli.quant.ops import minmax_dequantize
+from diffq_cli.quant.pack import pack, pack_levels, unpack, unpack_levels
 
 FORMAT = "diffq_cli.quantized_state"
 VERSION = 1
@@ -65,78 +65,6 @@ def decode(enc: dict, numel: int, group_size: int) -> torch.Tensor:
     return minmax_dequantize(enc["levels"], enc["low"], enc["high"], qmax, group_size)
 
 
-# ---------------------------------------------------------------------- packing
-def _as_words(rows: torch.Tensor) -> torch.Tensor:
-    """(G, k) view of (G, group_size) narrow-integer rows using the widest dtype that divides a
-    row: moving 8-byte words is several times faster than moving bytes when reordering rows."""
-    nbytes = rows.shape[1] * rows.element_size()
-    for dtype, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2)):
-        if nbytes % size == 0 and rows.element_size() <= size:
-            return rows.view(dtype)
-    return rows
-
-
-def _width_order(main_bits: torch.Tensor) -> torch.Tensor:
-    # Stable sort by width; sorting uint8 keys is ~3x faster than int64 ones.
-    return torch.argsort(main_bits.to(torch.uint8), stable=True)
-
-
-def _pack_levels(levels: torch.Tensor, bits: torch.Tensor, group_size: int) -> list:
-    """Packed chunks of one parameter's levels, groups sorted by width."""
-    main, tail = split_groups(levels, group_size)
-    full = main.shape[0]
-    main_bits = bits[:full]
-    lo, hi = (int(v) for v in torch.aminmax(main_bits)) if full else (0, 0)
-    chunks = []
-    if full and lo == hi:
-        chunks.append(pack(main, lo))
-    elif full:
-        rows = _as_words(main.contiguous()).index_select(0, _width_order(main_bits))
-        rows = rows.view(main.dtype)
-        counts = torch.bincount(main_bits, minlength=16).tolist()
-        start = 0
-        for width, count in enumerate(counts):
-            if count:
-                chunks.append(pack(rows[start : start + count], width))
-                start += count
-    if tail.numel():
-        chunks.append(pack(tail, int(bits[full])))
-    return chunks
-
-
-def unpack_levels(data: torch.Tensor, bits: torch.Tensor, numel: int, gs: int):
-    """Levels (uint8 up to 8 bits, else int16) of one parameter, in the original group order."""
-    full = numel // gs
-    dtype = torch.uint8 if int(bits.max()) <= 8 else torch.int16
-    out = torch.empty(numel, dtype=dtype)
-    main, tail = split_groups(out, gs)
-    main_bits = bits[:full]
-    pos = 0
-    if full:
-        lo, hi = (int(v) for v in torch.aminmax(main_bits))
-        if lo == hi:
-            n = packed_nbytes(full * gs, lo)
-            main.copy_(unpack(data[:n], lo, full * gs).view(full, gs))
-            pos = n
-        else:
-            rows = torch.empty(full, gs, dtype=dtype)
-            start = 0
-            for width, count in enumerate(torch.bincount(main_bits, minlength=16).tolist()):
-                if count:
-                    n = packed_nbytes(count * gs, width)
-                    values = unpack(data[pos : pos + n], width, count * gs)
-                    rows[start : start + count] = values.view(count, gs)
-                    start += count
-                    pos += n
-            _as_words(main).index_copy_(0, _width_order(main_bits), _as_words(rows))
-    if tail.numel():
-        width = int(bits[full])
-        tail.copy_(
-            unpack(data[pos : pos + packed_nbytes(tail.numel(), width)], width, tail.numel())
-        )
-    return out
-
-
 def build_state(quantizer, config, encoded, qparams, others, buffers, float16) -> dict:
     """Assembles the state dict (see the module docstring)."""
     entries, pieces, offset = {}, [], 0
@@ -155,7 +83,7 @@ def build_state(quantizer, config, encoded, qparams, others, buffers, float16) -
         lo, hi = (int(v) for v in torch.aminmax(bits))
         width = (hi - lo).bit_length()
         bits_span = add([pack(bits - lo, width)] if width else [])
-        levels_span = add(_pack_levels(enc["levels"].cpu(), bits, qp.group_size))
+        levels_span = add(pack_levels(enc["levels"].cpu(), bits, qp.group_size))
         entries[name] = {
             "shape": list(qp.param.shape),
             "dtype": str(qp.param.dtype).replace("torch.", ""),
@@ -309,21 +237,6 @@ def restore(model: torch.nn.Module, state: dict, skip=frozenset()) -> None:
             params[name].copy_(value)
         for name, t in state["buffers"].items():
             buffers[name].copy_(t)
-
-
-def restore_quantized_state(model: torch.nn.Module, state: dict) -> None:
-    """Restores a quantized state into a plain model, without the original quantizer.
-
-    Example:
-        >>> restore_quantized_state(model, torch.load("model.th"))
-    """
-    from diffq_cli.quant.base import attached_quantizer
-
-    quantizer = attached_quantizer(model)
-    if quantizer is not None:
-        quantizer.restore_quantized_state(state)
-    else:
-        restore(model, state)
 
 
 def state_nbytes(state: dict) -> int:

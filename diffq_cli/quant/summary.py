@@ -2,6 +2,7 @@
 
 import torch
 
+from diffq_cli.quant.pack import unpack_levels
 from diffq_cli.quant.state import (
     HEADER_BITS,
     entry_group_bits,
@@ -9,7 +10,6 @@ from diffq_cli.quant.state import (
     group_lengths,
     numel_of,
     tensor_bits,
-    unpack_levels,
 )
 
 MB_BITS = 8 * 2**20

@@ -26,7 +26,7 @@ def _quantizer(**kwargs):
 def test_floor_is_every_group_at_min_bits():
     q = _quantizer(min_bits=2)
     expected = q._float_bits()
-    for qp in q._unique():
+    for qp in q._qparams:
         expected += tensor_bits(torch.full((qp.n_groups,), 2), qp.numel, qp.group_size)[1]
     assert size_floor(q) == pytest.approx(expected / (8 * 2**20))
     # At init every group rounds to init_bits, which is what true_model_size() reports.
@@ -46,11 +46,11 @@ def test_logits_for_bits_inverts_the_parametrisation(param):
 
 def test_uniform_bits_for_hits_the_differentiable_size_and_restores_logits():
     q = _quantizer()
-    before = [qp.bit_param.detach().clone() for qp in q._unique()]
+    before = [qp.bit_param.detach().clone() for qp in q._qparams]
     target = (size_floor(q) + q.true_model_size()) / 2
     bits = uniform_bits_for(q, target)
     assert q.min_bits < bits < q.init_bits
-    assert all(torch.equal(a, qp.bit_param) for a, qp in zip(before, q._unique(), strict=True))
+    assert all(torch.equal(a, qp.bit_param) for a, qp in zip(before, q._qparams, strict=True))
     set_uniform_bits(q, bits)
     assert float(q.model_size().detach()) == pytest.approx(target, rel=1e-3)
     assert uniform_bits_for(q, 1e6) == q.init_bits  # a generous target keeps init_bits
@@ -60,7 +60,7 @@ def test_fit_budget_rounds_down_the_cheapest_groups_until_it_fits():
     q = _quantizer()
     # Real bits spread around 3.5: plain rounding gives ~half the groups 4 bits.
     torch.manual_seed(0)
-    for qp in q._unique():
+    for qp in q._qparams:
         with torch.no_grad():
             qp.bit_param.copy_(logits_for_bits(q, 3.5 + 0.45 * (2 * torch.rand(qp.n_groups) - 1)))
     real = torch.cat(learned_bits(q))
@@ -70,7 +70,7 @@ def test_fit_budget_rounds_down_the_cheapest_groups_until_it_fits():
     fit = fit_budget(q, target)
     assert fit["fits"] and fit["lowered"] > 0
     assert q.true_model_size() <= target and fit["true_mb"] == q.true_model_size()
-    after = torch.cat([q._true_bits(qp) for qp in q._unique()])
+    after = torch.cat([q._true_bits(qp) for qp in q._qparams])
     lowered = after < torch.round(real)
     assert bool(lowered.any()) and bool((after >= torch.round(real) - 1).all())
     # Cheapest first: every lowered group was closer above its rounding threshold than every
@@ -86,10 +86,10 @@ def test_fit_budget_rounds_down_the_cheapest_groups_until_it_fits():
 
 def test_fit_budget_leaves_a_fitting_model_alone_and_reports_an_impossible_budget():
     q = _quantizer()
-    logits = [qp.bit_param.detach().clone() for qp in q._unique()]
+    logits = [qp.bit_param.detach().clone() for qp in q._qparams]
     assert fit_budget(q, q.true_model_size() + 1) == {
         "fits": True, "true_mb": pytest.approx(q.true_model_size()), "lowered": 0, "tau": 0.0}
-    assert all(torch.equal(a, qp.bit_param) for a, qp in zip(logits, q._unique(), strict=True))
+    assert all(torch.equal(a, qp.bit_param) for a, qp in zip(logits, q._qparams, strict=True))
     fit = fit_budget(q, size_floor(q) / 2)
     assert not fit["fits"] and fit["true_mb"] == pytest.approx(size_floor(q))
 
@@ -107,9 +107,9 @@ def test_start_at_size_mixes_two_integer_widths_small_tensors_wide_first():
     target = (size_at_bits(q, 3) + size_at_bits(q, 4)) / 2
     got = start_at_size(q, target)
     assert got == pytest.approx(q.true_model_size()) and got <= target
-    widths = {qp.name: set(q._true_bits(qp).tolist()) for qp in q._unique()}
+    widths = {qp.name: set(q._true_bits(qp).tolist()) for qp in q._qparams}
     assert set().union(*widths.values()) == {3, 4} and all(len(w) == 1 for w in widths.values())
-    by_size = sorted(q._unique(), key=lambda qp: qp.numel)
+    by_size = sorted(q._qparams, key=lambda qp: qp.numel)
     order = [widths[qp.name].pop() for qp in by_size]
     assert order == sorted(order, reverse=True)  # wide ones are the smallest tensors
     # The real bits sit on the integers: no gap between training noise and rounding.

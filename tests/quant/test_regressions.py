@@ -1,4 +1,4 @@
-"""Cases where the reference implementation broke (DESIGN.md section 2), one test each."""
+"""Cases where the reference implementation broke (README, "The library"), one test each."""
 
 import io
 
@@ -139,3 +139,21 @@ def test_saved_state_loads_with_weights_only(h, tmp_path):
     torch.save(quantizer.get_quantized_state(), buf)
     buf.seek(0)
     assert torch.load(buf, weights_only=True)["quantizer"] == "DiffQuantizer"
+
+
+def test_recipe_methods_are_the_registered_quantizers():
+    """The recipe's quant.method choices and the registry name the same methods, and each
+    builds its class from a flat settings dict (keys its constructor does not take ignored)."""
+    from torch import nn
+
+    from diffq_cli.quant import LSQ, DiffQuantizer, UniformQuantizer, registry
+    from diffq_cli.recipe import QuantConfig
+
+    assert sorted(QuantConfig.choices["method"]) == registry.methods()
+    settings = {"group_size": 4, "bits": 3, "min_size": 0.0, "exclude": ("*.bias",)}
+    for name, cls in (("diffq", DiffQuantizer), ("uniform", UniformQuantizer), ("lsq", LSQ)):
+        quantizer = registry.build(name, nn.Linear(8, 8), settings)
+        assert type(quantizer) is cls and quantizer.exclude == ["*.bias"]
+    assert registry.build("uniform", nn.Linear(8, 8), settings).qat  # the recipe method trains
+    with pytest.raises(ValueError, match="choose one of: diffq, lsq, uniform"):
+        registry.build("nope", nn.Linear(8, 8), settings)
