@@ -1,5 +1,7 @@
 """LSQ's grids: signed for mixed-sign tensors, one-signed for tensors of one sign (issue 13)."""
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -27,7 +29,7 @@ def test_one_signed_tensors_use_every_level_on_their_side():
     quantizer.no_optimizer()
     with torch.no_grad():  # a step of 0.5: [0.5, 1.5] is levels 1, 2, 3
         for qp in quantizer._qparams:
-            qp.bit_param.fill_(0.5)
+            qp.bit_param.fill_(math.log(0.5))  # the parameter is log(step)
     state = quantizer.get_quantized_state()
     entries = state["quantized"]
     assert {n: entries[n]["offset"] for n in entries} == {"pos": 0, "neg": 3, "mixed": 2}
@@ -56,7 +58,7 @@ def test_states_written_with_the_old_signed_grid_still_decode():
     plain = Scales()
     restore_quantized_state(plain, state)
     for name, qp in zip(("pos", "neg", "mixed"), quantizer._qparams, strict=True):
-        step = qp.bit_param.detach().abs()
+        step = qp.bit_param.detach().exp()
         want = torch.clamp(torch.round(getattr(model, name).detach() / step), -2, 1) * step
         torch.testing.assert_close(getattr(plain, name).detach(), want)
 
@@ -104,3 +106,20 @@ def test_lsq_2_bits_with_batchnorm_quantized_trains_above_chance():
         accuracy = (net(xva).argmax(1) == yva).float().mean().item() * 100
     # The signed grid reached 35 % here (chance 10 %); the one-signed grid about 92 %.
     assert accuracy > 80
+
+
+def test_the_bits_adam_moves_a_small_step_by_a_fraction_of_itself():
+    # The step is learned as its log: Adam's lr is a relative change, whatever the weights' scale.
+    model = Scales()
+    with torch.no_grad():
+        model.mixed.mul_(1e-3)  # steps of ~1e-3, well below the lr
+    quantizer = LSQ(model, bits=2, min_size=0)
+    (qp,) = [qp for qp in quantizer._qparams if qp.param is model.mixed]
+    before = qp.bit_param.detach().exp().item()
+    opt = torch.optim.Adam([{"params": []}], lr=1e-2)
+    quantizer.setup_optimizer(opt, lr=1e-2)
+    model.train()
+    model(torch.ones(1)).backward()
+    opt.step()
+    after = qp.bit_param.detach().exp().item()
+    assert after != before and abs(after / before - 1) < 0.011
