@@ -332,7 +332,9 @@ def size(
         summary["layers"] = []
     elif top is not None:
         summary["layers"] = sorted(summary["layers"], key=lambda r: -(r.get("mb") or 0))[:top]
-    file_mb = summary["file_bytes"] / 2**20
+    from diffq_cli.units import mib
+
+    file_mb = mib(summary["file_bytes"])
     passed = max_mb is None or file_mb <= max_mb
     summary["gate"] = _gate("max_mb", max_mb, passed)
     if plot is not None:

@@ -8,9 +8,7 @@ from pathlib import Path
 from diffq_cli.artifact import save_artifact
 from diffq_cli.fileio import atomic_write
 from diffq_cli.recipe import dump_recipe, output_dir, recipe_to_dict
-from diffq_cli.units import human
-
-MB = 2**20
+from diffq_cli.units import compression, human, mib
 
 
 class RunContext:
@@ -21,7 +19,7 @@ class RunContext:
 
 
 def _float_mb(model) -> float:
-    return sum(p.numel() for p in model.parameters()) * 4 / MB
+    return mib(sum(p.numel() for p in model.parameters()) * 4)
 
 
 def _float_stage(model, recipe, train_loader, run_dir: Path, ctx) -> None:
@@ -290,9 +288,9 @@ def _save_run(job: _Job, run_dir: Path, label, target, result, state, sizes) -> 
         _draw_bits(run_dir / "bits.svg", state, f"{job.title}, {label}")
     metrics.update(
         artifact=str(artifact),
-        artifact_mb=nbytes / MB,
+        artifact_mb=mib(nbytes),
         artifact_bytes=nbytes,
-        compression=job.float_mb / (nbytes / MB) if nbytes else None,
+        compression=compression(job.float_mb, mib(nbytes)),
         delta=result["accuracy"] - job.float_acc,
     )
     return metrics
