@@ -246,7 +246,8 @@ def finetune(
     json_out: JsonOpt = False,
 ):
     """Fine-tune a model with DiffQ and write a quantized artifact (model.th)."""
-    from diffq_cli.recipe import dump_recipe, recipe_to_dict, resolve_recipe
+    from diffq_cli.config import recipe_to_dict
+    from diffq_cli.recipe import dump_recipe, resolve_recipe
 
     if mu is not None and any(m < 0 for m in mu):
         raise InputError(f"--mu must be >= 0, got {min(mu):g}")
@@ -476,7 +477,7 @@ def recipes(
     if name:
         text = recipe_text(name)
         if json_out:
-            from diffq_cli.recipe import recipe_to_dict
+            from diffq_cli.config import recipe_to_dict
 
             typer.echo(json.dumps(recipe_to_dict(load_recipe(name)), indent=2))
         else:

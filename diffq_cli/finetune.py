@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffq_cli.artifact import save_artifact
+from diffq_cli.config import output_dir, recipe_to_dict
 from diffq_cli.fileio import atomic_write
-from diffq_cli.recipe import dump_recipe, output_dir, recipe_to_dict
+from diffq_cli.recipe import dump_recipe
 from diffq_cli.units import compression, human, mib
 
 
