@@ -24,6 +24,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/quant_bench.py
+	$(BIN)/python bench/memory_bench.py
 
 demo: $(STAMP)
 	$(BIN)/diffq finetune --model resnet18 --mu 1e-3 --overwrite

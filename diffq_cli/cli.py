@@ -246,7 +246,8 @@ def finetune(
     json_out: JsonOpt = False,
 ):
     """Fine-tune a model with DiffQ and write a quantized artifact (model.th)."""
-    from diffq_cli.recipe import dump_recipe, recipe_to_dict, resolve_recipe
+    from diffq_cli.config import recipe_to_dict
+    from diffq_cli.recipe import dump_recipe, resolve_recipe
 
     if mu is not None and any(m < 0 for m in mu):
         raise InputError(f"--mu must be >= 0, got {min(mu):g}")
@@ -332,7 +333,9 @@ def size(
         summary["layers"] = []
     elif top is not None:
         summary["layers"] = sorted(summary["layers"], key=lambda r: -(r.get("mb") or 0))[:top]
-    file_mb = summary["file_bytes"] / 2**20
+    from diffq_cli.units import mib
+
+    file_mb = mib(summary["file_bytes"])
     passed = max_mb is None or file_mb <= max_mb
     summary["gate"] = _gate("max_mb", max_mb, passed)
     if plot is not None:
@@ -474,7 +477,7 @@ def recipes(
     if name:
         text = recipe_text(name)
         if json_out:
-            from diffq_cli.recipe import recipe_to_dict
+            from diffq_cli.config import recipe_to_dict
 
             typer.echo(json.dumps(recipe_to_dict(load_recipe(name)), indent=2))
         else:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from diffq_cli.config import DataConfig
 from diffq_cli.errors import InputError
-from diffq_cli.recipe import DataConfig
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "idx")
 
@@ -38,7 +38,7 @@ def build_loaders(spec: DataConfig, distributed: bool = False, seed: int = 0):
     """Build the train and validation loaders for ``spec``.
 
     Args:
-        spec: the recipe's ``data`` section (``recipe.DataConfig``: validated when built).
+        spec: the recipe's ``data`` section (``config.DataConfig``: validated when built).
         distributed: when True and ``torch.distributed`` is initialised, shard both splits with
             ``DistributedSampler`` (``distributed.Ddp.set_epoch`` reshuffles it each epoch).
         seed: the training shuffle's seed (the validation split never depends on it).

@@ -76,8 +76,8 @@ def evaluate_artifact(path, dataset=None, data_dir=None, batch_size=256, device=
         96.9
     """
     from diffq_cli.artifact import load_artifact, rebuild_model
+    from diffq_cli.config import DataConfig
     from diffq_cli.data import build_loaders
-    from diffq_cli.recipe import DataConfig
 
     artifact = load_artifact(path)
     data, spec = artifact.get("data") or {}, artifact["model"]

@@ -113,8 +113,8 @@ def sample_batch(artifact: dict, n: int = SAMPLES):
     """``n`` validation images of the artifact's dataset, or a seeded random batch offline."""
     import torch
 
+    from diffq_cli.config import DataConfig
     from diffq_cli.data import build_loaders
-    from diffq_cli.recipe import DataConfig
 
     data, spec = artifact.get("data") or {}, artifact["model"]
     size = int(data.get("input_size") or spec.get("input_size") or 32)

@@ -2,13 +2,14 @@
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from diffq_cli.artifact import save_artifact
+from diffq_cli.config import output_dir, recipe_to_dict
 from diffq_cli.fileio import atomic_write
-from diffq_cli.recipe import dump_recipe, output_dir, recipe_to_dict
-
-MB = 2**20
+from diffq_cli.recipe import dump_recipe
+from diffq_cli.units import compression, human, mib
 
 
 class RunContext:
@@ -19,7 +20,7 @@ class RunContext:
 
 
 def _float_mb(model) -> float:
-    return sum(p.numel() for p in model.parameters()) * 4 / MB
+    return mib(sum(p.numel() for p in model.parameters()) * 4)
 
 
 def _float_stage(model, recipe, train_loader, run_dir: Path, ctx) -> None:
@@ -101,37 +102,30 @@ def _row(metrics: dict) -> dict:
     return {k: metrics.get(k) for k in keys}
 
 
-def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
-             keep_checkpoint: bool = False) -> dict:
-    """Runs a resolved recipe; returns the summary (also written to ``summary.json``).
+@dataclass
+class _Job:
+    """What every step of a finetune shares: the recipe, where and how to run, the data, the
+    starting model and its float baseline."""
 
-    ``checkpoint.pt`` (optimizer state: several times the model) is deleted once a run has
-    finished, unless ``keep_checkpoint``; ``float.pt`` stays as the float starting point."""
-    import torch
+    recipe: object
+    reporter: object
+    ctx: RunContext
+    run_dir: Path
+    loaders: tuple
+    info: dict
+    start_weights: dict | None = None
+    model_spec: dict | None = None
+    float_acc: float = 0.0
+    float_mb: float = 0.0
 
-    from diffq_cli import baselines, distributed
-    from diffq_cli.data import build_loaders
-    from diffq_cli.errors import GateError
-    from diffq_cli.models import create_model
-    from diffq_cli.quant.summary import summarize_state
-    from diffq_cli.train import train_one
+    def fresh_model(self, weights=None):
+        """The recipe's model for this dataset; with ``weights``, every run starts from the
+        same weights, not the previous run's."""
+        import torch
 
-    started = time.time()
-    device = distributed.resolve_device(recipe.train.device)
-    distributed.check_precision(recipe.train.amp, device)
-    dist = distributed.setup(device)
-    if not dist.is_main:  # only rank 0 prints
-        reporter.enabled = False
-        reporter.err.quiet = reporter.out.quiet = True
-    torch.manual_seed(recipe.train.seed)
-    run_dir = Path(output_dir(recipe))
-    _check_run_dir(run_dir, resume, overwrite)
+        from diffq_cli.models import create_model
 
-    train_loader, val_loader, info = build_loaders(recipe.data, dist.distributed,
-                                                   recipe.train.seed)
-    m, t = recipe.model, recipe.train
-
-    def fresh_model(weights=None):
+        m, info = self.recipe.model, self.info
         net = create_model(
             m.name,
             source=m.source,
@@ -141,129 +135,199 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
             weights=m.weights if weights is None else None,
             input_size=info["input_size"],
         )
-        if weights is not None:  # every run starts from the same weights, not the previous run's
+        if weights is not None:
             net.load_state_dict(weights)
-        net.to(device)
-        return net.to(memory_format=torch.channels_last) if t.channels_last else net
+        net.to(self.ctx.device)
+        return net.to(memory_format=torch.channels_last) if self.recipe.train.channels_last \
+            else net
 
-    model = fresh_model()  # the per-run copies get start_weights instead
+    def accuracy(self, net) -> float:
+        return self.ctx.dist.accuracy(net, self.loaders[1], self.ctx.device)
+
+    @property
+    def title(self) -> str:
+        return f"{self.recipe.model.name} on {self.info['dataset']}"
+
+
+def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
+             keep_checkpoint: bool = False) -> dict:
+    """Runs a resolved recipe; returns the summary (also written to ``summary.json``).
+
+    Steps: set up (device, checks, data), the starting model (float stage and float baseline),
+    the post-training baselines, one DiffQ run per mu or size target, the QAT baselines if
+    asked, then the summary, pictures and tables. ``checkpoint.pt`` (optimizer state: several
+    times the model) is deleted once everything has finished, unless ``keep_checkpoint``;
+    ``float.pt`` stays as the float starting point."""
+    from diffq_cli import baselines
+    from diffq_cli.errors import GateError
+
+    started = time.time()
+    job = _setup(recipe, reporter, resume, overwrite)
+    model = _start(job)
+    rows = [{"method": "float", "label": "float32", "accuracy": job.float_acc, "delta": 0.0,
+             "true_mb": job.float_mb, "compression": 1.0, "mean_bits": 32.0}]
+    if recipe.train.baseline != "none":
+        rows += baselines.ptq_rows(model, recipe.quant, job.accuracy)
+    runs, layers, last = _diffq_runs(job)
+    rows += [_row(metrics) for metrics in runs]
+    if recipe.train.baseline == "qat":
+        rows += _qat_rows(job, runs)
+    summary = _summarize(job, runs, rows, started)
+    if not keep_checkpoint:  # only now: an interrupted sweep resumes its finished runs
+        for path in job.run_dir.glob("**/checkpoint.pt"):
+            path.unlink(missing_ok=True)
+    if not reporter.json_mode:
+        reporter.tradeoff_table(rows)
+        reporter.layer_table(layers, f"Bits per quantized layer ({last})")
+    job.ctx.dist.close()
+    missed = [r for r in runs if r["target_mb"] is not None and r["true_mb"] > r["target_mb"]]
+    if missed:
+        raise GateError("; ".join(
+            f"target {r['target_mb']:g} MiB missed by {r['true_mb'] - r['target_mb']:.4f} MiB "
+            f"(true size {r['true_mb']:.4f} MiB)" for r in missed))
+    return summary
+
+
+def _setup(recipe, reporter, resume: bool, overwrite: bool) -> _Job:
+    """Device and process group, the run directory's checks, the data: all before any work."""
+    import torch
+
+    from diffq_cli import distributed
+    from diffq_cli.data import build_loaders
+
+    device = distributed.resolve_device(recipe.train.device)
+    distributed.check_precision(recipe.train.amp, device)
+    dist = distributed.setup(device)
+    if not dist.is_main:  # only rank 0 prints
+        reporter.enabled = False
+        reporter.err.quiet = reporter.out.quiet = True
+    torch.manual_seed(recipe.train.seed)
+    run_dir = Path(output_dir(recipe))
+    _check_run_dir(run_dir, resume, overwrite)
+    train_loader, val_loader, info = build_loaders(recipe.data, dist.distributed,
+                                                   recipe.train.seed)
+    return _Job(recipe, reporter, RunContext(device, reporter, dist, resume), run_dir,
+                (train_loader, val_loader), info)
+
+
+def _start(job: _Job):
+    """The starting model: built (and its notes shown), targets checked, the run directory
+    created, the float stage run; its weights and float accuracy kept for every run."""
+    recipe, reporter, t = job.recipe, job.reporter, job.recipe.train
+    model = job.fresh_model()
     for note in getattr(model, "diffq_notes", []):
         reporter.note(note)
-    model_spec = dict(model.diffq_spec)
+    job.model_spec = dict(model.diffq_spec)
     if t.target_mb:
         _check_targets(model, recipe, reporter)  # before any training
     # The run directory appears only once data, model and targets are known good: a run that
     # fails on bad input leaves nothing behind.
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "config.yaml", dump_recipe(recipe).encode())
-        if not resume:  # an earlier run's epochs (even float-stage ones) are not this run's
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    if job.ctx.dist.is_main:
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(job.run_dir / "config.yaml", dump_recipe(recipe).encode())
+        if not job.ctx.resume:  # an earlier run's epochs (even float-stage ones) are not ours
+            (job.run_dir / "metrics.jsonl").unlink(missing_ok=True)
     if t.float_epochs:
-        ctx = RunContext(device, reporter, dist, resume)
-        _float_stage(model, recipe, train_loader, run_dir, ctx)
-    start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    float_acc = dist.accuracy(model, val_loader, device)
-    float_mb = _float_mb(model)
-    reporter.note(
-        f"{m.name} on {info['dataset']}: float accuracy {float_acc:.2f}%, "
-        f"{float_mb:.2f} MiB as float32"
-    )
-    rows = [{"method": "float", "label": "float32", "accuracy": float_acc, "delta": 0.0,
-             "true_mb": float_mb, "compression": 1.0, "mean_bits": 32.0}]
-    if t.baseline != "none":
-        def accuracy(net):
-            return dist.accuracy(net, val_loader, device)
+        _float_stage(model, recipe, job.loaders[0], job.run_dir, job.ctx)
+    job.start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    job.float_acc = job.accuracy(model)
+    job.float_mb = _float_mb(model)
+    reporter.note(f"{job.title}: float accuracy {job.float_acc:.2f}%, "
+                  f"{job.float_mb:.2f} MiB as float32")
+    return model
 
-        rows += baselines.ptq_rows(model, recipe.quant, accuracy)
-    runs, layers, last, mu_dirs = [], [], "", []
+
+def _diffq_runs(job: _Job) -> tuple[list, list, str]:
+    """One DiffQ run per mu or size target, each from the starting weights: (metrics per run,
+    the last run's layer rows, its label)."""
+    from diffq_cli.quant.summary import summarize_state
+    from diffq_cli.train import train_one
+
+    t = job.recipe.train
     plans = [(None, x) for x in t.target_mb] or [(mu, None) for mu in t.mu]
+    runs, layers, last = [], [], ""
     for mu, target in plans:
         label = f"mu={mu:g}" if target is None else f"target={target:g}MB"
         sub = f"mu{mu:g}" if target is None else f"target{target:g}MB"
-        mu_dir = run_dir if len(plans) == 1 else run_dir / sub
-        mu_dirs.append(mu_dir)
-        if dist.is_main:
-            mu_dir.mkdir(parents=True, exist_ok=True)
-        model = fresh_model(start_weights)
-        ctx = RunContext(device, reporter, dist, resume)
-        result = train_one(model, recipe, mu, (train_loader, val_loader), mu_dir, ctx, target)
+        run_dir = job.run_dir if len(plans) == 1 else job.run_dir / sub
+        if job.ctx.dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        result = train_one(job.fresh_model(job.start_weights), job.recipe, mu, job.loaders,
+                           run_dir, job.ctx, target)
         quantizer = result["quantizer"]
         state = quantizer.get_quantized_state()
         sizes = summarize_state(state)
-        metrics = {
-            "method": "diffq",
-            "label": label,
-            "mu": result["mu"],
-            "target_mb": target,
-            "float_accuracy": float_acc,
-            "accuracy": result["accuracy"],
-            "float_mb": float_mb,
-            "true_mb": quantizer.true_model_size(),
-            "mean_bits": sizes["mean_bits"],
-            "epochs": len(result["history"]),
-        }
-        if target is not None:
-            metrics["groups_lowered"] = result["fit"].get("lowered", 0)
-        artifact = mu_dir / "model.th"
-        nbytes = 0
-        if dist.is_main:
-            nbytes = save_artifact(
-                artifact, state, model_spec, info, recipe_to_dict(recipe), metrics
-            )
-            _draw_bits(mu_dir / "bits.svg", state, f"{m.name} on {info['dataset']}, {label}")
-        metrics.update(
-            artifact=str(artifact),
-            artifact_mb=nbytes / MB,
-            artifact_bytes=nbytes,
-            compression=float_mb / (nbytes / MB) if nbytes else None,
-            delta=result["accuracy"] - float_acc,
-        )
-        runs.append(metrics)
-        rows.append(_row(metrics))
+        runs.append(_save_run(job, run_dir, label, target, result, state, sizes))
         layers = [row for row in sizes["layers"] if row["name"] in state["quantized"]]
         last = label
         quantizer.detach()
+    return runs, layers, last
 
-    if t.baseline == "qat":
-        rows += _qat_rows(recipe, fresh_model, start_weights, runs, (train_loader, val_loader),
-                          run_dir, RunContext(device, reporter, dist, resume), float_acc)
+
+def _save_run(job: _Job, run_dir: Path, label, target, result, state, sizes) -> dict:
+    """The run's artifact and bits picture; its metrics (as in summary.json)."""
+    quantizer = result["quantizer"]
+    metrics = {
+        "method": "diffq",
+        "label": label,
+        "mu": result["mu"],
+        "target_mb": target,
+        "float_accuracy": job.float_acc,
+        "accuracy": result["accuracy"],
+        "float_mb": job.float_mb,
+        "true_mb": quantizer.true_model_size(),
+        "mean_bits": sizes["mean_bits"],
+        "epochs": len(result["history"]),
+    }
+    if target is not None:
+        metrics["groups_lowered"] = result["fit"].get("lowered", 0)
+    artifact = run_dir / "model.th"
+    nbytes = 0
+    if job.ctx.dist.is_main:
+        nbytes = save_artifact(artifact, state, job.model_spec, job.info,
+                               recipe_to_dict(job.recipe), metrics)
+        _draw_bits(run_dir / "bits.svg", state, f"{job.title}, {label}")
+    metrics.update(
+        artifact=str(artifact),
+        artifact_mb=mib(nbytes),
+        artifact_bytes=nbytes,
+        compression=compression(job.float_mb, mib(nbytes)),
+        delta=result["accuracy"] - job.float_acc,
+    )
+    return metrics
+
+
+def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
+    """Deltas, collapse flags and best marks on the rows; ``summary.json`` and
+    ``tradeoff.svg``; a warning per collapsed row."""
+    from diffq_cli import baselines
+
+    classes = job.info["num_classes"]
     for row in rows:
-        row["delta"] = None if row.get("accuracy") is None else row["accuracy"] - float_acc
-        row["collapsed"] = baselines.collapsed(row.get("accuracy"), info["num_classes"])
+        row["delta"] = None if row.get("accuracy") is None else row["accuracy"] - job.float_acc
+        row["collapsed"] = baselines.collapsed(row.get("accuracy"), classes)
     baselines.mark_best(rows)
-    missed = [r for r in runs if r["target_mb"] is not None and r["true_mb"] > r["target_mb"]]
     summary = {
-        "recipe": recipe.name,
-        "model": m.name,
-        "dataset": info["dataset"],
-        "run_dir": str(run_dir),
-        "float": {"accuracy": float_acc, "mb": float_mb},
+        "recipe": job.recipe.name,
+        "model": job.recipe.model.name,
+        "dataset": job.info["dataset"],
+        "run_dir": str(job.run_dir),
+        "float": {"accuracy": job.float_acc, "mb": job.float_mb},
         "runs": runs,
         "baselines": [r for r in rows if r["method"] in ("ptq", "qat")],
         "table": rows,
         "seconds": time.time() - started,
     }
-    if dist.is_main:
-        atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+    if job.ctx.dist.is_main:
+        atomic_write(job.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
         from diffq_cli.plots import tradeoff_svg
 
-        tradeoff_svg(run_dir / "tradeoff.svg", rows, f"{m.name} on {info['dataset']}")
+        tradeoff_svg(job.run_dir / "tradeoff.svg", rows, job.title)
     for row in rows:
         if row["collapsed"]:
-            reporter.warn(f"{row['method']} {row['label']}: accuracy {row['accuracy']:.2f}% is "
-                          f"at chance level ({100 / info['num_classes']:.1f}%): collapsed")
-        if not keep_checkpoint:  # only now: an interrupted sweep resumes its finished mu runs
-            for mu_dir in mu_dirs:
-                (mu_dir / "checkpoint.pt").unlink(missing_ok=True)
-    if not reporter.json_mode:
-        reporter.tradeoff_table(rows)
-        reporter.layer_table(layers, f"Bits per quantized layer ({last})")
-    dist.close()
-    if missed:
-        raise GateError("; ".join(
-            f"target {r['target_mb']:g} MiB missed by {r['true_mb'] - r['target_mb']:.4f} MiB "
-            f"(true size {r['true_mb']:.4f} MiB)" for r in missed))
+            job.reporter.warn(
+                f"{row['method']} {row['label']}: accuracy {human(row['accuracy'], 'pct')} is "
+                f"at chance level ({human(100 / classes, 'pct')}): collapsed")
     return summary
 
 
@@ -274,18 +338,18 @@ def _draw_bits(path: Path, state: dict, title: str) -> None:
         bits_svg(path, state, title)
 
 
-def _qat_rows(recipe, fresh_model, start_weights, runs, loaders, run_dir, ctx, float_acc):
+def _qat_rows(job: _Job, runs: list) -> list:
     """Uniform QAT at the width nearest each DiffQ result's true size, same epochs."""
     from diffq_cli import baselines
     from diffq_cli.train import train_one
 
-    widths = baselines.qat_widths(fresh_model(start_weights), recipe.quant,
+    widths = baselines.qat_widths(job.fresh_model(job.start_weights), job.recipe.quant,
                                   [r["true_mb"] for r in runs])
     rows = []
     for bits in widths:
-        model = fresh_model(start_weights)
-        result = train_one(model, baselines.qat_recipe(recipe, bits), 0.0, loaders,
-                           run_dir / f"qat{bits}", ctx)
+        result = train_one(job.fresh_model(job.start_weights),
+                           baselines.qat_recipe(job.recipe, bits), 0.0, job.loaders,
+                           job.run_dir / f"qat{bits}", job.ctx)
         quantizer = result["quantizer"]
         rows.append({"method": "qat", "label": f"{bits} bits", "bits": bits,
                      "accuracy": result["accuracy"], "true_mb": quantizer.true_model_size(),

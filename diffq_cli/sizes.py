@@ -3,8 +3,7 @@
 from pathlib import Path
 
 from diffq_cli.artifact import read_file
-
-MB = 2**20
+from diffq_cli.units import MIB, compression, mib
 
 
 def inspect_file(path) -> dict:
@@ -28,12 +27,12 @@ def inspect_file(path) -> dict:
                 "bits_mean": t.element_size() * 8.0,
                 "bits_min": t.element_size() * 8,
                 "bits_max": t.element_size() * 8,
-                "mb": t.numel() * t.element_size() / MB,
+                "mb": t.numel() * t.element_size() / MIB,
             }
             for name, t in obj.items()
             if t.is_floating_point()
         ]
-        float_mb = sum(row["numel"] for row in layers) * 4 / MB
+        float_mb = sum(row["numel"] for row in layers) * 4 / MIB
         summary = {
             "float_mb": float_mb,
             "true_mb": sum(r["mb"] for r in layers),
@@ -52,8 +51,8 @@ def inspect_file(path) -> dict:
         path=str(path),
         kind=kind,
         file_bytes=file_bytes,
-        compression=summary["float_mb"] / (file_bytes / MB) if file_bytes else None,
-        bound_ratio=(file_bytes / (summary["bound_mb"] * MB)) if summary.get("bound_mb") else None,
+        compression=compression(summary["float_mb"], mib(file_bytes)),
+        bound_ratio=(mib(file_bytes) / summary["bound_mb"]) if summary.get("bound_mb") else None,
     )
     if kind == "artifact":
         summary["version"] = obj["version"]

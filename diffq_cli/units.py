@@ -1,4 +1,7 @@
-"""How numbers are written for people: one helper, :func:`human`, used by every table and log line.
+"""Units and how numbers are written for people: the one definition of the size unit (MiB) and
+of the compression ratio, and :func:`human`, used by every table and log line.
+
+A leaf module (no imports from the package, no torch): the library (``quant/``) uses it too.
 
 Sizes are counted in MiB (2**20 bytes) everywhere; JSON keys ending in ``_mb`` hold MiB too
 (they keep their historical names). Human output only: ``--json`` carries the raw numbers.
@@ -14,7 +17,21 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-MIB = 2**20  # bytes in the one size unit we use
+MIB = 2**20  # bytes in a MiB: the one size unit (as in the paper and the reference DiffQ)
+MIB_BITS = 8 * MIB  # bits in a MiB
+
+
+def mib(nbytes: float) -> float:
+    """``nbytes`` in MiB."""
+    return nbytes / MIB
+
+
+def compression(float_mib: float, size_mib: float) -> float | None:
+    """How many times smaller than the float32 model: ``float_mib / size_mib``, where the size
+    is what is measured (a file's bytes on disk, or a true size); None for an empty size."""
+    return float_mib / size_mib if size_mib else None
+
+
 NONE = "—"  # shown for a missing value
 
 

@@ -45,10 +45,10 @@ def test_eval_json(artifact):
 
     from diffq_cli import restore_quantized_state
     from diffq_cli.artifact import read_file
+    from diffq_cli.config import DataConfig
     from diffq_cli.data import build_loaders
     from diffq_cli.evaluate import accuracy
     from diffq_cli.models import create_model
-    from diffq_cli.recipe import DataConfig
 
     blob = read_file(artifact)[1]
     spec = blob["model"]

@@ -16,12 +16,12 @@ from diffq_cli import export as export_mod
 from diffq_cli import restore_quantized_state
 from diffq_cli.cli import app
 from diffq_cli.coding import decode_state
+from diffq_cli.config import DataConfig
 from diffq_cli.data import build_loaders
 from diffq_cli.evaluate import accuracy
 from diffq_cli.models import create_model
 from diffq_cli.quant.state import FORMAT as STATE_FORMAT
 from diffq_cli.quant.state import VERSION as STATE_VERSION
-from diffq_cli.recipe import DataConfig
 
 FAST = ["--model", "resnet18", "--epochs", "1", "data.input_size=16", "data.train_subset=128",
         "data.val_subset=96", "data.batch_size=32", "train.float_epochs=0"]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from diffq_cli.config import DataConfig
 from diffq_cli.data import DATASETS, build_loaders, find_idx_files, read_idx
 from diffq_cli.errors import InputError
-from diffq_cli.recipe import DataConfig
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 

@@ -87,10 +87,10 @@ def test_ddp_ranks_end_identical(ddp_run):
 
 
 def test_ddp_accuracy_covers_the_whole_val_set_once(ddp_run):
+    from diffq_cli.config import DataConfig
     from diffq_cli.data import build_loaders
     from diffq_cli.models import create_model
     from diffq_cli.quant import restore_quantized_state
-    from diffq_cli.recipe import DataConfig
 
     proc, out, dump = ddp_run
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -263,10 +263,10 @@ def test_bf16_channels_last_run_on_cpu(tmp_path):
     assert artifact["recipe"]["train"]["amp"] == "bf16"
     # The recorded accuracy is the rebuilt artifact's (evaluation runs in float32; one sample
     # of slack: the run's model is channels-last, the rebuilt one is not).
+    from diffq_cli.config import DataConfig
     from diffq_cli.data import build_loaders
     from diffq_cli.models import create_model
     from diffq_cli.quant import restore_quantized_state
-    from diffq_cli.recipe import DataConfig
 
     assert run["accuracy"] == artifact["metrics"]["accuracy"]
     _, val, _ = build_loaders(DataConfig(input_size=32, val_subset=VAL))

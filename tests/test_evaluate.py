@@ -6,10 +6,10 @@ from artifact_factory import INPUT_SIZE, make_artifact
 from torch import nn
 
 from diffq_cli.artifact import read_file, rebuild_model
+from diffq_cli.config import DataConfig
 from diffq_cli.data import build_loaders
 from diffq_cli.errors import InputError
 from diffq_cli.evaluate import accuracy, count_correct, evaluate_artifact
-from diffq_cli.recipe import DataConfig
 
 DIGITS_VAL = 359  # the embedded digits set: 1,797 images, 20 % held out
 

@@ -4,19 +4,21 @@ import dataclasses
 
 import pytest
 
-from diffq_cli.errors import InputError
-from diffq_cli.recipe import (
+from diffq_cli.config import (
     DataConfig,
     QuantConfig,
     Recipe,
     TrainConfig,
+    output_dir,
+    recipe_to_dict,
+)
+from diffq_cli.errors import InputError
+from diffq_cli.recipe import (
     dump_recipe,
     list_recipes,
     load_recipe,
-    output_dir,
     parse_override,
     recipe_text,
-    recipe_to_dict,
 )
 
 SHIPPED = [name for name, _ in list_recipes()]

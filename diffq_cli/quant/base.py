@@ -18,8 +18,7 @@ from torch import nn
 from diffq_cli.quant import state as state_io
 from diffq_cli.quant.install import Installer
 from diffq_cli.quant.params import QParam, discover
-
-MB = 8 * 2**20  # bits in a megabyte (MiB, as in the paper and the reference)
+from diffq_cli.units import MIB_BITS, mib
 
 # model -> attached quantizer; weak so that a dropped model frees its quantizer.
 _ATTACHED: "weakref.WeakKeyDictionary[nn.Module, BaseQuantizer]" = weakref.WeakKeyDictionary()
@@ -244,7 +243,7 @@ class BaseQuantizer:
         with torch.no_grad():
             for qp in self._qparams:
                 total += state_io.tensor_bits(self._true_bits(qp), qp.numel, qp.group_size)[1]
-        return total / MB
+        return total / MIB_BITS
 
     def model_size(self, exact: bool = False) -> torch.Tensor:
         """Size in MiB as a 0-d tensor, usable in a loss. Here (fixed widths) it is the true
@@ -257,11 +256,11 @@ class BaseQuantizer:
 
     def packed_model_size(self) -> float:
         """MB of the tensors in ``get_quantized_state()`` (what ``torch.save`` stores)."""
-        return state_io.state_nbytes(self.get_quantized_state()) / 2**20
+        return mib(state_io.state_nbytes(self.get_quantized_state()))
 
     def compressed_model_size(self, level: int = 6) -> float:
         """MB of the saved state after gzip-like (zlib) compression, without writing a file."""
-        return len(state_io.compressed_bytes(self.get_quantized_state(), level)) / 2**20
+        return mib(len(state_io.compressed_bytes(self.get_quantized_state(), level)))
 
     # ------------------------------------------------------------ state
     def get_quantized_state(self) -> dict:

@@ -16,8 +16,8 @@ import math
 
 import torch
 
-from diffq_cli.quant.base import MB
 from diffq_cli.quant.state import tensor_bits
+from diffq_cli.units import MIB_BITS
 
 
 def _check(quantizer) -> list:
@@ -37,7 +37,7 @@ def _size_mb(quantizer, unique, widths) -> float:
     total = quantizer._float_bits()
     for qp, bits in zip(unique, widths, strict=True):
         total += tensor_bits(bits, qp.numel, qp.group_size)[1]
-    return total / MB
+    return total / MIB_BITS
 
 
 def size_at_bits(quantizer, bits: float) -> float:

@@ -13,12 +13,13 @@ import weakref
 import torch
 from torch import nn
 
-from diffq_cli.quant.base import MB, BaseQuantizer
+from diffq_cli.quant.base import BaseQuantizer
 from diffq_cli.quant.noise import FreshNoise, NoisePool
 from diffq_cli.quant.ops import BitsAndUnit, minmax_levels, noisy_weight_and_again
 from diffq_cli.quant.params import QParam
 from diffq_cli.quant.registry import register
 from diffq_cli.quant.state import HEADER_BITS, group_lengths
+from diffq_cli.units import MIB_BITS
 
 
 def _forget_hook(quantizer, entry):
@@ -219,7 +220,7 @@ class DiffQuantizer(BaseQuantizer):
             return torch.tensor(self.true_model_size())
         unique = self._qparams
         if not unique:
-            return torch.tensor(self._float_bits() / MB)
+            return torch.tensor(self._float_bits() / MIB_BITS)
         bits, _ = self._batched_bits(unique, reuse=True)
         device = bits.device
         # Values per group (the last group of a tensor may be shorter) and groups per tensor
@@ -238,4 +239,4 @@ class DiffQuantizer(BaseQuantizer):
         top = torch.stack(torch._foreach_max(list(bits.detach().split(self._group_counts))))
         bits_bits = torch.ceil(torch.log2(1 + (torch.round(top) - self.min_bits).clamp_min(0)))
         headers = HEADER_BITS * len(unique) + torch.dot(bits_bits, groups.float())
-        return (payload + headers + self._float_bits()) / MB
+        return (payload + headers + self._float_bits()) / MIB_BITS

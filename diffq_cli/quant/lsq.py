@@ -18,10 +18,11 @@ import math
 import torch
 from torch import nn
 
-from diffq_cli.quant.base import MB, BaseQuantizer
+from diffq_cli.quant.base import BaseQuantizer
 from diffq_cli.quant.params import QParam
 from diffq_cli.quant.registry import register
 from diffq_cli.quant.state import HEADER_BITS
+from diffq_cli.units import MIB_BITS
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -121,4 +122,4 @@ class LSQ(BaseQuantizer):
         total = self._float_bits() + sum(
             self.bits * qp.numel + HEADER_BITS for qp in self._qparams
         )
-        return torch.tensor(total / MB)
+        return torch.tensor(total / MIB_BITS)

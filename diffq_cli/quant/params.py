@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from diffq_cli.units import mib
+
 
 @dataclass(eq=False)
 class QParam:
@@ -58,7 +60,7 @@ def discover(model: nn.Module, min_size: float, exclude, detect_bound: bool, gro
                 continue
             quantizable = (
                 p.is_floating_point()
-                and p.numel() * 4 / 2**20 >= min_size
+                and mib(p.numel() * 4) >= min_size
                 and not excluded(exclude, full, attr)
             )
             if quantizable:

@@ -11,8 +11,7 @@ from diffq_cli.quant.state import (
     numel_of,
     tensor_bits,
 )
-
-MB_BITS = 8 * 2**20
+from diffq_cli.units import MIB_BITS, compression
 
 
 def _order0_bits(counts: torch.Tensor) -> float:
@@ -70,8 +69,8 @@ def summarize_state(state: dict) -> dict:
                 "bits_mean": payload / numel,
                 "bits_min": int(bits.min()),
                 "bits_max": int(bits.max()),
-                "mb": size / MB_BITS,
-                "bound_mb": bound / MB_BITS,
+                "mb": size / MIB_BITS,
+                "bound_mb": bound / MIB_BITS,
             }
         )
     for name, t in state["floats"].items():
@@ -86,19 +85,19 @@ def summarize_state(state: dict) -> dict:
                 "bits_mean": float(width),
                 "bits_min": width,
                 "bits_max": width,
-                "mb": width * t.numel() / MB_BITS,
-                "bound_mb": t.element_size() * 8 * t.numel() / MB_BITS,
+                "mb": width * t.numel() / MIB_BITS,
+                "bound_mb": t.element_size() * 8 * t.numel() / MIB_BITS,
             }
         )
     # Buffers (e.g. batch-norm statistics) are not part of the true size but a file holds them.
     bound_bits += sum(t.element_size() * 8 * t.numel() for t in state["buffers"].values())
-    float_mb = 32 * float_values / MB_BITS
-    true_mb = true_bits / MB_BITS
+    float_mb = 32 * float_values / MIB_BITS
+    true_mb = true_bits / MIB_BITS
     return {
         "float_mb": float_mb,
         "true_mb": true_mb,
-        "compression": float_mb / true_mb if true_mb else None,
-        "bound_mb": bound_bits / MB_BITS,
+        "compression": compression(float_mb, true_mb),  # vs the true size; files: sizes.py
+        "bound_mb": bound_bits / MIB_BITS,
         "mean_bits": qbits / qnumel if qnumel else None,
         "quantized_params": qnumel,
         "params": float_values,

@@ -3,11 +3,12 @@
 import torch
 from torch import nn
 
-from diffq_cli.quant.base import MB, BaseQuantizer
+from diffq_cli.quant.base import BaseQuantizer
 from diffq_cli.quant.ops import minmax_dequantize, minmax_levels
 from diffq_cli.quant.params import QParam
 from diffq_cli.quant.registry import register
 from diffq_cli.quant.state import HEADER_BITS
+from diffq_cli.units import MIB_BITS
 
 
 @register("uniform", qat=True)  # the recipe method trains with the straight-through estimator
@@ -79,4 +80,4 @@ class UniformQuantizer(BaseQuantizer):
         """Size in MB with ``bits`` per weight (fractional bits counted as they are)."""
         bits = self._width if exact else self.bits
         total = self._float_bits() + sum(bits * qp.numel + HEADER_BITS for qp in self._qparams)
-        return torch.tensor(total / MB)
+        return torch.tensor(total / MIB_BITS)

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from diffq_cli import DiffQuantizer, restore_quantized_state
-from diffq_cli.quant.base import MB
 from diffq_cli.quant.summary import summarize_state
+from diffq_cli.units import MIB_BITS as MB
 
 ALLOWED_LEAVES = (torch.Tensor, str, int, float, bool, type(None))
 

@@ -146,8 +146,8 @@ def test_recipe_methods_are_the_registered_quantizers():
     builds its class from a flat settings dict (keys its constructor does not take ignored)."""
     from torch import nn
 
+    from diffq_cli.config import QuantConfig
     from diffq_cli.quant import LSQ, DiffQuantizer, UniformQuantizer, registry
-    from diffq_cli.recipe import QuantConfig
 
     assert sorted(QuantConfig.choices["method"]) == registry.methods()
     settings = {"group_size": 4, "bits": 3, "min_size": 0.0, "exclude": ("*.bias",)}

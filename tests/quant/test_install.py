@@ -1,0 +1,87 @@
+"""Training weights placed per layer for one forward and recomputed in the backward."""
+
+import torch
+from torch import nn
+
+from diffq_cli import DiffQuantizer
+from diffq_cli.quant import install
+
+torch.set_num_threads(1)
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(32, 32), nn.Linear(32, 32)
+        self.seen = []
+
+    def forward(self, x):
+        # what this block's children hold while it runs: the noisy weights of other blocks
+        # must be gone by now
+        self.seen.append({id(m): "weight" in m.__dict__ for m in (self.a, self.b)})
+        return self.b(torch.relu(self.a(x)))
+
+
+def _grads(seed, light: bool, monkeypatch):
+    if not light:
+        monkeypatch.setattr(install.Installer, "_open_light", lambda self: None)
+    torch.manual_seed(seed)
+    net = nn.Sequential(Block(), Block(), nn.Linear(32, 4))
+    quantizer = DiffQuantizer(net, group_size=4, min_size=0, noise_source="fresh")
+    quantizer.no_optimizer()
+    net.train()
+    torch.manual_seed(seed + 1)
+    x = torch.randn(8, 32)
+    (net(x) ** 2).sum().backward()
+    monkeypatch.undo()
+    return net, {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+def test_recomputed_weights_give_the_same_gradients(monkeypatch):
+    _, light = _grads(0, True, monkeypatch)
+    _, kept = _grads(0, False, monkeypatch)
+    assert light.keys() == kept.keys()
+    for name in light:
+        torch.testing.assert_close(light[name], kept[name], rtol=0, atol=0, msg=name)
+
+
+def test_each_blocks_weights_exist_only_while_it_runs(monkeypatch):
+    net, _ = _grads(0, True, monkeypatch)
+    first, second = net[0], net[1]
+    # While the first block ran, its own children held noisy weights; the second's did not.
+    assert all(first.seen[0].values())
+    assert all(second.seen[0].values())
+    for block in (first, second):
+        assert all("weight" not in m.__dict__ for m in (block.a, block.b))  # gone afterwards
+
+
+def test_a_parent_reading_its_childs_weight_sees_the_noisy_one():
+    """nn.MultiheadAttention reads out_proj.weight itself, without calling out_proj."""
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    model = Wrap()
+    # Only out_proj.weight is quantized: any change in the output comes from it.
+    quantizer = DiffQuantizer(model, group_size=4, min_size=0, init_bits=2, min_bits=2,
+                              max_bits=3, exclude=["*in_proj*", "*bias"])
+    assert [qp.name for qp in quantizer._qparams] == ["attn.out_proj.weight"]
+    quantizer.no_optimizer()
+    x = torch.randn(2, 5, 16)
+    model.eval()
+    with torch.no_grad():
+        quantized = model(x)
+    model.train()
+    with torch.no_grad():
+        noisy = model(x)
+    quantizer.detach()
+    with torch.no_grad():
+        plain = model(x)
+    assert not torch.allclose(noisy, plain) and not torch.allclose(quantized, plain)
