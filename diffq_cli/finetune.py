@@ -268,7 +268,7 @@ def _save_run(job: _Job, run_dir: Path, label, target, result, state, sizes) -> 
     """The run's artifact and bits picture; its metrics (as in summary.json)."""
     quantizer = result["quantizer"]
     metrics = {
-        "method": "diffq",
+        "method": {"uniform": "qat"}.get(job.recipe.quant.method, job.recipe.quant.method),
         "label": label,
         "mu": result["mu"],
         "target_mb": target,

@@ -73,7 +73,7 @@ def tradeoff_svg(path, rows: list[dict], title: str = "") -> None:
                             textcoords="offset points", xytext=(5, 5), fontsize=7,
                             color=series.get_color())
     ax.set_xscale("log")
-    ax.set_xlabel("true size (MB, log scale)")
+    ax.set_xlabel("true size (MiB, log scale)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title or "size / accuracy trade-off")
     ax.grid(True, which="both", alpha=0.3)

@@ -133,3 +133,20 @@ def test_a_missed_budget_exits_1_saying_by_how_much(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert re.search(r"target 4 MiB missed by 0\.0\d+ MiB", result.stderr)
     assert (out / "model.th").is_file()  # the result is kept, the gate fails
+
+
+def test_an_lsq_run_is_labelled_lsq_in_the_table(tmp_path):
+    from typer.testing import CliRunner
+
+    from diffq_cli.cli import app
+
+    args = ["finetune", "--model", "test_resnet", "--epochs", "1", "--max-steps", "2",
+            "data.input_size=16", "data.train_subset=64", "data.val_subset=32",
+            "train.float_epochs=0", "quant.method=lsq", "quant.bits=4", "--baseline", "none",
+            "--output", str(tmp_path / "run"), "--json"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    import json
+
+    summary = json.loads(result.stdout)
+    assert [r["method"] for r in summary["runs"]] == ["lsq"]

@@ -47,7 +47,7 @@ def test_tradeoff_svg_has_one_marker_per_row_and_series(tmp_path):
     assert "lsq" not in found  # no LSQ row, no LSQ series
     assert [k for k in found if k.startswith("collapsed-")] == ["collapsed-diffq-0"]
     text = path.read_text()
-    for label in ("target=4MB", "mu=1", "3 bits", "true size (MB, log scale)", "accuracy (%)",
+    for label in ("target=4MB", "mu=1", "3 bits", "true size (MiB, log scale)", "accuracy (%)",
                   "resnet18 on digits", "uniform post-training", "DiffQ"):
         assert label in text, label
 
