@@ -8,6 +8,7 @@ from pathlib import Path
 from diffq_cli.artifact import save_artifact
 from diffq_cli.config import output_dir, recipe_to_dict
 from diffq_cli.fileio import atomic_write
+from diffq_cli.preflight import check_run_dir, check_targets
 from diffq_cli.recipe import dump_recipe
 from diffq_cli.units import compression, human, mib
 
@@ -38,62 +39,6 @@ def _float_stage(model, recipe, train_loader, run_dir: Path, ctx) -> None:
     train_float(model, recipe, train_loader, ctx, run_dir)
     if ctx.dist.is_main:
         atomic_write(path, torch_bytes(model.state_dict()))
-
-
-def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuses contradictory flags, an unwritable output, a resume with nothing to resume, and
-    a silent replacement of an earlier run's results: all before any work is done."""
-    from diffq_cli.errors import InputError
-    from diffq_cli.fileio import check_writable
-
-    if resume and overwrite:
-        raise InputError("--resume continues a run and --overwrite replaces it; pass only one")
-    check_writable(run_dir, "run directory")
-    found = [p for name in ("checkpoint.pt", "float.pt", "model.th")
-             for p in sorted(run_dir.glob(f"**/{name}"))] if run_dir.is_dir() else []
-    # A finished run has summary.json and, unless --keep-checkpoint, no checkpoint.pt left.
-    done = (run_dir / "summary.json").is_file() and not any(p.name == "checkpoint.pt"
-                                                              for p in found)
-    if resume and (done or not any(p.name != "model.th" for p in found)):
-        finished = f" (it holds a finished run's {found[0].name})" if found else ""
-        raise InputError(
-            f"--resume: {run_dir} holds no checkpoint to resume{finished}; drop --resume to "
-            "start a new run, or pass the --output of an interrupted run"
-        )
-    if found and not (resume or overwrite):
-        raise InputError(
-            f"{run_dir} already holds a run ({found[0].name}); pass --resume to continue it, "
-            "--overwrite to replace it, or --output DIR to write elsewhere"
-        )
-
-
-def _size_bounds(model, recipe) -> tuple[float, float]:
-    """(floor, size at init_bits) in MB: every group at min_bits / init_bits, plus the floats."""
-    from diffq_cli.optim import build_quantizer
-    from diffq_cli.quant.budget import size_at_bits, size_floor
-
-    quantizer = build_quantizer(model, recipe.quant)
-    try:
-        return size_floor(quantizer), size_at_bits(quantizer, quantizer.init_bits)
-    finally:
-        quantizer.detach()
-
-
-def _check_targets(model, recipe, reporter) -> None:
-    """Exit 2 before any training when a target is below the reachable floor."""
-    from diffq_cli.errors import InputError
-
-    floor, at_init = _size_bounds(model, recipe)
-    q, low = recipe.quant, min(recipe.train.target_mb)
-    if low < floor:
-        raise InputError(
-            f"--target-mb {low:g} is below the smallest reachable size {floor:.3f} MiB (every "
-            f"group at quant.min_bits={q.min_bits}, plus the tensors kept in float); "
-            f"{at_init:.3f} MiB at quant.init_bits={q.init_bits}. Raise the target, or lower "
-            "quant.min_bits / quant.min_size (fewer float tensors)"
-        )
-    reporter.note(f"size targets: floor {floor:.3f} MiB (min_bits={q.min_bits}), "
-                  f"{at_init:.3f} MiB at init_bits={q.init_bits}")
 
 
 def _row(metrics: dict) -> dict:
@@ -203,7 +148,7 @@ def _setup(recipe, reporter, resume: bool, overwrite: bool) -> _Job:
         reporter.err.quiet = reporter.out.quiet = True
     torch.manual_seed(recipe.train.seed)
     run_dir = Path(output_dir(recipe))
-    _check_run_dir(run_dir, resume, overwrite)
+    check_run_dir(run_dir, resume, overwrite)
     train_loader, val_loader, info = build_loaders(recipe.data, dist.distributed,
                                                    recipe.train.seed)
     return _Job(recipe, reporter, RunContext(device, reporter, dist, resume), run_dir,
@@ -219,7 +164,7 @@ def _start(job: _Job):
         reporter.note(note)
     job.model_spec = dict(model.diffq_spec)
     if t.target_mb:
-        _check_targets(model, recipe, reporter)  # before any training
+        check_targets(model, recipe, reporter)  # before any training
     # The run directory appears only once data, model and targets are known good: a run that
     # fails on bad input leaves nothing behind.
     if job.ctx.dist.is_main:
