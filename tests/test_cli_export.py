@@ -1,15 +1,13 @@
 """``diffq eval`` and ``diffq export`` through CliRunner: exit 0 ok, 1 gate failed, 2 bad input."""
 
 import json
-import re
 import sys
 
 import pytest
 from artifact_factory import make_artifact
-from typer.testing import CliRunner
+from cli_helpers import one_error_line, run
 
 from diffq_cli import export
-from diffq_cli.cli import app
 
 
 @pytest.fixture(scope="module")
@@ -17,21 +15,6 @@ def artifact(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "model.th"
     make_artifact(path, metrics={"accuracy": 11.0})
     return path
-
-
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_error_line(result) -> str:
-    """The one error line; a gate that failed after the work ran may follow its progress lines
-    (``evaluating ...``, ``...: done in 1.2 s``), bad input fails before any."""
-    lines = result.stderr.strip().splitlines()
-    progress = [x for x in lines[:-1] if x.endswith("...") or re.search(r": done in \S+ s$", x)]
-    assert lines and lines[-1].startswith("error: ") and progress == lines[:-1], result.stderr
-    if result.exit_code == 2:
-        assert len(lines) == 1, result.stderr
-    return lines[-1]
 
 
 def test_eval_json(artifact):

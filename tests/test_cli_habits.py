@@ -9,27 +9,16 @@ import sys
 
 import pytest
 from artifact_factory import make_artifact
-from typer.testing import CliRunner
+from cli_helpers import one_error_line, run
 
-from diffq_cli.cli import app
 from diffq_cli.recipe import default_values, load_recipe, recipe_text
 
 COMMANDS = ("finetune", "size", "eval", "export", "recipes", "models")
 
 
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
 def flat(text: str) -> str:
     """Help text with the line wrapping undone."""
     return " ".join(text.split())
-
-
-def one_error_line(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

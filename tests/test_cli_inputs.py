@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 from artifact_factory import make_artifact
-from typer.testing import CliRunner
+from cli_helpers import one_error_line, run
 
 from diffq_cli import export as export_mod
 from diffq_cli import restore_quantized_state
-from diffq_cli.cli import app
 from diffq_cli.coding import decode_state
 from diffq_cli.config import DataConfig
 from diffq_cli.data import build_loaders
@@ -25,16 +24,6 @@ from diffq_cli.quant.state import VERSION as STATE_VERSION
 
 FAST = ["--model", "resnet18", "--epochs", "1", "data.input_size=16", "data.train_subset=128",
         "data.val_subset=96", "data.batch_size=32", "train.float_epochs=0"]
-
-
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_error_line(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

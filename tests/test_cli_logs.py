@@ -8,9 +8,7 @@ import sys
 
 import pytest
 from artifact_factory import make_artifact
-from typer.testing import CliRunner
-
-from diffq_cli.cli import app
+from cli_helpers import run
 
 # 192 training images in batches of 32: 6 steps per epoch; one float epoch, one DiffQ epoch.
 FAST = ["--model", "test_resnet", "--epochs", "1", "--mu", "1e-3", "data.input_size=16",
@@ -18,10 +16,6 @@ FAST = ["--model", "test_resnet", "--epochs", "1", "--mu", "1e-3", "data.input_s
         "train.float_epochs=1", "train.log_every=2", "train.baseline=none"]
 RAW_FLOAT = re.compile(r"\d\.\d{5,}|\d\.\d+e-\d\d\d")  # e.g. 94.98607242339833, 3.815e-005
 NUM = r"\d+\.\d+"
-
-
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,8 @@ checkpoint.pt is removed after a finished run unless --keep-checkpoint."""
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_helpers import run
 
-from diffq_cli.cli import app
 from diffq_cli.models import create_model
 
 # Like test_cli.FAST, but leaving train.float_epochs to the recipe (the default recipe has 2).
@@ -14,10 +13,6 @@ BASE = [
     "--model", "resnet18", "--epochs", "1", "data.input_size=16", "data.train_subset=192",
     "data.val_subset=64", "data.batch_size=32",
 ]  # 6 steps per epoch
-
-
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
