@@ -94,6 +94,7 @@ class _Run:
     stage: Stage
     label: str
     history: list
+    bits_opt: torch.optim.Optimizer | None = None
 
 
 def _setup(model, recipe, mu, target_mb, ctx, steps_per_epoch) -> _Run:
@@ -113,12 +114,12 @@ def _setup(model, recipe, mu, target_mb, ctx, steps_per_epoch) -> _Run:
         total = min(t.max_steps, total)
     stage = _stage(ctx.dist.wrap(model), [optimizer, bits_opt], ctx, recipe, steps_per_epoch,
                    total)
-    return _Run(model, quantizer, control, stage, label, [])
+    return _Run(model, quantizer, control, stage, label, [], bits_opt)
 
 
 def _resume(run: _Run, ckpt_path: Path, ctx) -> None:
     ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)
-    optimizer, bits_opt = run.stage.optimizers
+    optimizer, bits_opt = run.stage.optimizers[0], run.bits_opt
     run.model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     bits_opt.load_state_dict(ckpt["bits_optimizer"])
@@ -176,7 +177,7 @@ def _evaluate(run: _Run, val_loader, recipe, ctx, target_mb, seen_loss, start) -
 
 
 def _save(run: _Run, ckpt_path: Path, metrics_path: Path, kept: list, mu) -> None:
-    optimizer, bits_opt = run.stage.optimizers
+    optimizer, bits_opt = run.stage.optimizers[0], run.bits_opt
     write_metrics(metrics_path, kept + run.history)
     checkpoint = {
         "model": run.model.state_dict(),
@@ -192,6 +193,18 @@ def _save(run: _Run, ckpt_path: Path, metrics_path: Path, kept: list, mu) -> Non
         "aim": run.control.state_dict(),
     }
     atomic_write(ckpt_path, torch_bytes(checkpoint))
+
+
+def _freeze_when_due(run: _Run, freeze_steps: int, ctx) -> None:
+    """From ``train.freeze_bits_steps`` before the end: widths frozen (the bits' optimizer no
+    longer steps) and forwards see true quantization with a straight-through gradient."""
+    stage = run.stage
+    if (freeze_steps and stage.step >= stage.total - freeze_steps
+            and hasattr(run.quantizer, "freeze_bits") and len(stage.optimizers) > 1):
+        run.quantizer.freeze_bits()
+        stage.optimizers = stage.optimizers[:1]
+        ctx.reporter.note(f"{run.label}: widths frozen at step {stage.step}, last "
+                          f"{stage.total - stage.step} steps train through true quantization")
 
 
 def _finish(run: _Run, val_loader, ctx, target_mb) -> dict:
@@ -236,12 +249,14 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
             f"The last good checkpoint is kept in {ckpt_path}"
         )
 
+    _freeze_when_due(run, t.freeze_bits_steps, ctx)  # a resumed run may be in that phase
     with ctx.reporter.progress(stage.total - stage.step, run.label) as bar:
 
         def on_step(value, n, size):
             bar.update(loss=f"{value:.3f}")
             log.step(stage.step, value, stage.optimizers[0].param_groups[0]["lr"], n,
                      size=size, bits=bits)
+            _freeze_when_due(run, t.freeze_bits_steps, ctx)
 
         try:
             while stage.epoch < t.epochs and stage.step < stage.total:

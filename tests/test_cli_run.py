@@ -106,3 +106,30 @@ def test_resume_refuses_a_finished_run_and_resumes_a_sweep(tmp_path,
     assert resumed.exit_code == 0, resumed.output
     assert "resumed mu=0 from" in resumed.stderr  # the finished mu is not trained again
     assert not list((tmp_path / "s").glob("**/checkpoint.pt"))
+
+
+def test_freeze_bits_steps_ends_with_frozen_widths(tmp_path, interrupt_after_checkpoints):
+    """train.freeze_bits_steps=N: the last N DiffQ steps keep the widths (the logits do not
+    move from the step-3 checkpoint to the end) and train through true quantization; a
+    resumed run is frozen again."""
+    import torch
+
+    out = tmp_path / "run"
+    args = ["finetune", "--model", "test_resnet", "--epochs", "2", "--max-steps", "6",
+            "data.input_size=16", "data.train_subset=96", "data.val_subset=32",
+            "data.batch_size=32", "train.float_epochs=0", "--baseline", "none",
+            "--keep-checkpoint", "train.freeze_bits_steps=3", "--output", out]
+    patched = interrupt_after_checkpoints(1)  # stop after epoch 1 (step 3)
+    assert run(*args).exit_code == 130
+    patched.undo()
+    half = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert half["step"] == 3
+    result = run(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "widths frozen at step 3" in result.stderr
+    end = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert end["step"] == 6
+    logits = [k for k in end["model"] if k.endswith("_diffq")]
+    assert logits and all(torch.equal(end["model"][k], half["model"][k]) for k in logits)
+    weights = [k for k in end["model"] if k.endswith("conv1.weight")]
+    assert any(not torch.equal(end["model"][k], half["model"][k]) for k in weights)

@@ -15,7 +15,12 @@ from torch import nn
 
 from diffq_cli.quant.base import BaseQuantizer
 from diffq_cli.quant.noise import FreshNoise, NoisePool
-from diffq_cli.quant.ops import BitsAndUnit, minmax_levels, noisy_weight_and_again
+from diffq_cli.quant.ops import (
+    BitsAndUnit,
+    minmax_dequantize,
+    minmax_levels,
+    noisy_weight_and_again,
+)
 from diffq_cli.quant.params import QParam
 from diffq_cli.quant.registry import register
 from diffq_cli.quant.state import HEADER_BITS, group_lengths
@@ -99,6 +104,7 @@ class DiffQuantizer(BaseQuantizer):
         self.noise_source = noise_source
         self._bits_cache = None
         self._shape_cache = None
+        self._frozen = False
         super().__init__(model, min_size, float16, exclude, detect_bound, group_size)
         self._noise = self._make_noise()
 
@@ -172,10 +178,19 @@ class DiffQuantizer(BaseQuantizer):
                 unit.register_hook(_forget_hook(self, self._bits_cache))
         return bits, unit
 
+    def freeze_bits(self, frozen: bool = True) -> None:
+        """Training forwards see the truly quantized weights (rounded widths, straight-through
+        gradient to the weights) instead of noise: a final phase that trains the weights for
+        the rounding the evaluation applies. The widths stop moving only if the bit logits are
+        no longer stepped (the caller leaves them out of its optimizers)."""
+        self._frozen = bool(frozen)
+
     def _train_factories(self):
         unique = self._qparams
         if not unique:
             return []
+        if self._frozen:
+            return [functools.partial(_straight_through, self, qp) for qp in unique]
         if self._noise.device != unique[0].param.device:
             self._noise.to(unique[0].param.device)
         _, unit = self._batched_bits(unique)
@@ -240,3 +255,12 @@ class DiffQuantizer(BaseQuantizer):
         bits_bits = torch.ceil(torch.log2(1 + (torch.round(top) - self.min_bits).clamp_min(0)))
         headers = HEADER_BITS * len(unique) + torch.dot(bits_bits, groups.float())
         return (payload + headers + self._float_bits()) / MIB_BITS
+
+
+def _straight_through(quantizer: DiffQuantizer, qp: QParam):
+    """``qp``'s weight truly quantized at its rounded widths, with the identity as gradient."""
+    flat = qp.param.reshape(-1)
+    with torch.no_grad():
+        levels, low, high, qmax = minmax_levels(flat, quantizer._true_bits(qp), qp.group_size)
+        q = minmax_dequantize(levels, low, high, qmax, qp.group_size).to(flat.dtype)
+    return (flat + (q - flat).detach()).view_as(qp.param), None

@@ -587,3 +587,26 @@ def test_bits_and_unit_function_matches_the_plain_chain(param):
             logits.grad = None
         for a, b in zip(*grads, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_frozen_bits_train_through_true_quantization():
+    """freeze_bits(): a training forward sees exactly the evaluation's quantized weights, and
+    the weights get the straight-through (identity) gradient; the logits get none."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    quantizer = DiffQuantizer(net, group_size=8, min_size=0, init_bits=3)
+    quantizer.no_optimizer()
+    x = torch.randn(5, 32)
+    net.eval()
+    with torch.no_grad():
+        evaluated = net(x)
+    quantizer.freeze_bits()
+    net.train()
+    out = net(x)
+    assert torch.equal(out, evaluated)
+    out.sum().backward()
+    assert net[0].weight.grad is not None and net[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in quantizer._bit_parameters())
+    quantizer.freeze_bits(False)
+    net.train()
+    assert not torch.equal(net(x), evaluated)  # noise again
