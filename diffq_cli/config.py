@@ -150,11 +150,11 @@ class TrainConfig(_Section):
     choices: ClassVar = {"amp": ("none", "bf16", "fp16"), "baseline": ("none", "ptq", "qat"),
                          "logger": ("none", "tensorboard")}
     bounds: ClassVar = {"epochs": _GE1, "max_steps": _GE1, "log_every": _GE1, "seed": _GE0,
-                        "float_epochs": _GE0, "freeze_bits_steps": _GE0}
+                        "float_epochs": _GE0, "freeze_bits": (0, 1, False)}
     epochs: int = 3
     float_epochs: int = 0
     max_steps: int | None = None
-    freeze_bits_steps: int = 0  # DiffQ's last N steps: widths frozen, true quantization (STE)
+    freeze_bits: float = 0.0  # last fraction of DiffQ's steps: widths frozen, true quantization
     mu: tuple[float, ...] | None = None  # None and no target: DEFAULT_MU
     target_mb: tuple[float, ...] = ()
     baseline: str = "ptq"

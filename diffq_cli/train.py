@@ -195,10 +195,12 @@ def _save(run: _Run, ckpt_path: Path, metrics_path: Path, kept: list, mu) -> Non
     atomic_write(ckpt_path, torch_bytes(checkpoint))
 
 
-def _freeze_when_due(run: _Run, freeze_steps: int, ctx) -> None:
-    """From ``train.freeze_bits_steps`` before the end: widths frozen (the bits' optimizer no
-    longer steps) and forwards see true quantization with a straight-through gradient."""
+def _freeze_when_due(run: _Run, fraction: float, ctx) -> None:
+    """For the last ``train.freeze_bits`` of the steps: widths frozen (the bits' optimizer no
+    longer steps) and forwards see true quantization with a straight-through gradient, so the
+    weights train for the rounding the evaluation applies instead of for noise."""
     stage = run.stage
+    freeze_steps = round(stage.total * fraction)
     if (freeze_steps and stage.step >= stage.total - freeze_steps
             and hasattr(run.quantizer, "freeze_bits") and len(stage.optimizers) > 1):
         run.quantizer.freeze_bits()
@@ -249,14 +251,14 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
             f"The last good checkpoint is kept in {ckpt_path}"
         )
 
-    _freeze_when_due(run, t.freeze_bits_steps, ctx)  # a resumed run may be in that phase
+    _freeze_when_due(run, t.freeze_bits, ctx)  # a resumed run may be in that phase
     with ctx.reporter.progress(stage.total - stage.step, run.label) as bar:
 
         def on_step(value, n, size):
             bar.update(loss=f"{value:.3f}")
             log.step(stage.step, value, stage.optimizers[0].param_groups[0]["lr"], n,
                      size=size, bits=bits)
-            _freeze_when_due(run, t.freeze_bits_steps, ctx)
+            _freeze_when_due(run, t.freeze_bits, ctx)
 
         try:
             while stage.epoch < t.epochs and stage.step < stage.total:

@@ -108,8 +108,8 @@ def test_resume_refuses_a_finished_run_and_resumes_a_sweep(tmp_path,
     assert not list((tmp_path / "s").glob("**/checkpoint.pt"))
 
 
-def test_freeze_bits_steps_ends_with_frozen_widths(tmp_path, interrupt_after_checkpoints):
-    """train.freeze_bits_steps=N: the last N DiffQ steps keep the widths (the logits do not
+def test_freeze_bits_ends_with_frozen_widths(tmp_path, interrupt_after_checkpoints):
+    """train.freeze_bits=0.5: the last half of the DiffQ steps keep the widths (the logits do not
     move from the step-3 checkpoint to the end) and train through true quantization; a
     resumed run is frozen again."""
     import torch
@@ -118,7 +118,7 @@ def test_freeze_bits_steps_ends_with_frozen_widths(tmp_path, interrupt_after_che
     args = ["finetune", "--model", "test_resnet", "--epochs", "2", "--max-steps", "6",
             "data.input_size=16", "data.train_subset=96", "data.val_subset=32",
             "data.batch_size=32", "train.float_epochs=0", "--baseline", "none",
-            "--keep-checkpoint", "train.freeze_bits_steps=3", "--output", out]
+            "--keep-checkpoint", "train.freeze_bits=0.5", "--output", out]
     patched = interrupt_after_checkpoints(1)  # stop after epoch 1 (step 3)
     assert run(*args).exit_code == 130
     patched.undo()
