@@ -9,9 +9,11 @@ about to run and removed when that module is done, so the model never holds ever
 at once. "The module that uses it" is the owning module's parent, since a parent may read its
 child's weight directly (``nn.MultiheadAttention`` reads ``out_proj.weight``); weights of the
 model's own direct children, and of modules shared by several parents, are placed for the whole
-forward. During the forward, a saved-tensor hook lets layers keep a recipe instead of a
-recomputable weight for their backward (every conv and linear saves its weight): the backward
-recomputes it, so no noisy weight stays alive between the forward and the backward either.
+forward. A module whose parent's forward never runs (an ``nn.ModuleList``) places its own
+weights around its own forward instead. During the forward, a saved-tensor hook lets layers
+keep a recipe instead of a recomputable weight for their backward (every conv and linear saves
+its weight): the backward recomputes it, so no noisy weight stays alive between the forward and
+the backward either.
 """
 
 import torch
@@ -58,6 +60,18 @@ class Installer:
             self._hooks.append(
                 parent.register_forward_hook(self._make_post(items), always_call=True)
             )
+        # The owning module runs its own forward under a parent whose forward never runs (an
+        # nn.ModuleList, or a parent skipped by the model's code): it then places its weights
+        # itself, so no layer ever trains on plain floats by accident.
+        owners: dict[int, tuple[nn.Module, list]] = {}
+        for items in (items for _, items in self._lazy.values()):
+            for item in items:
+                owners.setdefault(id(item[1]), (item[1], []))[1].append(item)
+        for owner, items in owners.values():
+            placed: set = set()
+            self._hooks.append(owner.register_forward_pre_hook(self._make_own_pre(items, placed)))
+            self._hooks.append(owner.register_forward_hook(self._make_own_post(items, placed),
+                                                           always_call=True))
         self._installed: list[tuple[nn.Module, str]] = []
         self._factories: list | None = None
         self._values: dict[int, torch.Tensor] = {}
@@ -140,6 +154,25 @@ class Installer:
                 value = self._values.pop(i, None)
                 if value is not None:
                     self._recompute.pop(id(value), None)
+
+        return post
+
+    def _make_own_pre(self, items, placed: set):
+        def pre(module, args):
+            if self._factories is None:
+                return
+            missing = [(i, owner, attr) for i, owner, attr in items if attr not in owner.__dict__]
+            self._make_pre(missing)(module, args)
+            placed.update((i, attr) for i, _, attr in missing)
+
+        return pre
+
+    def _make_own_post(self, items, placed: set):
+        def post(module, args, output):
+            if self._factories is None or not placed:
+                return
+            self._make_post([it for it in items if (it[0], it[2]) in placed])(module, args, output)
+            placed.clear()
 
         return post
 

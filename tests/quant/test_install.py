@@ -85,3 +85,34 @@ def test_a_parent_reading_its_childs_weight_sees_the_noisy_one():
     with torch.no_grad():
         plain = model(x)
     assert not torch.allclose(noisy, plain) and not torch.allclose(quantized, plain)
+
+
+def test_layers_in_a_module_list_train_on_noisy_weights():
+    """An nn.ModuleList has no forward: its layers, called by the model in a loop, place their
+    own noisy weights (training them on floats would be silently wrong)."""
+
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(16, 16) for _ in range(3)])
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = torch.relu(layer(x))
+            return x
+
+    torch.manual_seed(0)
+    net = Stack()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        plain = net(x)
+    quantizer = DiffQuantizer(net, group_size=4, min_size=0, init_bits=2, min_bits=2,
+                              max_bits=3, exclude=["*bias"])
+    quantizer.no_optimizer()
+    net.train()
+    noisy = net(x)
+    assert not torch.allclose(noisy, plain)
+    noisy.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0
+               for p in quantizer._bit_parameters())  # the noise (and its width) was used
+    assert all("weight" not in layer.__dict__ for layer in net.layers)  # removed afterwards
