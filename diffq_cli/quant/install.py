@@ -73,6 +73,7 @@ class Installer:
             self._hooks.append(owner.register_forward_hook(self._make_own_post(items, placed),
                                                            always_call=True))
         self._installed: list[tuple[nn.Module, str]] = []
+        self._seen: set[int] = set()  # parameters placed during this forward
         self._factories: list | None = None
         self._values: dict[int, torch.Tensor] = {}
         self._recompute: dict[int, tuple[torch.Tensor, object]] = {}
@@ -91,6 +92,8 @@ class Installer:
 
     def clear(self) -> None:
         """Removes everything placed for this forward and closes the saved-tensor hook."""
+        if self._factories is not None:
+            self._place_unseen_eagerly()
         if self._saved_hooks is not None:
             self._saved_hooks.__exit__(None, None, None)
             self._saved_hooks = None
@@ -114,7 +117,30 @@ class Installer:
             if (value := self._value(i)) is not None
         )
 
+    def _place_unseen_eagerly(self) -> None:
+        """Weights that no hook placed in this training forward (their module and its parent
+        never ran: the model read them directly) are placed for the whole forward from now
+        on; this forward used the floats for them, which the warning says."""
+        unseen = False
+        for _, items in self._lazy.values():
+            missing = [it for it in items
+                       if it[0] not in self._seen and self._factories[it[0]] is not None]
+            if missing:
+                unseen = True
+                self._eager.extend(missing)
+                items[:] = [it for it in items if it not in missing]
+        if unseen:
+            import warnings
+
+            warnings.warn(
+                "diffq: some quantized weights were used without their module or its parent "
+                "running (read directly by the model); they get noise from the next step on",
+                stacklevel=2,
+            )
+        self._seen = set()
+
     def _value(self, i: int):
+        self._seen.add(i)
         if i not in self._values:
             factory = self._factories[i] if self._factories is not None else None
             if factory is None:

@@ -1,5 +1,6 @@
 """Training weights placed per layer for one forward and recomputed in the backward."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -116,3 +117,30 @@ def test_layers_in_a_module_list_train_on_noisy_weights():
     assert all(p.grad is not None and p.grad.abs().sum() > 0
                for p in quantizer._bit_parameters())  # the noise (and its width) was used
     assert all("weight" not in layer.__dict__ for layer in net.layers)  # removed afterwards
+
+
+def test_weights_read_directly_by_the_model_get_noise_from_the_next_step():
+    """No hook runs for a layer whose weight the model reads itself: after one forward (with a
+    warning) it is placed for the whole forward, so training does not stay on floats."""
+
+    class Direct(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Sequential(nn.Linear(16, 16))
+
+        def forward(self, x):
+            return torch.nn.functional.linear(x, self.inner[0].weight)
+
+    torch.manual_seed(0)
+    net = Direct()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        plain = net(x)
+    quantizer = DiffQuantizer(net, group_size=4, min_size=0, init_bits=2, min_bits=2,
+                              max_bits=3, exclude=["*bias"])
+    quantizer.no_optimizer()
+    net.train()
+    with pytest.warns(UserWarning, match="read directly"):
+        first = net(x)
+    assert torch.equal(first, plain)  # this forward could not be reached
+    assert not torch.allclose(net(x), plain)  # from the next one on, noise
