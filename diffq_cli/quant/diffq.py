@@ -15,12 +15,7 @@ from torch import nn
 
 from diffq_cli.quant.base import BaseQuantizer
 from diffq_cli.quant.noise import FreshNoise, NoisePool
-from diffq_cli.quant.ops import (
-    BitsAndUnit,
-    minmax_dequantize,
-    minmax_levels,
-    noisy_weight_and_again,
-)
+from diffq_cli.quant.ops import BitsAndUnit, minmax_levels, noisy_weight_and_again, straight_through
 from diffq_cli.quant.params import QParam
 from diffq_cli.quant.registry import register
 from diffq_cli.quant.state import HEADER_BITS, group_lengths
@@ -190,7 +185,7 @@ class DiffQuantizer(BaseQuantizer):
         if not unique:
             return []
         if self._frozen:
-            return [functools.partial(_straight_through, self, qp) for qp in unique]
+            return [functools.partial(self._frozen_weight, qp) for qp in unique]
         if self._noise.device != unique[0].param.device:
             self._noise.to(unique[0].param.device)
         _, unit = self._batched_bits(unique)
@@ -207,6 +202,10 @@ class DiffQuantizer(BaseQuantizer):
             )
             for qp, u, (noise, sign) in zip(unique, units, windows, strict=True)
         ]
+
+    def _frozen_weight(self, qp: QParam):
+        """(``qp``'s weight truly quantized at its rounded widths, straight-through; no recipe)."""
+        return straight_through(qp.param, self._true_bits(qp), qp.group_size), None
 
     def noise_state_dict(self) -> dict:
         """State of the noise source (for exact resumption of a training run)."""
@@ -255,12 +254,3 @@ class DiffQuantizer(BaseQuantizer):
         bits_bits = torch.ceil(torch.log2(1 + (torch.round(top) - self.min_bits).clamp_min(0)))
         headers = HEADER_BITS * len(unique) + torch.dot(bits_bits, groups.float())
         return (payload + headers + self._float_bits()) / MIB_BITS
-
-
-def _straight_through(quantizer: DiffQuantizer, qp: QParam):
-    """``qp``'s weight truly quantized at its rounded widths, with the identity as gradient."""
-    flat = qp.param.reshape(-1)
-    with torch.no_grad():
-        levels, low, high, qmax = minmax_levels(flat, quantizer._true_bits(qp), qp.group_size)
-        q = minmax_dequantize(levels, low, high, qmax, qp.group_size).to(flat.dtype)
-    return (flat + (q - flat).detach()).view_as(qp.param), None

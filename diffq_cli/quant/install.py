@@ -42,7 +42,6 @@ class Installer:
         for parent in model.modules():
             for child in parent.children():
                 parents.setdefault(id(child), []).append(parent)
-        self._model = model
         self._eager: list[tuple[int, nn.Module, str]] = []  # placed for the whole forward
         self._lazy: dict[int, tuple[nn.Module, list]] = {}  # id(parent) -> (parent, bindings)
         for i, pairs in enumerate(bindings):
@@ -152,34 +151,33 @@ class Installer:
                 self._values[i] = value
         return self._values[i]
 
+    def _place_items(self, items) -> None:
+        self.place(
+            (owner, attr, value)
+            for i, owner, attr in items
+            if (value := self._value(i)) is not None
+        )
+
+    def _drop_items(self, items) -> None:
+        _remove([(owner, attr) for _, owner, attr in items])
+        # Forget the values so they can be freed now (the layers kept recipes, not them);
+        # a second call of this module computes them again, identically.
+        for i, _, _ in items:
+            value = self._values.pop(i, None)
+            if value is not None:
+                self._recompute.pop(id(value), None)
+
     def _make_pre(self, items):
         def pre(module, args):
-            if self._factories is None:
-                return
-            placed, rnns = [], []
-            for i, owner, attr in items:
-                value = self._value(i)
-                if value is not None:
-                    owner.__dict__[attr] = value
-                    placed.append((owner, attr))
-                    if isinstance(owner, nn.RNNBase):
-                        rnns.append(owner)
-            _refresh(rnns)
-            self._installed.extend(placed)
+            if self._factories is not None:
+                self._place_items(items)
 
         return pre
 
     def _make_post(self, items):
         def post(module, args, output):
-            if self._factories is None:
-                return
-            _remove([(owner, attr) for _, owner, attr in items])
-            # Forget the values so they can be freed now (the layers kept recipes, not them);
-            # a second call of this module computes them again, identically.
-            for i, _, _ in items:
-                value = self._values.pop(i, None)
-                if value is not None:
-                    self._recompute.pop(id(value), None)
+            if self._factories is not None:
+                self._drop_items(items)
 
         return post
 
@@ -188,7 +186,7 @@ class Installer:
             if self._factories is None:
                 return
             missing = [(i, owner, attr) for i, owner, attr in items if attr not in owner.__dict__]
-            self._make_pre(missing)(module, args)
+            self._place_items(missing)
             placed.update((i, attr) for i, _, attr in missing)
 
         return pre
@@ -197,7 +195,7 @@ class Installer:
         def post(module, args, output):
             if self._factories is None or not placed:
                 return
-            self._make_post([it for it in items if (it[0], it[2]) in placed])(module, args, output)
+            self._drop_items([it for it in items if (it[0], it[2]) in placed])
             placed.clear()
 
         return post

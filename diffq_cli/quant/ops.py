@@ -218,6 +218,16 @@ def minmax_dequantize(levels, low, high, qmax, group_size: int) -> torch.Tensor:
     return out.add_(low)
 
 
+def straight_through(weight, bits, group_size: int, qmax=None) -> torch.Tensor:
+    """``weight`` truly quantized (min/max levels at ``bits`` per group) in the forward, with
+    the identity as gradient (straight-through estimator)."""
+    flat = weight.reshape(-1)
+    with torch.no_grad():
+        levels, low, high, qmax = minmax_levels(flat, bits, group_size, qmax)
+        q = minmax_dequantize(levels, low, high, qmax, group_size).to(flat.dtype)
+    return (flat + (q - flat).detach()).view_as(weight)
+
+
 def noisy_weight(weight, unit, noise, group_size: int, mult: float) -> torch.Tensor:
     """``weight`` plus pseudo quantization noise; see ``NoisyWeight``."""
     return noisy_weight_and_again(weight, unit, noise, group_size, mult)[0]

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from diffq_cli.quant.base import BaseQuantizer
-from diffq_cli.quant.ops import minmax_dequantize, minmax_levels
+from diffq_cli.quant.ops import minmax_levels, straight_through
 from diffq_cli.quant.params import QParam
 from diffq_cli.quant.registry import register
 from diffq_cli.quant.state import HEADER_BITS
@@ -64,17 +64,10 @@ class UniformQuantizer(BaseQuantizer):
     def _train_weights(self):
         if not self.qat:
             return None
-        out = []
-        for qp in self._qparams:
-            flat = qp.param.reshape(-1)
-            with torch.no_grad():
-                levels, low, high, qmax = minmax_levels(
-                    flat, self._true_bits(qp), qp.group_size, self._qmax
-                )
-                q = minmax_dequantize(levels, low, high, qmax, qp.group_size)
-            # Straight-through estimator: quantized forward, identity gradient.
-            out.append((flat + (q.to(flat.dtype) - flat).detach()).view_as(qp.param))
-        return out
+        return [
+            straight_through(qp.param, self._true_bits(qp), qp.group_size, self._qmax)
+            for qp in self._qparams
+        ]
 
     def model_size(self, exact: bool = False) -> torch.Tensor:
         """Size in MB with ``bits`` per weight (fractional bits counted as they are)."""

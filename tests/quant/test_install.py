@@ -38,6 +38,14 @@ def _grads(seed, light: bool, monkeypatch):
     return net, {n: p.grad.clone() for n, p in net.named_parameters()}
 
 
+def _two_bit_diffq(net, **kwargs):
+    """Coarse widths (2-3 bits): the noise moves the output visibly; biases stay float."""
+    quantizer = DiffQuantizer(net, group_size=4, min_size=0, init_bits=2, min_bits=2,
+                              max_bits=3, **kwargs)
+    quantizer.no_optimizer()
+    return quantizer
+
+
 def test_recomputed_weights_give_the_same_gradients(monkeypatch):
     _, light = _grads(0, True, monkeypatch)
     _, kept = _grads(0, False, monkeypatch)
@@ -71,10 +79,8 @@ def test_a_parent_reading_its_childs_weight_sees_the_noisy_one():
 
     model = Wrap()
     # Only out_proj.weight is quantized: any change in the output comes from it.
-    quantizer = DiffQuantizer(model, group_size=4, min_size=0, init_bits=2, min_bits=2,
-                              max_bits=3, exclude=["*in_proj*", "*bias"])
+    quantizer = _two_bit_diffq(model, exclude=["*in_proj*", "*bias"])
     assert [qp.name for qp in quantizer._qparams] == ["attn.out_proj.weight"]
-    quantizer.no_optimizer()
     x = torch.randn(2, 5, 16)
     model.eval()
     with torch.no_grad():
@@ -107,9 +113,7 @@ def test_layers_in_a_module_list_train_on_noisy_weights():
     x = torch.randn(4, 16)
     with torch.no_grad():
         plain = net(x)
-    quantizer = DiffQuantizer(net, group_size=4, min_size=0, init_bits=2, min_bits=2,
-                              max_bits=3, exclude=["*bias"])
-    quantizer.no_optimizer()
+    quantizer = _two_bit_diffq(net, exclude=["*bias"])
     net.train()
     noisy = net(x)
     assert not torch.allclose(noisy, plain)
@@ -136,9 +140,7 @@ def test_weights_read_directly_by_the_model_get_noise_from_the_next_step():
     x = torch.randn(4, 16)
     with torch.no_grad():
         plain = net(x)
-    quantizer = DiffQuantizer(net, group_size=4, min_size=0, init_bits=2, min_bits=2,
-                              max_bits=3, exclude=["*bias"])
-    quantizer.no_optimizer()
+    _two_bit_diffq(net, exclude=["*bias"])
     net.train()
     with pytest.warns(UserWarning, match="read directly"):
         first = net(x)
