@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench demo clean
+.PHONY: install test lint bench bench-reference demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,20 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/quant_bench.py
 	$(BIN)/python bench/memory_bench.py
+
+# The same benchmarks with the reference DiffQ measured side by side. The reference
+# (diffq-fixed, CC-BY-NC, compiles a Cython extension) lives in its own venv, never in .venv.
+REF_VENV ?= .venv-reference
+$(REF_VENV)/.installed: $(STAMP)
+	test -x $(REF_VENV)/bin/python || $(PY) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/python -m pip install -q "torch==$$($(BIN)/python -c 'import torch; print(torch.__version__.split("+")[0])')" \
+		"torchvision==$$($(BIN)/python -c 'import torchvision; print(torchvision.__version__.split("+")[0])')" diffq-fixed
+	$(REF_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+bench-reference: $(REF_VENV)/.installed
+	$(REF_VENV)/bin/python bench/quant_bench.py --reference
+	$(REF_VENV)/bin/python bench/memory_bench.py --reference
 
 demo: $(STAMP)
 	$(BIN)/diffq finetune --model resnet18 --mu 1e-3 --overwrite

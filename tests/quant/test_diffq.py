@@ -391,21 +391,28 @@ def test_noisy_weight_matches_plain_autograd(shape, group_size, mult):
     assert sorted(changed) == sorted([int(weight.argmax()), int(weight.argmin())])
 
 
-@pytest.mark.parametrize("where", [0, 20_000, 50_000 - 1])
-def test_noisy_weight_range_gradient_on_large_tensors(where):
-    # Above 4 rows of 4096 the arg-max search runs in two stages, with a tail.
+@pytest.mark.parametrize("where", [0, 20_000, 4095, 4096, 50_000 - 1])
+@pytest.mark.parametrize("shape", [(50_000,), (50, 40, 5, 5), (64, 32, 3, 3)])
+def test_noisy_weight_range_gradient_on_large_tensors(where, shape):
+    # Above 4 rows of 4096 the range is found row by row (with a shorter tail row when the
+    # size is not a multiple of 4096), and the extremes are searched in the winning rows only.
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(50_000, generator=generator)
-    weight[where] = 10.0
-    weight[(where + 17) % 50_000] = -10.0
-    unit = torch.full((-(-50_000 // 8),), 0.01)
-    noise = torch.randn(50_000, generator=generator)
+    n = math.prod(shape)
+    where %= n
+    flat = torch.randn(n, generator=generator)
+    flat[where] = 10.0
+    flat[(where + 17) % n] = -10.0
+    weight = flat.view(shape)
+    unit = torch.full((-(-n // 8),), 0.01)
+    noise = torch.randn(n, generator=generator)
+    upstream = torch.ones(shape)
     w = weight.clone().requires_grad_()
-    noisy_weight(w, unit, noise, 8, 0.5).backward(torch.ones(50_000))
+    noisy_weight(w, unit, noise, 8, 0.5).backward(upstream)
     w_ref = weight.clone().requires_grad_()
-    _reference_noisy(w_ref, unit, noise, 8, 0.5).backward(torch.ones(50_000))
+    _reference_noisy(w_ref, unit, noise, 8, 0.5).backward(upstream)
     assert torch.allclose(w.grad, w_ref.grad, atol=1e-4)
-    assert w.grad[where] != 1 and w.grad[(where + 17) % 50_000] != 1
+    changed = (w.grad != 1).reshape(-1).nonzero().flatten().tolist()
+    assert changed == sorted([where, (where + 17) % n])
 
 
 def test_noisy_weight_does_not_corrupt_a_shared_upstream_gradient():
