@@ -5,6 +5,9 @@ prints accuracy and true size side by side. Writes ``bench/out/noise_evidence.js
 
     python bench/noise_evidence.py                 # digits + Fashion-MNIST (Debian files)
     python bench/noise_evidence.py --only digits
+
+Every run sets ``train.freeze_bits=0`` (the short-run recipes train their last quarter without
+noise, which would dilute the comparison).
 """
 
 import argparse
@@ -16,10 +19,11 @@ from pathlib import Path
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 SETUPS = {
-    "digits": ["--recipe", "default"],
+    "digits": ["--recipe", "default", "train.freeze_bits=0"],
     "fashion-mnist": [
         "--recipe",
         "fashion-mnist-resnet18",
+        "train.freeze_bits=0",
         "data.train_subset=12000",
         "data.val_subset=2000",
         "train.float_epochs=2",
@@ -73,7 +77,8 @@ def main():
                         f"  mean bits {r['mean_bits']:.2f}",
                         flush=True,
                     )
-    out = Path(__file__).parent / "out" / "noise_evidence.json"
+    name = f"noise_evidence-{args.only}.json" if args.only else "noise_evidence.json"
+    out = Path(__file__).parent / "out" / name
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(rows, indent=2))
     print(f"wrote {out}")

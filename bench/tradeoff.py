@@ -90,7 +90,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="diffq-tradeoff-"))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from diffq_cli.baselines import collapsed, mark_best
+    from diffq_cli.baselines import collapsed, mark_beaten, mark_best, verdicts
 
     def save(rows, first):
         out.write_text(json.dumps({"args": vars(a), "float": first["float"], "rows": rows},
@@ -119,6 +119,7 @@ def main() -> None:
     for row in rows:
         row["collapsed"] = collapsed(row["accuracy"], classes)
     mark_best(rows)
+    mark_beaten(rows)
     save(rows, first)
     title = a.title or (
         f"{first['model']}, {first['dataset']} ({a.train_subset} train / {a.val_subset} val), "
@@ -129,6 +130,7 @@ def main() -> None:
         Path(a.svg).parent.mkdir(parents=True, exist_ok=True)
         tradeoff_svg(a.svg, rows, title)
     print_table(rows, title, first["float"]["accuracy"])
+    print("\n".join(["", *verdicts(rows)]))
     print(f"\npicture: {a.svg or '-'}; rows: {a.out}; float weights: {weights}")
 
 

@@ -86,3 +86,51 @@ def mark_best(rows: list[dict], tolerance: float = 0.02) -> None:
             and other.get("true_mb") is not None
             and other["true_mb"] <= size * (1 + tolerance) and other["accuracy"] > acc
             for other in rows)
+
+
+BASELINES = ("ptq", "qat", "lsq")
+_NAMES = {"ptq": "post-training uniform", "qat": "uniform QAT", "lsq": "LSQ"}
+
+
+def mark_beaten(rows: list[dict], tolerance: float = 0.02) -> None:
+    """Sets ``row["beaten_by"]`` on every DiffQ row: the baseline row at the same or a smaller
+    size (``tolerance`` as in ``mark_best``) that is more accurate, the smallest such one (then
+    the most accurate), or None when no baseline beats it. Rows of collapsed runs never beat
+    anything."""
+    for row in rows:
+        if row.get("method") != "diffq":
+            continue
+        size, acc = row.get("true_mb"), row.get("accuracy")
+        rivals = [] if size is None or acc is None else [
+            other for other in rows
+            if other.get("method") in BASELINES and not other.get("collapsed")
+            and other.get("true_mb") is not None and other.get("accuracy") is not None
+            and other["true_mb"] <= size * (1 + tolerance) and other["accuracy"] > acc]
+        best = min(rivals, key=lambda o: (o["true_mb"], -o["accuracy"]), default=None)
+        row["beaten_by"] = None if best is None else f"{best['method']} {best['label']}"
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """One plain sentence per DiffQ row (after ``mark_beaten``): which baseline beats it, or
+    that none at its size does; and a hint when uniform QAT was not run to compare."""
+    from diffq_cli.units import human
+
+    by_name = {f"{r['method']} {r['label']}": r for r in rows}
+    lines = []
+    for row in rows:
+        if row.get("method") != "diffq" or row.get("accuracy") is None:
+            continue
+        head = (f"DiffQ {row['label']} ({human(row['true_mb'], 'mib')}, "
+                f"{human(row['accuracy'], 'pct')})")
+        rival = by_name.get(row.get("beaten_by") or "")
+        if rival is None:
+            lines.append(f"{head}: no baseline at this size or smaller is more accurate.")
+        else:
+            lines.append(
+                f"{head}: {_NAMES[rival['method']]} at {rival['label']} is "
+                f"{'smaller' if rival['true_mb'] < row['true_mb'] else 'about as small'} "
+                f"({human(rival['true_mb'], 'mib')}) and more accurate "
+                f"({human(rival['accuracy'], 'pct')}); prefer it for this size.")
+    if lines and not any(r.get("method") == "qat" for r in rows):
+        lines.append("Compare with uniform QAT at the same sizes: add --baseline qat.")
+    return lines

@@ -123,6 +123,7 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
             path.unlink(missing_ok=True)
     if not reporter.json_mode:
         reporter.tradeoff_table(rows)
+        reporter.verdicts(summary["verdicts"])
         reporter.layer_table(layers, f"Bits per quantized layer ({last})")
     job.ctx.dist.close()
     missed = [r for r in runs if r["target_mb"] is not None and r["true_mb"] > r["target_mb"]]
@@ -252,6 +253,7 @@ def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
         row["delta"] = None if row.get("accuracy") is None else row["accuracy"] - job.float_acc
         row["collapsed"] = baselines.collapsed(row.get("accuracy"), classes)
     baselines.mark_best(rows)
+    baselines.mark_beaten(rows)
     summary = {
         "recipe": job.recipe.name,
         "model": job.recipe.model.name,
@@ -261,6 +263,7 @@ def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
         "runs": runs,
         "baselines": [r for r in rows if r["method"] in ("ptq", "qat")],
         "table": rows,
+        "verdicts": baselines.verdicts(rows),
         "seconds": time.time() - started,
     }
     if job.ctx.dist.is_main:

@@ -208,6 +208,11 @@ class Reporter:
             self.out.print("★ best accuracy at its size or smaller; chance: accuracy at chance "
                            "level (collapsed)", markup=False, highlight=False)
 
+    def verdicts(self, lines: list[str]) -> None:
+        """Plain sentences under the trade-off table (``baselines.verdicts``)."""
+        for line in lines:
+            self.out.print(line, markup=False, highlight=False)
+
     def layer_table(self, layers: list[dict], title: str) -> None:
         """Print bits per layer with a bar proportional to the mean bits (15 bits = full bar).
 

@@ -67,6 +67,16 @@ def test_ptq_and_qat_rows_in_table_and_summary(aimed):
         assert row["collapsed"] == (row["accuracy"] < 15.0)
     for text in ("ptq", "8 bits", "2 bits", "qat", "★", "best accuracy at its size"):
         assert text in result.stdout, text
+    # One plain verdict for the DiffQ run, in the summary and under the table.
+    (verdict,) = summary["verdicts"]
+    (diffq,) = [r for r in table if r["method"] == "diffq"]
+    assert verdict.startswith("DiffQ target=4MB (")
+    if diffq["beaten_by"] is None:
+        assert verdict.endswith("no baseline at this size or smaller is more accurate.")
+    else:
+        assert "prefer it for this size" in verdict and diffq["beaten_by"].split()[0] in (
+            "ptq", "qat")
+    assert verdict in " ".join(result.stdout.split())
 
 
 def test_run_writes_tradeoff_and_bits_svg(aimed, tmp_path):

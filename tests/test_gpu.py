@@ -137,3 +137,32 @@ def test_finetune_on_cuda(tmp_path):
     rebuilt = evaluate_artifact(tmp_path / "run" / "model.th", device="cuda")
     assert rebuilt["samples"] == 128
     assert abs(rebuilt["accuracy"] - run["accuracy"]) <= 100 / 128 + 1e-9
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_a_training_step_never_waits_for_the_device(frozen):
+    # Warm-up steps build the per-device constants (``ops._PerDevice``) and the noise pool;
+    # after that a noisy step (and a frozen-width straight-through step) must queue kernels
+    # without any device-to-host copy: sync debug mode turns one into an error.
+    model, optimizer, bits_opt, quantizer = _setup()
+    model.train()
+    x, y = _batch()
+    quantizer.freeze_bits(frozen)
+
+    def step():
+        optimizer.zero_grad()
+        bits_opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y) + 1e-3 * quantizer.model_size()
+        loss.backward()
+        optimizer.step()
+        bits_opt.step()
+
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()

@@ -212,7 +212,8 @@ class BitsAndUnit(torch.autograd.Function):
                 *(g.view(x.shape).to(x.dtype) for g, x in zip(parts, logits, strict=True)))
 
 
-def minmax_levels(flat: torch.Tensor, bits: torch.Tensor, group_size: int, qmax=None):
+def minmax_levels(flat: torch.Tensor, bits: torch.Tensor, group_size: int, qmax=None,
+                  narrow: bool = True):
     """True quantization of a flat tensor on its [min, max] range, per group.
 
     Args:
@@ -220,10 +221,12 @@ def minmax_levels(flat: torch.Tensor, bits: torch.Tensor, group_size: int, qmax=
         bits: integer bit width per group (G,), used for ``qmax = 2**bits - 1`` unless given.
         group_size: values per group (the last group may be shorter).
         qmax: optional per-group (or scalar) largest level, for fractional uniform bits.
+        narrow: store the levels as integers (for packing); False keeps them float32, which
+            also avoids the host sync that choosing the integer type needs on a GPU.
 
     Returns:
-        (levels (numel,) as uint8 when every width is at most 8 bits, else int16; low, high,
-        qmax per group as float32).
+        (levels (numel,) as uint8 when every width is at most 8 bits, else int16 (float32
+        with ``narrow=False``); low, high, qmax per group as float32).
     """
     flat = flat.detach().float()
     low, high = torch.aminmax(flat)
@@ -243,6 +246,8 @@ def minmax_levels(flat: torch.Tensor, bits: torch.Tensor, group_size: int, qmax=
         torch.addcmul(shift[full:], tail, inv_delta[full:], out=ltail)
     # (w - low) / span lies in [0, 1], so rounding stays in [0, qmax] (a rounding error below
     # zero rounds to -0, which converts to 0). Narrow integers keep the packing passes cheap.
+    if not narrow:
+        return levels.round_(), low, high, qmax
     dtype = torch.uint8 if float(qmax.max()) < 255.5 else torch.int16
     return levels.round_().to(dtype), low, high, qmax
 
@@ -265,7 +270,8 @@ def straight_through(weight, bits, group_size: int, qmax=None) -> torch.Tensor:
     the identity as gradient (straight-through estimator)."""
     flat = weight.reshape(-1)
     with torch.no_grad():
-        levels, low, high, qmax = minmax_levels(flat, bits, group_size, qmax)
+        # Float levels: a training step must not wait for the device (no integer-type choice).
+        levels, low, high, qmax = minmax_levels(flat, bits, group_size, qmax, narrow=False)
         q = minmax_dequantize(levels, low, high, qmax, group_size).to(flat.dtype)
     return (flat + (q - flat).detach()).view_as(weight)
 
