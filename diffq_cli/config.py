@@ -155,6 +155,7 @@ class TrainConfig(_Section):
     float_epochs: int = 0
     max_steps: int | None = None
     freeze_bits: float = 0.0  # last fraction of DiffQ's steps: widths frozen, true quantization
+    fill_budget: bool = False  # with a size target: widths fitted to it when they freeze
     mu: tuple[float, ...] | None = None  # None and no target: DEFAULT_MU
     target_mb: tuple[float, ...] = ()
     baseline: str = "ptq"

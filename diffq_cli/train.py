@@ -195,14 +195,24 @@ def _save(run: _Run, ckpt_path: Path, metrics_path: Path, kept: list, mu) -> Non
     atomic_write(ckpt_path, torch_bytes(checkpoint))
 
 
-def _freeze_when_due(run: _Run, fraction: float, ctx) -> None:
+def _freeze_when_due(run: _Run, train, ctx, target_mb) -> None:
     """For the last ``train.freeze_bits`` of the steps: widths frozen (the bits' optimizer no
     longer steps) and forwards see true quantization with a straight-through gradient, so the
-    weights train for the rounding the evaluation applies instead of for noise."""
+    weights train for the rounding the evaluation applies instead of for noise. With a size
+    target and ``train.fill_budget``, the widths are first fitted to the target (raised while
+    they fit, or lowered), so that the weights train for the widths the artifact will have and
+    the run spends its whole budget."""
     stage = run.stage
-    freeze_steps = round(stage.total * fraction)
+    freeze_steps = round(stage.total * train.freeze_bits)
     if (freeze_steps and stage.step >= stage.total - freeze_steps
             and hasattr(run.quantizer, "freeze_bits") and len(stage.optimizers) > 1):
+        if target_mb is not None and train.fill_budget:
+            from diffq_cli.quant.budget import fit_budget
+
+            fit = fit_budget(run.quantizer, target_mb, fill=True)
+            ctx.reporter.note(f"{run.label}: widths fitted to the target: {fit['raised']} "
+                              f"raised, {fit['lowered']} lowered, true size "
+                              f"{fit['true_mb']:.3f} MiB")
         run.quantizer.freeze_bits()
         stage.optimizers = stage.optimizers[:1]
         ctx.reporter.note(f"{run.label}: widths frozen at step {stage.step}, last "
@@ -251,14 +261,14 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
             f"The last good checkpoint is kept in {ckpt_path}"
         )
 
-    _freeze_when_due(run, t.freeze_bits, ctx)  # a resumed run may be in that phase
+    _freeze_when_due(run, t, ctx, target_mb)  # a resumed run may be in that phase
     with ctx.reporter.progress(stage.total - stage.step, run.label) as bar:
 
         def on_step(value, n, size):
             bar.update(loss=f"{value:.3f}")
             log.step(stage.step, value, stage.optimizers[0].param_groups[0]["lr"], n,
                      size=size, bits=bits)
-            _freeze_when_due(run, t.freeze_bits, ctx)
+            _freeze_when_due(run, t, ctx, target_mb)
 
         try:
             while stage.epoch < t.epochs and stage.step < stage.total:

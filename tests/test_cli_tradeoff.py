@@ -136,7 +136,8 @@ def test_a_missed_budget_exits_1_saying_by_how_much(tmp_path, monkeypatch):
 
     monkeypatch.setattr(budget, "start_at_size", lambda q, mb: budget.set_uniform_bits(q, 2.85))
     monkeypatch.setattr(budget, "fit_budget",
-                        lambda q, mb: {"fits": False, "lowered": 0, "true_mb": 0.0, "tau": 0.0})
+                        lambda q, mb, fill=False: {"fits": False, "lowered": 0, "raised": 0,
+                                                   "true_mb": 0.0, "tau": 0.0})
     out = tmp_path / "miss"
     result = run(CliRunner(), "finetune", *FAST, "--max-steps", "1", "--target-mb", "4",
                  "--baseline", "none", "--output", out)
@@ -160,3 +161,20 @@ def test_an_lsq_run_is_labelled_lsq_in_the_table(tmp_path):
 
     summary = json.loads(result.stdout)
     assert [r["method"] for r in summary["runs"]] == ["lsq"]
+
+
+def test_fill_budget_spends_the_target_before_the_widths_freeze(tmp_path):
+    """train.fill_budget: when the widths freeze, a run under its target gets the groups nearest
+    their next width raised while the size fits, so it ends at the target, not under it."""
+    ends = {}
+    for fill in ("false", "true"):
+        out = tmp_path / fill
+        result = run(CliRunner(), "finetune", *FAST, "--max-steps", "4", "--target-mb", "4",
+                     "--baseline", "none", "train.freeze_bits=0.5", f"train.fill_budget={fill}",
+                     "--output", out)
+        assert result.exit_code == 0, result.output
+        assert ("widths fitted to the target" in result.stderr) == (fill == "true")
+        (diffq,) = json.loads((out / "summary.json").read_text())["runs"]
+        ends[fill] = diffq["true_mb"]
+    assert ends["false"] < ends["true"] <= 4.0
+    assert ends["true"] > 4.0 * 0.995  # one group's width is a few bytes: the budget is spent

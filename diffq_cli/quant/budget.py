@@ -6,13 +6,13 @@ lowers widths until the true size fits, cheapest groups first: a group whose lea
 just above its rounding threshold (2.52 rounds to 3) wanted its width least, so it is lowered
 first; a group at 2.98 is lowered only after every group closer to its threshold. Formally, all
 real bits are shifted down by the smallest ``tau`` for which ``round(b - tau)`` fits, which is
-exactly that order, and is found by bisection.
+exactly that order, and is found by bisection. ``fit_budget(..., fill=True)`` also raises
+widths, in the mirror order, while a run under its budget still fits.
 
 These helpers read the quantizer's groups directly (same package) and change only the bit
 logits, so ``_true_bits``, ``get_quantized_state()`` and evaluation all see the new widths.
 """
 
-import math
 
 import torch
 
@@ -160,44 +160,61 @@ def _uniform_mb(quantizer, unique, width: int) -> float:
     return _size_mb(quantizer, unique, _full(unique, {qp.name: width for qp in unique}))
 
 
-def fit_budget(quantizer, max_mb: float) -> dict:
-    """Lowers integer widths, cheapest groups first, until ``true_model_size() <= max_mb``.
+def fit_budget(quantizer, max_mb: float, fill: bool = False) -> dict:
+    """Lowers integer widths, cheapest groups first, until ``true_model_size() <= max_mb``;
+    with ``fill``, also raises them while the size still fits when it is under ``max_mb``.
+
+    Raising is the mirror of lowering: all real bits shifted *up* by the largest ``t`` for
+    which ``round(b + t)`` still fits, so the groups just below their rounding threshold (a
+    2.48 that rounded to 2) gain a bit first. Used where the weights still train for the new
+    widths afterwards (the frozen-width phase), so the run ends at its budget, not under it.
 
     Returns:
-        ``{"fits", "true_mb", "lowered" (groups changed), "tau" (bits shifted)}``; ``fits`` is
-        False only when even the floor (every group at ``min_bits``) is over ``max_mb``.
+        ``{"fits", "true_mb", "lowered" (groups lowered), "raised" (groups raised), "tau"
+        (bits shifted down; negative when raised)}``; ``fits`` is False only when even the
+        floor (every group at ``min_bits``) is over ``max_mb``.
     """
     unique = _check(quantizer)
     real = learned_bits(quantizer)
-    # Lowest width a group can have: min_bits as the quantizer rounds it.
+    # Lowest and highest width a group can have: min_bits / max_bits as the quantizer rounds.
     floor = int(_int_bits(torch.tensor(quantizer.min_bits + quantizer.extra_bits)))
+    ceiling = int(_int_bits(torch.tensor(quantizer.max_bits + quantizer.extra_bits)))
 
     def widths(tau: float) -> list[torch.Tensor]:
-        return [_int_bits(b - tau).clamp_min(floor) for b in real]
+        return [_int_bits(b - tau).clamp(floor, ceiling) for b in real]
 
     def size(tau: float) -> float:
         return _size_mb(quantizer, unique, widths(tau))
 
     before = size(0.0)
-    if before <= max_mb:
-        return {"fits": True, "true_mb": before, "lowered": 0, "tau": 0.0}
-    hi = 16.0  # shifts everything to the floor
-    if size(hi) > max_mb:
-        return {"fits": False, "true_mb": size(hi), "lowered": 0, "tau": hi}
-    lo = 0.0
-    while hi - lo > 1e-6:  # invariant: size(lo) > max_mb >= size(hi)
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if size(mid) <= max_mb else (mid, hi)
-    lowered = 0
+    if before <= max_mb and not fill:
+        return {"fits": True, "true_mb": before, "lowered": 0, "raised": 0, "tau": 0.0}
+    if before <= max_mb:  # raise: the most negative tau that still fits
+        lo, hi = -16.0, 0.0
+        if size(lo) <= max_mb:
+            hi = lo
+        while hi - lo > 1e-6:  # invariant: size(lo) > max_mb >= size(hi)
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if size(mid) <= max_mb else (mid, hi)
+    else:
+        hi = 16.0  # shifts everything to the floor
+        if size(hi) > max_mb:
+            return {"fits": False, "true_mb": size(hi), "lowered": 0, "raised": 0, "tau": hi}
+        lo = 0.0
+        while hi - lo > 1e-6:  # invariant: size(lo) > max_mb >= size(hi)
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if size(mid) <= max_mb else (mid, hi)
+    lowered = raised = 0
     with torch.no_grad():
         for qp, old, new in zip(unique, widths(0.0), widths(hi), strict=True):
             changed = new != old
             if bool(changed.any()):
-                lowered += int(changed.sum())
+                lowered += int((new < old).sum())
+                raised += int((new > old).sum())
                 # Centre of the new width: it rounds to it, whatever extra_bits adds.
                 target = new.double() - quantizer.extra_bits
                 logits = logits_for_bits(quantizer, target).to(qp.bit_param.device)
                 qp.bit_param[changed.to(qp.bit_param.device)] = logits[changed]
     true_mb = quantizer.true_model_size()
-    return {"fits": true_mb <= max_mb, "true_mb": true_mb, "lowered": lowered,
-            "tau": hi if math.isfinite(hi) else 16.0}
+    return {"fits": true_mb <= max_mb, "true_mb": true_mb, "lowered": lowered, "raised": raised,
+            "tau": hi}

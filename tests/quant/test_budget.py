@@ -88,10 +88,39 @@ def test_fit_budget_leaves_a_fitting_model_alone_and_reports_an_impossible_budge
     q = _quantizer()
     logits = [qp.bit_param.detach().clone() for qp in q._qparams]
     assert fit_budget(q, q.true_model_size() + 1) == {
-        "fits": True, "true_mb": pytest.approx(q.true_model_size()), "lowered": 0, "tau": 0.0}
+        "fits": True, "true_mb": pytest.approx(q.true_model_size()), "lowered": 0, "raised": 0,
+        "tau": 0.0}
     assert all(torch.equal(a, qp.bit_param) for a, qp in zip(logits, q._qparams, strict=True))
     fit = fit_budget(q, size_floor(q) / 2)
     assert not fit["fits"] and fit["true_mb"] == pytest.approx(size_floor(q))
+
+
+def test_fit_budget_fill_raises_the_groups_nearest_their_threshold_while_it_fits():
+    q = _quantizer()
+    torch.manual_seed(0)
+    for qp in q._qparams:
+        with torch.no_grad():
+            qp.bit_param.copy_(logits_for_bits(q, 3.5 + 0.45 * (2 * torch.rand(qp.n_groups) - 1)))
+    real = torch.cat(learned_bits(q))
+    under = q.true_model_size()
+    target = (under + size_at_bits(q, 4)) / 2  # room for some groups, not all, to gain a bit
+    assert fit_budget(q, target)["raised"] == 0  # without fill nothing moves
+    fit = fit_budget(q, target, fill=True)
+    assert fit["fits"] and fit["raised"] > 0 and fit["lowered"] == 0 and fit["tau"] < 0
+    assert under < q.true_model_size() <= target and fit["true_mb"] == q.true_model_size()
+    after = torch.cat([q._true_bits(qp) for qp in q._qparams])
+    raised = after > torch.round(real)
+    assert bool((after <= torch.round(real) + 1).all())
+    # Mirror order: every raised group sat closer below its next threshold than every group
+    # left at 3 bits.
+    gap = (torch.round(real) + 0.5) - real
+    kept_at_3 = (~raised) & (torch.round(real) == 3)
+    assert gap[raised].max() <= gap[kept_at_3].min() + 1e-6
+    # Filling again changes nothing: the widths now sit on integers, raising any needs t >= 0.5
+    # for all of them at once.
+    assert fit_budget(q, target, fill=True)["raised"] == 0
+    # Over the budget, fill lowers exactly as without it.
+    assert fit_budget(q, size_at_bits(q, 3), fill=True)["lowered"] > 0
 
 
 def test_budget_helpers_need_a_diffquantizer():
