@@ -36,15 +36,18 @@ def main(argv=None) -> int:
     for path in a.files:
         with open(path) as f:
             data = json.load(f)
+        seed = data["args"].get("seed")
         for row in data["rows"]:
             key = _key(row, data["args"])
             if a.methods and not any(key[0].startswith(m) for m in a.methods):
                 continue
+            if seed in seeds[key]:  # float and PTQ rows repeat in every call of one seed
+                continue
+            seeds[key].append(seed)
             acc[key].append(row["accuracy"])
             true_mb[key].append(row["true_mb"])
             if row.get("artifact_mb") is not None:
                 file_mb[key].append(row["artifact_mb"])
-            seeds[key].append(data["args"].get("seed"))
     print("| method | run | seeds | true size MiB | file MiB | accuracy % (mean ± sd) | per seed |")
     print("|---|---|---|---|---|---|---|")
     for key in sorted(acc, key=lambda k: (-statistics.mean(true_mb[k]), k)):
