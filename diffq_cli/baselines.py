@@ -89,7 +89,7 @@ def mark_best(rows: list[dict], tolerance: float = 0.02) -> None:
 
 
 BASELINES = ("ptq", "qat", "lsq")
-_NAMES = {"ptq": "post-training uniform", "qat": "uniform QAT", "lsq": "LSQ"}
+_NAMES = {"ptq": "post-training uniform quantization", "qat": "uniform QAT", "lsq": "LSQ"}
 
 
 def mark_beaten(rows: list[dict], tolerance: float = 0.02) -> None:
@@ -110,9 +110,21 @@ def mark_beaten(rows: list[dict], tolerance: float = 0.02) -> None:
         row["beaten_by"] = None if best is None else f"{best['method']} {best['label']}"
 
 
+def _nearly_as_small(row: dict, rows: list[dict], within: float = 0.10):
+    """The smallest baseline that is more accurate than ``row`` while at most ``within`` (10 %)
+    larger: the trade a user with a little room in the budget would want to know about."""
+    near = [other for other in rows
+            if other.get("method") in BASELINES and not other.get("collapsed")
+            and other.get("true_mb") is not None and other.get("accuracy") is not None
+            and row["true_mb"] < other["true_mb"] <= row["true_mb"] * (1 + within)
+            and other["accuracy"] > row["accuracy"]]
+    return min(near, key=lambda o: (o["true_mb"], -o["accuracy"]), default=None)
+
+
 def verdicts(rows: list[dict]) -> list[str]:
     """One plain sentence per DiffQ row (after ``mark_beaten``): which baseline beats it, or
-    that none at its size does; and a hint when uniform QAT was not run to compare."""
+    that none at its size does (and which more accurate one is at most 10 % larger); and a
+    hint when uniform QAT was not run to compare."""
     from diffq_cli.units import human
 
     by_name = {f"{r['method']} {r['label']}": r for r in rows}
@@ -124,7 +136,14 @@ def verdicts(rows: list[dict]) -> list[str]:
                 f"{human(row['accuracy'], 'pct')})")
         rival = by_name.get(row.get("beaten_by") or "")
         if rival is None:
-            lines.append(f"{head}: no baseline at this size or smaller is more accurate.")
+            line = f"{head}: no baseline at this size or smaller is more accurate"
+            near = _nearly_as_small(row, rows)
+            if near is not None:
+                larger = (near["true_mb"] / row["true_mb"] - 1) * 100
+                line += (f"; {_NAMES[near['method']]} at {near['label']} is {larger:.0f} % larger "
+                         f"({human(near['true_mb'], 'mib')}) and more accurate "
+                         f"({human(near['accuracy'], 'pct')})")
+            lines.append(line + ".")
         else:
             lines.append(
                 f"{head}: {_NAMES[rival['method']]} at {rival['label']} is "

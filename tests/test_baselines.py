@@ -55,7 +55,12 @@ def test_verdicts_say_plainly_which_baseline_to_prefer():
     assert lines[0].startswith("DiffQ mu=10 (0.640 MiB, 89.90 %): uniform QAT at 3 bits is "
                                "smaller (0.610 MiB) and more accurate (90.00 %)")
     assert lines[2] == ("DiffQ mu=0.1 (0.420 MiB, 89.50 %): no baseline at this size or smaller "
-                        "is more accurate.")
+                        "is more accurate.")  # QAT 3 bits is 45 % larger: not mentioned
+    rows[-1]["true_mb"] = 0.57  # now QAT 3 bits (0.61) is 7 % larger and more accurate
+    mark_beaten(rows)
+    assert verdicts(rows)[2] == (
+        "DiffQ mu=0.1 (0.570 MiB, 89.50 %): no baseline at this size or smaller is more "
+        "accurate; uniform QAT at 3 bits is 7 % larger (0.610 MiB) and more accurate (90.00 %).")
     without_qat = [r for r in (dict(r) for r in ISSUE_TABLE) if r["method"] != "qat"]
     mark_beaten(without_qat)
     assert verdicts(without_qat)[-1] == (
