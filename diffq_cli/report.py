@@ -210,8 +210,8 @@ class Reporter:
 
     def verdicts(self, lines: list[str]) -> None:
         """Plain sentences under the trade-off table (``baselines.verdicts``)."""
-        for line in lines:
-            self.out.print(line, markup=False, highlight=False)
+        for line in lines:  # one line each, never wrapped: scripts grep them
+            self.out.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def layer_table(self, layers: list[dict], title: str) -> None:
         """Print bits per layer with a bar proportional to the mean bits (15 bits = full bar).
