@@ -110,6 +110,11 @@ def mark_beaten(rows: list[dict], tolerance: float = 0.02) -> None:
         row["beaten_by"] = None if best is None else f"{best['method']} {best['label']}"
 
 
+def _where(row: dict) -> str:
+    """Where a baseline's artifact is (uniform QAT runs save one), for the verdict."""
+    return f": {row['artifact']}" if row.get("artifact") else ""
+
+
 def _nearly_as_small(row: dict, rows: list[dict], within: float = 0.10):
     """The smallest baseline that is more accurate than ``row`` while at most ``within`` (10 %)
     larger: the trade a user with a little room in the budget would want to know about."""
@@ -142,14 +147,14 @@ def verdicts(rows: list[dict]) -> list[str]:
                 larger = (near["true_mb"] / row["true_mb"] - 1) * 100
                 line += (f"; {_NAMES[near['method']]} at {near['label']} is {larger:.0f} % larger "
                          f"({human(near['true_mb'], 'mib')}) and more accurate "
-                         f"({human(near['accuracy'], 'pct')})")
+                         f"({human(near['accuracy'], 'pct')}){_where(near)}")
             lines.append(line + ".")
         else:
             lines.append(
                 f"{head}: {_NAMES[rival['method']]} at {rival['label']} is "
                 f"{'smaller' if rival['true_mb'] < row['true_mb'] else 'about as small'} "
                 f"({human(rival['true_mb'], 'mib')}) and more accurate "
-                f"({human(rival['accuracy'], 'pct')}); prefer it for this size.")
+                f"({human(rival['accuracy'], 'pct')}); prefer it for this size{_where(rival)}.")
     if lines and not any(r.get("method") == "qat" for r in rows):
         lines.append("Compare with uniform QAT at the same sizes: add --baseline qat.")
     return lines

@@ -295,12 +295,22 @@ def _qat_rows(job: _Job, runs: list) -> list:
                                   [r["true_mb"] for r in runs])
     rows = []
     for bits in widths:
-        result = train_one(job.fresh_model(job.start_weights),
-                           baselines.qat_recipe(job.recipe, bits), 0.0, job.loaders,
+        recipe = baselines.qat_recipe(job.recipe, bits)
+        result = train_one(job.fresh_model(job.start_weights), recipe, 0.0, job.loaders,
                            job.run_dir / f"qat{bits}", job.ctx)
         quantizer = result["quantizer"]
-        rows.append({"method": "qat", "label": f"{bits} bits", "bits": bits,
-                     "accuracy": result["accuracy"], "true_mb": quantizer.true_model_size(),
-                     "mean_bits": float(bits)})
+        row = {"method": "qat", "label": f"{bits} bits", "bits": bits,
+               "accuracy": result["accuracy"], "true_mb": quantizer.true_model_size(),
+               "mean_bits": float(bits)}
+        if job.ctx.dist.is_main:
+            # Its own artifact, like a DiffQ run's: comparable file size, and usable as is
+            # (eval, export) when the verdict says to prefer it.
+            path = job.run_dir / f"qat{bits}" / "model.th"
+            metrics = {**row, "float_accuracy": job.float_acc, "float_mb": job.float_mb}
+            nbytes = save_artifact(path, quantizer.get_quantized_state(), job.model_spec,
+                                   job.info, recipe_to_dict(recipe), metrics)
+            row.update(artifact=str(path), artifact_mb=mib(nbytes), artifact_bytes=nbytes,
+                       compression=compression(job.float_mb, mib(nbytes)))
+        rows.append(row)
         quantizer.detach()
     return rows

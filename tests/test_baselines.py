@@ -61,6 +61,9 @@ def test_verdicts_say_plainly_which_baseline_to_prefer():
     assert verdicts(rows)[2] == (
         "DiffQ mu=0.1 (0.570 MiB, 89.50 %): no baseline at this size or smaller is more "
         "accurate; uniform QAT at 3 bits is 7 % larger (0.610 MiB) and more accurate (90.00 %).")
+    rows[3]["artifact"] = "runs/x/qat3/model.th"  # a QAT run names its artifact
+    assert verdicts(rows)[0].endswith("prefer it for this size: runs/x/qat3/model.th.")
+    assert verdicts(rows)[2].endswith("(90.00 %): runs/x/qat3/model.th.")
     without_qat = [r for r in (dict(r) for r in ISSUE_TABLE) if r["method"] != "qat"]
     mark_beaten(without_qat)
     assert verdicts(without_qat)[-1] == (

@@ -60,6 +60,11 @@ def test_ptq_and_qat_rows_in_table_and_summary(aimed):
     nearest = min(ptq, key=lambda r: abs(r["true_mb"] - summary["runs"][0]["true_mb"]))
     assert qat["bits"] == nearest["bits"] and qat["true_mb"] == pytest.approx(nearest["true_mb"])
     assert (out / f"qat{qat['bits']}" / "metrics.jsonl").is_file()
+    # The QAT run keeps its artifact: same format, file size in the table, readable by `size`.
+    assert qat["artifact"] == str(out / f"qat{qat['bits']}" / "model.th")
+    assert qat["artifact_bytes"] == (out / f"qat{qat['bits']}" / "model.th").stat().st_size
+    size = json.loads(run(CliRunner(), "size", qat["artifact"], "--json").stdout)
+    assert size["true_mb"] == pytest.approx(qat["true_mb"]) and size["mean_bits"] == qat["bits"]
     table = summary["table"]
     assert [r["method"] for r in table][:2] == ["float", "ptq"]
     assert any(r["best"] for r in table)
