@@ -73,6 +73,19 @@ def qat_recipe(recipe, bits: int):
     return dataclasses.replace(recipe, quant=quant, train=train)
 
 
+def _measured(row: dict) -> bool:
+    return row.get("true_mb") is not None and row.get("accuracy") is not None
+
+
+def _better_within(row: dict, candidates: list[dict], slack: float) -> list[dict]:
+    """The measured ``candidates`` (other than ``row``) at most ``slack`` larger than ``row``
+    and more accurate."""
+    return [other for other in candidates
+            if other is not row and _measured(other)
+            and other["true_mb"] <= row["true_mb"] * (1 + slack)
+            and other["accuracy"] > row["accuracy"]]
+
+
 def mark_best(rows: list[dict], tolerance: float = 0.02) -> None:
     """Sets ``row["best"]``: no other row at the same or a smaller size is more accurate.
 
@@ -80,16 +93,19 @@ def mark_best(rows: list[dict], tolerance: float = 0.02) -> None:
     it. The marked rows are the Pareto front of accuracy against true size.
     """
     for row in rows:
-        size, acc = row.get("true_mb"), row.get("accuracy")
-        row["best"] = size is not None and acc is not None and not any(
-            other is not row and other.get("accuracy") is not None
-            and other.get("true_mb") is not None
-            and other["true_mb"] <= size * (1 + tolerance) and other["accuracy"] > acc
-            for other in rows)
+        row["best"] = _measured(row) and not _better_within(row, rows, tolerance)
 
 
 BASELINES = ("ptq", "qat", "lsq")
 _NAMES = {"ptq": "post-training uniform quantization", "qat": "uniform QAT", "lsq": "LSQ"}
+
+
+def _smallest_better_baseline(row: dict, rows: list[dict], slack: float):
+    """The smallest (then most accurate) baseline row at most ``slack`` larger than ``row``
+    and more accurate; rows of collapsed runs never count."""
+    baselines = [r for r in rows if r.get("method") in BASELINES and not r.get("collapsed")]
+    better = _better_within(row, baselines, slack) if _measured(row) else []
+    return min(better, key=lambda o: (o["true_mb"], -o["accuracy"]), default=None)
 
 
 def mark_beaten(rows: list[dict], tolerance: float = 0.02) -> None:
@@ -98,16 +114,9 @@ def mark_beaten(rows: list[dict], tolerance: float = 0.02) -> None:
     the most accurate), or None when no baseline beats it. Rows of collapsed runs never beat
     anything."""
     for row in rows:
-        if row.get("method") != "diffq":
-            continue
-        size, acc = row.get("true_mb"), row.get("accuracy")
-        rivals = [] if size is None or acc is None else [
-            other for other in rows
-            if other.get("method") in BASELINES and not other.get("collapsed")
-            and other.get("true_mb") is not None and other.get("accuracy") is not None
-            and other["true_mb"] <= size * (1 + tolerance) and other["accuracy"] > acc]
-        best = min(rivals, key=lambda o: (o["true_mb"], -o["accuracy"]), default=None)
-        row["beaten_by"] = None if best is None else f"{best['method']} {best['label']}"
+        if row.get("method") == "diffq":
+            best = _smallest_better_baseline(row, rows, tolerance)
+            row["beaten_by"] = None if best is None else f"{best['method']} {best['label']}"
 
 
 def _where(row: dict) -> str:
@@ -115,15 +124,7 @@ def _where(row: dict) -> str:
     return f": {row['artifact']}" if row.get("artifact") else ""
 
 
-def _nearly_as_small(row: dict, rows: list[dict], within: float = 0.10):
-    """The smallest baseline that is more accurate than ``row`` while at most ``within`` (10 %)
-    larger: the trade a user with a little room in the budget would want to know about."""
-    near = [other for other in rows
-            if other.get("method") in BASELINES and not other.get("collapsed")
-            and other.get("true_mb") is not None and other.get("accuracy") is not None
-            and row["true_mb"] < other["true_mb"] <= row["true_mb"] * (1 + within)
-            and other["accuracy"] > row["accuracy"]]
-    return min(near, key=lambda o: (o["true_mb"], -o["accuracy"]), default=None)
+NEARLY = 0.10  # the verdict names a more accurate baseline at most 10 % larger
 
 
 def verdicts(rows: list[dict]) -> list[str]:
@@ -142,7 +143,9 @@ def verdicts(rows: list[dict]) -> list[str]:
         rival = by_name.get(row.get("beaten_by") or "")
         if rival is None:
             line = f"{head}: no baseline at this size or smaller is more accurate"
-            near = _nearly_as_small(row, rows)
+            # Not beaten, so any such baseline is more than 2 % larger: the trade a user with a
+            # little room in the budget would want to know about.
+            near = _smallest_better_baseline(row, rows, NEARLY)
             if near is not None:
                 larger = (near["true_mb"] / row["true_mb"] - 1) * 100
                 line += (f"; {_NAMES[near['method']]} at {near['label']} is {larger:.0f} % larger "

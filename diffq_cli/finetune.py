@@ -227,20 +227,22 @@ def _save_run(job: _Job, run_dir: Path, label, target, result, state, sizes) -> 
     }
     if target is not None:
         metrics["groups_lowered"] = result["fit"].get("lowered", 0)
-    artifact = run_dir / "model.th"
+    metrics.update(_write_artifact(job, run_dir / "model.th", state, job.recipe, metrics))
+    if job.ctx.dist.is_main:
+        _draw_bits(run_dir / "bits.svg", state, f"{job.title}, {label}")
+    metrics["delta"] = result["accuracy"] - job.float_acc
+    return metrics
+
+
+def _write_artifact(job: _Job, path: Path, state: dict, recipe, metrics: dict) -> dict:
+    """Saves a run's artifact (the main process only) and returns the fields that describe
+    it in the run's row: path, size and compression."""
     nbytes = 0
     if job.ctx.dist.is_main:
-        nbytes = save_artifact(artifact, state, job.model_spec, job.info,
-                               recipe_to_dict(job.recipe), metrics)
-        _draw_bits(run_dir / "bits.svg", state, f"{job.title}, {label}")
-    metrics.update(
-        artifact=str(artifact),
-        artifact_mb=mib(nbytes),
-        artifact_bytes=nbytes,
-        compression=compression(job.float_mb, mib(nbytes)),
-        delta=result["accuracy"] - job.float_acc,
-    )
-    return metrics
+        nbytes = save_artifact(path, state, job.model_spec, job.info, recipe_to_dict(recipe),
+                               metrics)
+    return {"artifact": str(path), "artifact_mb": mib(nbytes), "artifact_bytes": nbytes,
+            "compression": compression(job.float_mb, mib(nbytes))}
 
 
 def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
@@ -302,15 +304,11 @@ def _qat_rows(job: _Job, runs: list) -> list:
         row = {"method": "qat", "label": f"{bits} bits", "bits": bits,
                "accuracy": result["accuracy"], "true_mb": quantizer.true_model_size(),
                "mean_bits": float(bits)}
-        if job.ctx.dist.is_main:
-            # Its own artifact, like a DiffQ run's: comparable file size, and usable as is
-            # (eval, export) when the verdict says to prefer it.
-            path = job.run_dir / f"qat{bits}" / "model.th"
-            metrics = {**row, "float_accuracy": job.float_acc, "float_mb": job.float_mb}
-            nbytes = save_artifact(path, quantizer.get_quantized_state(), job.model_spec,
-                                   job.info, recipe_to_dict(recipe), metrics)
-            row.update(artifact=str(path), artifact_mb=mib(nbytes), artifact_bytes=nbytes,
-                       compression=compression(job.float_mb, mib(nbytes)))
+        # Its own artifact, like a DiffQ run's: comparable file size, and usable as is
+        # (eval, export) when the verdict says to prefer it.
+        metrics = {**row, "float_accuracy": job.float_acc, "float_mb": job.float_mb}
+        row.update(_write_artifact(job, job.run_dir / f"qat{bits}" / "model.th",
+                                   quantizer.get_quantized_state(), recipe, metrics))
         rows.append(row)
         quantizer.detach()
     return rows

@@ -141,7 +141,7 @@ def test_finetune_on_cuda(tmp_path):
 
 @pytest.mark.parametrize("frozen", [False, True])
 def test_a_training_step_never_waits_for_the_device(frozen):
-    # Warm-up steps build the per-device constants (``ops._PerDevice``) and the noise pool;
+    # Warm-up steps build the per-device constants (cached in ``quant/ops.py``) and the noise pool;
     # after that a noisy step (and a frozen-width straight-through step) must queue kernels
     # without any device-to-host copy: sync debug mode turns one into an error.
     model, optimizer, bits_opt, quantizer = _setup()

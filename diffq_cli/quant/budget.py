@@ -189,21 +189,16 @@ def fit_budget(quantizer, max_mb: float, fill: bool = False) -> dict:
     before = size(0.0)
     if before <= max_mb and not fill:
         return {"fits": True, "true_mb": before, "lowered": 0, "raised": 0, "tau": 0.0}
-    if before <= max_mb:  # raise: the most negative tau that still fits
-        lo, hi = -16.0, 0.0
-        if size(lo) <= max_mb:
-            hi = lo
-        while hi - lo > 1e-6:  # invariant: size(lo) > max_mb >= size(hi)
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if size(mid) <= max_mb else (mid, hi)
-    else:
-        hi = 16.0  # shifts everything to the floor
-        if size(hi) > max_mb:
-            return {"fits": False, "true_mb": size(hi), "lowered": 0, "raised": 0, "tau": hi}
-        lo = 0.0
-        while hi - lo > 1e-6:  # invariant: size(lo) > max_mb >= size(hi)
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if size(mid) <= max_mb else (mid, hi)
+    # Under the budget (fill): the most negative shift that still fits; over it: the smallest
+    # positive one. +-16 bits moves every group to its floor / ceiling.
+    lo, hi = (-16.0, 0.0) if before <= max_mb else (0.0, 16.0)
+    if size(hi) > max_mb:  # even the floor is over
+        return {"fits": False, "true_mb": size(hi), "lowered": 0, "raised": 0, "tau": hi}
+    if size(lo) <= max_mb:  # even the ceiling fits
+        hi = lo
+    while hi - lo > 1e-6:  # invariant: size(lo) > max_mb >= size(hi)
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if size(mid) <= max_mb else (mid, hi)
     lowered = raised = 0
     with torch.no_grad():
         for qp, old, new in zip(unique, widths(0.0), widths(hi), strict=True):

@@ -4,6 +4,7 @@ Every kernel works on a flat weight split into ``full`` groups of ``group_size``
 optional shorter tail group, so a group size that does not divide the tensor needs no padding copy.
 """
 
+import functools
 import math
 
 import torch
@@ -48,41 +49,34 @@ def extreme_indices(flat: torch.Tensor, hint) -> torch.Tensor:
         return torch.stack([flat.argmax(), flat.argmin()])
     # Both winning rows at once; indices past the end (a short tail row) are clamped to the
     # last value, which belongs to that row: a duplicate cannot win over the true extreme.
-    idx = torch.add(_COLUMNS[flat.device], hint[:, None], alpha=_ROW)
+    idx = torch.add(_columns(flat.device), hint[:, None], alpha=_ROW)
     idx.clamp_max_(flat.numel() - 1)
     rows = flat[idx]
     best = torch.stack([rows[0].argmax(), rows[1].argmin()])
     return idx.gather(1, best[:, None]).view(2)
 
 
-class _PerDevice(dict):
-    """Small constant tensors, made once per device (no host-to-device copy per step)."""
-
-    def __init__(self, make):
-        super().__init__()
-        self._make = make
-
-    def __missing__(self, device):
-        self[device] = value = self._make(device)
-        return value
+# Small constant tensors, made once per device (and shape): no host-to-device copy per step.
+@functools.cache
+def _columns(device: torch.device) -> torch.Tensor:
+    return torch.arange(_ROW, device=device)[None, :].expand(2, _ROW)
 
 
-_COLUMNS = _PerDevice(lambda d: torch.arange(_ROW, device=d)[None, :].expand(2, _ROW))
-_SIGNS = _PerDevice(lambda d: torch.tensor([1.0, -1.0], device=d))
-_STRIDES: dict = {}
+@functools.cache
+def _signs(device: torch.device) -> torch.Tensor:
+    return torch.tensor([1.0, -1.0], device=device)
+
+
+@functools.cache
+def _strides_and_sizes(shape: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    strides = [math.prod(shape[d + 1 :]) for d in range(len(shape))]
+    return (torch.tensor(strides, device=device)[:, None],
+            torch.tensor(list(shape), device=device)[:, None])
 
 
 def _coords(idx: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """(ndim, n) coordinates of flat indices in a contiguous tensor of ``shape``."""
-    key = (tuple(shape), idx.device)
-    if key not in _STRIDES:
-        strides, step = [], 1
-        for size in reversed(shape):
-            strides.append(step)
-            step *= size
-        _STRIDES[key] = (torch.tensor(strides[::-1], device=idx.device)[:, None],
-                         torch.tensor(list(shape), device=idx.device)[:, None])
-    strides, sizes = _STRIDES[key]
+    strides, sizes = _strides_and_sizes(tuple(shape), idx.device)
     return torch.div(idx[None, :], strides, rounding_mode="floor").remainder_(sizes)
 
 
@@ -127,7 +121,7 @@ class NoisyWeight(torch.autograd.Function):
             # d out / d span = sum_g unit_g * r_g, and d span / d w = e_argmax - e_argmin.
             dspan = torch.dot(r, unit)
             idx = extreme_indices(weight.detach().reshape(-1), hint)
-            vals = _SIGNS[grad.device].mul(dspan * ctx.mult).to(grad.dtype)
+            vals = _signs(grad.device).mul(dspan * ctx.mult).to(grad.dtype)
             grad_range = torch.sparse_coo_tensor(
                 _coords(idx, weight.shape), vals, weight.shape, check_invariants=False
             )
