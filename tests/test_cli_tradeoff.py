@@ -2,24 +2,12 @@
 
 import json
 import re
-import xml.etree.ElementTree as ET
 
 import pytest
 from typer.testing import CliRunner
 
 from tests.test_cli import FAST, run
-
-SVG = "{http://www.w3.org/2000/svg}"
-
-
-def svg_groups(path) -> dict:
-    root = ET.parse(path).getroot()
-    assert root.tag == f"{SVG}svg"
-    return {g.get("id"): g for g in root.iter(f"{SVG}g") if g.get("id")}
-
-
-def n_markers(group) -> int:
-    return len(group.findall(f".//{SVG}use"))
+from tests.test_plots import groups, markers
 
 
 @pytest.fixture(scope="module")
@@ -87,20 +75,20 @@ def test_ptq_and_qat_rows_in_table_and_summary(aimed):
 def test_run_writes_tradeoff_and_bits_svg(aimed, tmp_path):
     out, _ = aimed
     summary = json.loads((out / "summary.json").read_text())
-    groups = svg_groups(out / "tradeoff.svg")
-    assert n_markers(groups["float"]) == 1 and n_markers(groups["ptq"]) == 5
-    assert n_markers(groups["diffq"]) == 1 and n_markers(groups["qat"]) == 1
+    series = groups(out / "tradeoff.svg")
+    assert markers(series["float"]) == 1 and markers(series["ptq"]) == 5
+    assert markers(series["diffq"]) == 1 and markers(series["qat"]) == 1
     collapsed = [r for r in summary["table"] if r["collapsed"]]
-    assert sum(n_markers(g) for k, g in groups.items() if k.startswith("collapsed-")) == len(
+    assert sum(markers(g) for k, g in series.items() if k.startswith("collapsed-")) == len(
         collapsed)
     assert "target=4MB" in (out / "tradeoff.svg").read_text()
-    bits = svg_groups(out / "bits.svg")
+    bits = groups(out / "bits.svg")
     layers = [k for k in bits if re.fullmatch(r"layer-\d+", k)]
     assert len(layers) == 21  # resnet18's quantized tensors (conv and fc weights)
     # `diffq size --plot` draws the same picture from the artifact alone.
     plot = tmp_path / "again.svg"
     result = run(CliRunner(), "size", out / "model.th", "--plot", plot)
-    assert result.exit_code == 0 and set(svg_groups(plot)) >= set(layers)
+    assert result.exit_code == 0 and set(groups(plot)) >= set(layers)
 
 
 def test_size_plot_refuses_a_float_checkpoint(tmp_path):

@@ -123,12 +123,18 @@ def test_activity_prints_start_and_end_lines_without_a_tty(capsys):
     assert re.fullmatch(r"evaluating m\.th: done in \d+\.\d s", err.splitlines()[1])
 
 
-def test_activity_spins_on_a_tty(monkeypatch):
+def _tty_reporter(monkeypatch):
+    """A Reporter whose stderr is a 100-column terminal (colour allowed), and that stream."""
     monkeypatch.delenv("NO_COLOR", raising=False)
     monkeypatch.delenv("TERM", raising=False)
     rep = Reporter()
     stream = io.StringIO()
     rep.err = Console(file=stream, force_terminal=True, width=100)
+    return rep, stream
+
+
+def test_activity_spins_on_a_tty(monkeypatch):
+    rep, stream = _tty_reporter(monkeypatch)
     with rep.activity("exporting m.th"):
         pass
     assert "exporting m.th" in stream.getvalue() and "done in" not in stream.getvalue()
@@ -180,11 +186,7 @@ def test_progress_is_a_no_op_when_not_a_tty(capsys):
 
 
 def test_progress_draws_on_a_tty(monkeypatch):
-    monkeypatch.delenv("NO_COLOR", raising=False)
-    monkeypatch.delenv("TERM", raising=False)
-    rep = Reporter()
-    stream = io.StringIO()
-    rep.err = Console(file=stream, force_terminal=True, width=100)
+    rep, stream = _tty_reporter(monkeypatch)
     assert rep.animated
     with rep.progress(total=4, description="epoch 1") as bar:
         bar.update(advance=4, loss=0.25)

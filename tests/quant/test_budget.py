@@ -23,6 +23,17 @@ def _quantizer(**kwargs):
     return q
 
 
+def _spread_around_3_5():
+    """A quantizer whose real bits spread over 3.05-3.95: plain rounding gives ~half the
+    groups 4 bits."""
+    q = _quantizer()
+    torch.manual_seed(0)
+    for qp in q._qparams:
+        with torch.no_grad():
+            qp.bit_param.copy_(logits_for_bits(q, 3.5 + 0.45 * (2 * torch.rand(qp.n_groups) - 1)))
+    return q
+
+
 def test_floor_is_every_group_at_min_bits():
     q = _quantizer(min_bits=2)
     expected = q._float_bits()
@@ -57,12 +68,7 @@ def test_uniform_bits_for_hits_the_differentiable_size_and_restores_logits():
 
 
 def test_fit_budget_rounds_down_the_cheapest_groups_until_it_fits():
-    q = _quantizer()
-    # Real bits spread around 3.5: plain rounding gives ~half the groups 4 bits.
-    torch.manual_seed(0)
-    for qp in q._qparams:
-        with torch.no_grad():
-            qp.bit_param.copy_(logits_for_bits(q, 3.5 + 0.45 * (2 * torch.rand(qp.n_groups) - 1)))
+    q = _spread_around_3_5()
     real = torch.cat(learned_bits(q))
     over = q.true_model_size()
     target = (size_at_bits(q, 3) + over) / 2  # forces rounding some groups down
@@ -96,11 +102,7 @@ def test_fit_budget_leaves_a_fitting_model_alone_and_reports_an_impossible_budge
 
 
 def test_fit_budget_fill_raises_the_groups_nearest_their_threshold_while_it_fits():
-    q = _quantizer()
-    torch.manual_seed(0)
-    for qp in q._qparams:
-        with torch.no_grad():
-            qp.bit_param.copy_(logits_for_bits(q, 3.5 + 0.45 * (2 * torch.rand(qp.n_groups) - 1)))
+    q = _spread_around_3_5()
     real = torch.cat(learned_bits(q))
     under = q.true_model_size()
     target = (under + size_at_bits(q, 4)) / 2  # room for some groups, not all, to gain a bit
