@@ -67,7 +67,7 @@ def peak(variant: str, steps: int, repeats: int) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)  # +-20 MiB per process
     parser.add_argument("--reference", action="store_true", help="also the reference DiffQ")
     args = parser.parse_args()
     variants = ["float", "pool", "fresh"] + (["reference"] if args.reference else [])
