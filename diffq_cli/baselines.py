@@ -90,10 +90,12 @@ def mark_best(rows: list[dict], tolerance: float = 0.02) -> None:
     """Sets ``row["best"]``: no other row at the same or a smaller size is more accurate.
 
     "The same size" allows ``tolerance`` (2 %): a row 1 % larger but more accurate still beats
-    it. The marked rows are the Pareto front of accuracy against true size.
+    it. The marked rows are the Pareto front of accuracy against true size; a collapsed row
+    (chance level) is never marked, even when nothing is smaller.
     """
     for row in rows:
-        row["best"] = _measured(row) and not _better_within(row, rows, tolerance)
+        row["best"] = (_measured(row) and not row.get("collapsed")
+                       and not _better_within(row, rows, tolerance))
 
 
 BASELINES = ("ptq", "qat", "lsq")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
 
 from diffq_cli import __version__
 from diffq_cli.errors import GateError, InputError, TrainingError
@@ -45,22 +46,19 @@ FileArg = Annotated[
 ]
 
 
-def _recipe_defaults() -> dict:
-    """The default recipe's values, shown in ``finetune --help`` (read once, ~10 ms)."""
-    try:
-        from diffq_cli.recipe import default_values
-
-        return default_values()
-    except Exception:  # a broken install must still print help; the run itself will say why
-        return {}
-
-
-_DEFAULTS = _recipe_defaults()
+# Options whose help shows the default recipe's value: help text -> recipe key. The recipe is
+# read when help is shown (``_RecipeHelp``), not at import: a broken recipe is then an error
+# that names it, and ``diffq size`` never pays for it.
+_HELP_KEYS: dict[str, str] = {}
 
 
 def _h(text: str, key: str) -> str:
-    """Help text plus the default recipe's value for ``key`` (when it has one)."""
-    value = _DEFAULTS.get(key)
+    """``text``, marked to get the default recipe's value for ``key`` when help is shown."""
+    _HELP_KEYS[text] = key
+    return text
+
+
+def _with_default(text: str, value) -> str:
     if value is None or value == () or value is False:
         return text
     if isinstance(value, (list, tuple)):
@@ -68,6 +66,24 @@ def _h(text: str, key: str) -> str:
     elif isinstance(value, float):
         value = f"{value:g}"
     return f"{text} [recipe default: {value}]"
+
+
+class _RecipeHelp(typer.core.TyperCommand):
+    """A command whose ``--help`` adds the default recipe's values to the marked options."""
+
+    def format_help(self, ctx, formatter):
+        from diffq_cli.recipe import default_values
+
+        try:
+            defaults = default_values()
+        except InputError as err:
+            _fail(2, str(err))
+        for param in self.params:
+            base = getattr(param, "_diffq_help", param.help)
+            if base in _HELP_KEYS:
+                param._diffq_help = base  # formatting twice must not add the value twice
+                param.help = _with_default(base, defaults.get(_HELP_KEYS[base]))
+        return super().format_help(ctx, formatter)
 
 
 def _gate(name: str, limit: float | None, passed: bool) -> dict | None:
@@ -118,7 +134,7 @@ def root(
     """DiffQ quantization-aware fine-tuning."""
 
 
-@app.command(context_settings={"allow_extra_args": False})
+@app.command(cls=_RecipeHelp, context_settings={"allow_extra_args": False})
 @handle_errors
 def finetune(
     overrides: Annotated[

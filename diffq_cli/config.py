@@ -300,7 +300,7 @@ def output_dir(recipe: Recipe) -> str:
     if recipe.output:
         return recipe.output
     t = recipe.train
-    runs = f"target{'_'.join(f'{x:g}' for x in t.target_mb)}MB" if t.target_mb else (
+    runs = f"target{'_'.join(f'{x:g}' for x in t.target_mb)}MiB" if t.target_mb else (
         "mu" + "_".join(f"{mu:g}" for mu in t.mu))
     slug = f"{recipe.model.name}-{recipe.data.dataset}-{runs}"
     return f"runs/{re.sub(r'[^A-Za-z0-9._+-]+', '-', slug)}"

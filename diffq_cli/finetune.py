@@ -187,14 +187,14 @@ def _diffq_runs(job: _Job) -> tuple[list, list, str]:
     """One DiffQ run per mu or size target, each from the starting weights: (metrics per run,
     the last run's layer rows, its label)."""
     from diffq_cli.quant.summary import summarize_state
-    from diffq_cli.train import train_one
+    from diffq_cli.train import run_label, train_one
 
     t = job.recipe.train
     plans = [(None, x) for x in t.target_mb] or [(mu, None) for mu in t.mu]
     runs, layers, last = [], [], ""
     for mu, target in plans:
-        label = f"mu={mu:g}" if target is None else f"target={target:g}MB"
-        sub = f"mu{mu:g}" if target is None else f"target{target:g}MB"
+        label = run_label(job.recipe.quant, mu, target)
+        sub = f"mu{mu:g}" if target is None else f"target{target:g}MiB"
         run_dir = job.run_dir if len(plans) == 1 else job.run_dir / sub
         if job.ctx.dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)

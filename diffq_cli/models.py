@@ -9,6 +9,7 @@ rebuilds the same architecture (the artifact stores it). Heavy imports stay insi
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 from pathlib import Path
@@ -154,15 +155,15 @@ def _timm_model(name, num_classes, in_chans, pretrained, input_size):
     kwargs = {"pretrained": pretrained, "num_classes": num_classes, "in_chans": in_chans}
     if pretrained and not timm.models.is_model_pretrained(name):
         raise InputError(f"timm has no pretrained weights for {name}; drop --pretrained")
-    if pretrained and not _hub_reachable():
-        _hub_offline()
+    offline = _hub_offline() if pretrained and not _hub_reachable() else contextlib.nullcontext()
     try:
-        if input_size:  # ViT-like models take img_size; the others raise TypeError at once
-            try:
-                return timm.create_model(name, img_size=int(input_size), **kwargs)
-            except TypeError:
-                pass
-        return timm.create_model(name, **kwargs)
+        with offline:
+            if input_size:  # ViT-like models take img_size; the others raise TypeError at once
+                try:
+                    return timm.create_model(name, img_size=int(input_size), **kwargs)
+                except TypeError:
+                    pass
+            return timm.create_model(name, **kwargs)
     except _network_errors() as err:
         if not pretrained:
             raise
@@ -180,15 +181,22 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
-def _hub_offline() -> None:
-    """Switch the hub client to offline mode: cached weights still load, missing ones fail at
-    once instead of after ~45 s of retries."""
+@contextlib.contextmanager
+def _hub_offline():
+    """The hub client in offline mode for one call: cached weights still load, missing ones
+    fail at once instead of after ~45 s of retries. The flag is restored afterwards (a library
+    must not change the process's settings)."""
     try:
         import huggingface_hub.constants as hub_constants
-
-        hub_constants.HF_HUB_OFFLINE = True
     except ImportError:
-        pass
+        yield
+        return
+    old = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = old
 
 
 def _network_errors() -> tuple:

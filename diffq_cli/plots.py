@@ -1,11 +1,11 @@
 """Pictures of a run, as SVG: the size/accuracy trade-off and the learned bit widths.
 
-matplotlib (Agg backend) is imported inside the drawing functions, so importing this module
-costs nothing at CLI start-up. Every series carries an SVG id (matplotlib's ``gid``) so tests
-and scripts can find it in the file: ``float``, ``diffq``, ``ptq``, ``qat``, ``lsq`` (one marker
-per row) in ``tradeoff.svg``; ``layer-<i>`` (one bar per quantized layer), ``spread-<i>`` and
-``width-<w>`` (the histogram) in ``bits.svg``; a red cross ``collapsed-<method>-<i>`` over each
-point at chance level.
+matplotlib is imported inside the drawing functions (a Figure on its own Agg canvas: no
+pyplot, no global settings), so importing this module costs nothing at CLI start-up. Every
+series carries an SVG id (matplotlib's ``gid``) so tests and scripts can find it in the file:
+``float``, ``diffq``, ``ptq``, ``qat``, ``lsq`` (one marker per row) in ``tradeoff.svg``;
+``layer-<i>`` (one bar per quantized layer), ``spread-<i>`` and ``width-<w>`` (the histogram)
+in ``bits.svg``; a red cross ``collapsed-<method>-<i>`` over each point at chance level.
 """
 
 from pathlib import Path
@@ -20,23 +20,28 @@ _STYLE = {
 }
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    """A Figure on its own Agg canvas: no pyplot, no backend switch, no global state, so a
+    library user's own figures and settings are left alone."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    plt.rcParams["svg.hashsalt"] = "diffq"  # stable ids: the same data gives the same file
-    return plt
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _save(fig, path) -> None:
     import io
 
+    import matplotlib
+
     from diffq_cli.fileio import atomic_write
 
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    # Stable ids (the same data gives the same file), for this save only.
+    with matplotlib.rc_context({"svg.hashsalt": "diffq"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     atomic_write(Path(path), buf.getvalue().encode())
 
 
@@ -50,8 +55,8 @@ def tradeoff_svg(path, rows: list[dict], title: str = "") -> None:
             rows missing either number are skipped. ``collapsed`` rows get a hollow marker.
         title: figure title.
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = _figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     methods = list(dict.fromkeys([*_STYLE, *(r.get("method") for r in rows)]))
     for method in methods:
         points = sorted((r for r in rows if r.get("method") == method
@@ -79,7 +84,6 @@ def tradeoff_svg(path, rows: list[dict], title: str = "") -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)
-    plt.close(fig)
 
 
 def layer_bits(state: dict) -> tuple[list[dict], dict[int, int]]:
@@ -113,10 +117,9 @@ def bits_svg(path, state: dict, title: str = "") -> None:
     layers, hist = layer_bits(state)
     if not layers:
         raise ValueError("the state has no quantized tensor: nothing to plot")
-    plt = _pyplot()
     height = max(3.0, 0.22 * len(layers) + 1.2)
-    fig, (ax, hx) = plt.subplots(1, 2, figsize=(10, height),
-                                 gridspec_kw={"width_ratios": [3, 2]})
+    fig = _figure(figsize=(10, height))
+    ax, hx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     ys = list(range(len(layers)))[::-1]  # first layer on top
     bars = ax.barh(ys, [r["mean"] for r in layers], color="tab:blue", alpha=0.8,
                    label="mean bits")
@@ -142,4 +145,3 @@ def bits_svg(path, state: dict, title: str = "") -> None:
     hx.set_title("widths over the model", fontsize=9)
     fig.suptitle(title or "learned bit widths")
     _save(fig, path)
-    plt.close(fig)

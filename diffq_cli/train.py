@@ -97,6 +97,15 @@ class _Run:
     bits_opt: torch.optim.Optimizer | None = None
 
 
+def run_label(quant, mu: float | None, target_mb: float | None) -> str:
+    """How a run is named in the table, the logs and ``summary.json``: by its size target or mu
+    for DiffQ (``target=4MiB``, ``mu=0.001``), by its width for the fixed-width methods
+    (``4 bits``; the method is its own column)."""
+    if quant.method != "diffq":
+        return f"{quant.bits:g} bits"
+    return f"mu={mu:g}" if target_mb is None else f"target={target_mb:g}MiB"
+
+
 def _setup(model, recipe, mu, target_mb, ctx, steps_per_epoch) -> _Run:
     o, t = recipe.optim, recipe.train
     # Order matters: the main optimizer exists before the quantizer adds the bit parameters,
@@ -108,7 +117,7 @@ def _setup(model, recipe, mu, target_mb, ctx, steps_per_epoch) -> _Run:
     bits_opt = torch.optim.Adam([{"params": []}], lr=o.bits_lr, fused=True)
     quantizer.setup_optimizer(bits_opt, lr=o.bits_lr)
     control = start_control(quantizer, mu, target_mb)
-    label = f"mu={mu:g}" if target_mb is None else f"target={target_mb:g}MB"
+    label = run_label(recipe.quant, mu, target_mb)
     total = t.epochs * steps_per_epoch
     if t.max_steps is not None:
         total = min(t.max_steps, total)

@@ -1,8 +1,56 @@
-"""Shared test setup: the model-name cache goes to a temporary directory, not ~/.cache."""
+"""Shared test setup: the model-name cache goes to a temporary directory, not ~/.cache; no
+test opens a network connection; thread count set per test, never at import."""
 
+import ipaddress
 import os
+import socket
 
 import pytest
+
+_LOOPBACK = ("127.", "::1", "localhost", "0.0.0.0")
+
+
+def _numeric(host) -> bool:
+    """An IP address needs no name lookup (the connect guard then decides)."""
+    try:
+        ipaddress.ip_address(host.decode() if isinstance(host, bytes) else host)
+        return True
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Any connection beyond loopback (DDP tests rendezvous on 127.0.0.1) fails the test."""
+    real = socket.socket.connect
+
+    def connect(sock, address):
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if sock.family == socket.AF_UNIX or str(host).startswith(_LOOPBACK):
+            return real(sock, address)
+        raise AssertionError(f"a test tried to open a network connection to {address}")
+
+    real_lookup = socket.getaddrinfo
+
+    def lookup(host, *args, **kwargs):  # a name lookup is network traffic too (DNS)
+        if host is None or _numeric(host) or str(host).startswith(_LOOPBACK):
+            return real_lookup(host, *args, **kwargs)
+        raise AssertionError(f"a test tried to look up the network name {host!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run 50x faster on one thread than on two OpenMP threads fighting over busy
+    shared cores. ``DIFFQ_TEST_THREADS`` overrides it (bench/cross_check.sh runs 1 and 2)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("DIFFQ_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session", autouse=True)

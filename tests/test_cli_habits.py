@@ -169,3 +169,16 @@ def test_recipes_copy(tmp_path):
     assert run("recipes", "--copy", tmp_path / "x.yaml").exit_code == 2
     assert run("recipes", "nope", "--copy", tmp_path / "y.yaml").exit_code == 2
     assert not (tmp_path / "y.yaml").exists()
+
+
+def test_help_reads_the_recipe_when_shown_and_names_a_broken_one(tmp_path, monkeypatch):
+    import diffq_cli.recipe as recipe
+
+    (tmp_path / "default.yaml").write_text("train: [epochs: 3\n")
+    monkeypatch.setattr(recipe, "RECIPES_DIR", tmp_path)
+    assert run("--help").exit_code == 0  # the root help does not read the recipe
+    broken = run("finetune", "--help")
+    assert broken.exit_code == 2
+    assert "default.yaml" in broken.stderr and "not valid YAML" in broken.stderr
+    monkeypatch.undo()
+    assert "[recipe default: " in run("finetune", "--help").stdout

@@ -178,3 +178,17 @@ def test_size_tables_use_mib_and_separators(artifact):
 def test_help_states_mib():
     assert "MiB" in run("size", "--help").stdout
     assert "MiB" in run("finetune", "--help").stdout
+
+
+@pytest.mark.parametrize("method,shown", [("lsq", "lsq"), ("uniform", "qat")])
+def test_fixed_width_runs_are_labelled_by_method_and_bits(tmp_path, method, shown):
+    out = tmp_path / method
+    result = run("finetune", "--model", "test_resnet", "--epochs", "1", "--max-steps", "2",
+                     "--baseline", "none", "data.input_size=16", "data.train_subset=64",
+                     "data.val_subset=32", "train.float_epochs=0", f"quant.method={method}",
+                     "quant.bits=4", "--output", out)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((out / "summary.json").read_text())["runs"]
+    assert row["method"] == shown and row["label"] == "4 bits"
+    assert "mu=" not in result.stdout and "mu=" not in result.stderr
+    assert re.search(rf"{shown}\s*│\s*4 bits", result.stdout), result.stdout

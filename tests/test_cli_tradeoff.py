@@ -32,7 +32,7 @@ def test_target_run_ends_within_budget_and_reports_mu(aimed):
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert records and all(r["target_mb"] == 4.0 and r["mu"] > 0 for r in records)
     assert all(0 < r["model_size"] < 4.0 * 1.05 for r in records)
-    assert "target=4MB" in result.stdout and "size targets: floor" in result.stderr
+    assert "target=4MiB" in result.stdout and "size targets: floor" in result.stderr
 
 
 def test_ptq_and_qat_rows_in_table_and_summary(aimed):
@@ -55,20 +55,30 @@ def test_ptq_and_qat_rows_in_table_and_summary(aimed):
     assert size["true_mb"] == pytest.approx(qat["true_mb"]) and size["mean_bits"] == qat["bits"]
     table = summary["table"]
     assert [r["method"] for r in table][:2] == ["float", "ptq"]
-    assert any(r["best"] for r in table)
     for row in table:
         assert row["collapsed"] == (row["accuracy"] < 15.0)
+    # ★ marks exactly the front: rows that no other row at <= 1.02x their size beats, never a
+    # collapsed one.
+    for row in table:
+        beaten = any(o is not row and o["true_mb"] <= row["true_mb"] * 1.02
+                     and o["accuracy"] > row["accuracy"] for o in table)
+        assert row["best"] == (not row["collapsed"] and not beaten), row
     for text in ("ptq", "8 bits", "2 bits", "qat", "★", "best accuracy at its size"):
         assert text in result.stdout, text
-    # One plain verdict for the DiffQ run, in the summary and under the table.
+    # One plain verdict for the DiffQ run, in the summary and under the table, that agrees with
+    # the table: the smallest uncollapsed baseline at <= 1.02x its size that is more accurate.
     (verdict,) = summary["verdicts"]
     (diffq,) = [r for r in table if r["method"] == "diffq"]
-    assert verdict.startswith("DiffQ target=4MB (")
-    if diffq["beaten_by"] is None:
-        assert "no baseline at this size or smaller is more accurate" in verdict
+    assert verdict.startswith("DiffQ target=4MiB (")
+    rivals = [r for r in table if r["method"] in ("ptq", "qat") and not r["collapsed"]
+              and r["true_mb"] <= diffq["true_mb"] * 1.02 and r["accuracy"] > diffq["accuracy"]]
+    if rivals:
+        rival = min(rivals, key=lambda r: (r["true_mb"], -r["accuracy"]))
+        assert diffq["beaten_by"] == f"{rival['method']} {rival['label']}"
+        assert "prefer it for this size" in verdict and f"at {rival['label']}" in verdict
     else:
-        assert "prefer it for this size" in verdict and diffq["beaten_by"].split()[0] in (
-            "ptq", "qat")
+        assert diffq["beaten_by"] is None
+        assert "no baseline at this size or smaller is more accurate" in verdict
     assert verdict in result.stdout.splitlines()  # one unwrapped line, for scripts
 
 
@@ -81,7 +91,7 @@ def test_run_writes_tradeoff_and_bits_svg(aimed, tmp_path):
     collapsed = [r for r in summary["table"] if r["collapsed"]]
     assert sum(markers(g) for k, g in series.items() if k.startswith("collapsed-")) == len(
         collapsed)
-    assert "target=4MB" in (out / "tradeoff.svg").read_text()
+    assert "target=4MiB" in (out / "tradeoff.svg").read_text()
     bits = groups(out / "bits.svg")
     layers = [k for k in bits if re.fullmatch(r"layer-\d+", k)]
     assert len(layers) == 21  # resnet18's quantized tensors (conv and fc weights)

@@ -64,7 +64,11 @@ def test_evaluate_artifact_on_its_recorded_dataset(trained):
     _, val, _ = build_loaders(DataConfig(dataset="digits", input_size=INPUT_SIZE))
     model = rebuild_model(read_file(trained)[1])
     assert result["accuracy"] == pytest.approx(accuracy(model, val))
-    assert evaluate_artifact(trained, dataset="Digits", batch_size=100) == result
+    # Another batch size sums the logits in another order: a near-tie may flip one image.
+    other = evaluate_artifact(trained, dataset="Digits", batch_size=100)
+    assert {k: v for k, v in other.items() if k != "accuracy"} == \
+        {k: v for k, v in result.items() if k != "accuracy"}
+    assert abs(other["accuracy"] - result["accuracy"]) <= 100 / DIGITS_VAL + 1e-9
 
 
 def test_mismatched_dataset_is_one_line(tmp_path):

@@ -1,5 +1,6 @@
 """Tests for diffq_cli.models: names, sources, shapes, local weights and pretrained downloads."""
 
+import os
 from urllib.error import URLError
 
 import pytest
@@ -140,15 +141,28 @@ def test_torchvision_pretrained_offline_is_one_line(tmp_path, monkeypatch):
 
 
 def test_timm_pretrained_offline_is_one_line(monkeypatch):
+    import huggingface_hub.constants as hub_constants
     import timm.models._builder as builder
 
+    import diffq_cli.models as models
+
+    seen = []
+
     def offline(*args, **kwargs):
+        seen.append(hub_constants.HF_HUB_OFFLINE)
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
+    monkeypatch.setattr(models, "_hub_reachable", lambda: False)  # no real probe
     monkeypatch.setattr(builder, "load_state_dict_from_hf", offline)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    env = dict(os.environ)
     with pytest.raises(InputError) as err:
         create_model("test_resnet", pretrained=True)
     assert str(err.value) == OFFLINE.format("test_resnet")
+    # Offline for the call only: the hub client and the environment are left as they were.
+    assert seen == [True]
+    assert hub_constants.HF_HUB_OFFLINE is False and dict(os.environ) == env
 
 
 def test_torchvision_pretrained_grayscale_sums_rgb_kernels(tmp_path, monkeypatch):
@@ -183,4 +197,4 @@ def test_timm_pretrained_offline_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HOME", "/nonexistent-diffq-test-cache")
     with pytest.raises(InputError, match="--weights"):
         models.create_model("resnet10t", source="timm", num_classes=10, in_chans=1, pretrained=True)
-    assert hub_constants.HF_HUB_OFFLINE is True
+    assert hub_constants.HF_HUB_OFFLINE is False  # offline for that call only: restored

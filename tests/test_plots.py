@@ -30,9 +30,9 @@ def test_tradeoff_svg_has_one_marker_per_row_and_series(tmp_path):
         {"method": "float", "label": "float32", "true_mb": 42.6, "accuracy": 95.0},
         *({"method": "ptq", "label": f"{b} bits", "true_mb": 1.3 * b, "accuracy": 90 - 9 * (8 - b)}
           for b in (8, 6, 4, 3, 2)),
-        {"method": "diffq", "label": "target=4MB", "true_mb": 3.9, "accuracy": 93.0},
+        {"method": "diffq", "label": "target=4MiB", "true_mb": 3.9, "accuracy": 93.0},
         {"method": "diffq", "label": "mu=1", "true_mb": 6.1, "accuracy": 94.0},
-        {"method": "diffq", "label": "target=3MB", "true_mb": 2.9, "accuracy": 9.0,
+        {"method": "diffq", "label": "target=3MiB", "true_mb": 2.9, "accuracy": 9.0,
          "collapsed": True},
         {"method": "qat", "label": "3 bits", "true_mb": 4.0, "accuracy": 92.5},
         {"method": "ptq", "label": "no accuracy", "true_mb": 1.0, "accuracy": None},  # skipped
@@ -47,7 +47,7 @@ def test_tradeoff_svg_has_one_marker_per_row_and_series(tmp_path):
     assert "lsq" not in found  # no LSQ row, no LSQ series
     assert [k for k in found if k.startswith("collapsed-")] == ["collapsed-diffq-0"]
     text = path.read_text()
-    for label in ("target=4MB", "mu=1", "3 bits", "true size (MiB, log scale)", "accuracy (%)",
+    for label in ("target=4MiB", "mu=1", "3 bits", "true size (MiB, log scale)", "accuracy (%)",
                   "resnet18 on digits", "uniform post-training", "DiffQ"):
         assert label in text, label
 

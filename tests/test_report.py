@@ -18,7 +18,7 @@ ROWS = [
 TRADEOFF = [
     {"method": "float", "label": "float32", "accuracy": 97.5, "true_mb": 42.6, "best": True},
     {"method": "ptq", "label": "2 bits", "accuracy": 9.7, "true_mb": 2.7, "collapsed": True},
-    {"method": "diffq", "label": "target=4MB", "accuracy": 96.0, "true_mb": 3.98,
+    {"method": "diffq", "label": "target=4MiB", "accuracy": 96.0, "true_mb": 3.98,
      "mu": 0.4321, "best": True},
 ]
 LAYERS = [
@@ -48,10 +48,10 @@ def test_tradeoff_table_marks_best_and_collapsed_rows(capsys):
     Reporter().tradeoff_table(TRADEOFF)
     lines = capsys.readouterr().out.splitlines()
     row = {name: next(line for line in lines if name in line)
-           for name in ("float32", "2 bits", "target=4MB")}
-    assert "★" in row["float32"] and "★" in row["target=4MB"] and "★" not in row["2 bits"]
-    assert "chance" in row["2 bits"] and "chance" not in row["target=4MB"]
-    assert "0.432" in row["target=4MB"] and "diffq" in row["target=4MB"]
+           for name in ("float32", "2 bits", "target=4MiB")}
+    assert "★" in row["float32"] and "★" in row["target=4MiB"] and "★" not in row["2 bits"]
+    assert "chance" in row["2 bits"] and "chance" not in row["target=4MiB"]
+    assert "0.432" in row["target=4MiB"] and "diffq" in row["target=4MiB"]
     assert any("★ best accuracy at its size or smaller" in line for line in lines)
 
 

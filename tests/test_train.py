@@ -11,7 +11,7 @@ from diffq_cli.optim import optimize as _optimize
 from diffq_cli.optim import rng_state as _rng_state
 from diffq_cli.optim import set_rng_state as _set_rng_state
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _setup(seed=0):

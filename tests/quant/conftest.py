@@ -8,8 +8,10 @@ from torch import nn
 
 from diffq_cli import LSQ, DiffQuantizer, UniformQuantizer
 
-# Tiny models: one thread is 50x faster than two OpenMP threads fighting over busy shared cores.
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def _threads(one_thread):
+    """Every quantizer test runs on the thread count of the ``one_thread`` fixture."""
 
 
 class SmallNet(nn.Module):

@@ -7,19 +7,17 @@ from torch import nn
 from diffq_cli import DiffQuantizer
 from diffq_cli.quant import install
 
-torch.set_num_threads(1)
-
 
 class Block(nn.Module):
     def __init__(self):
         super().__init__()
         self.a, self.b = nn.Linear(32, 32), nn.Linear(32, 32)
         self.seen = []
+        self.watch = {}  # name -> Linear of every block, set once the net is built
 
     def forward(self, x):
-        # what this block's children hold while it runs: the noisy weights of other blocks
-        # must be gone by now
-        self.seen.append({id(m): "weight" in m.__dict__ for m in (self.a, self.b)})
+        # which layers hold a placed (noisy) weight while this block runs
+        self.seen.append({n: "weight" in m.__dict__ for n, m in self.watch.items()})
         return self.b(torch.relu(self.a(x)))
 
 
@@ -28,6 +26,8 @@ def _grads(seed, light: bool, monkeypatch):
         monkeypatch.setattr(install.Installer, "_open_light", lambda self: None)
     torch.manual_seed(seed)
     net = nn.Sequential(Block(), Block(), nn.Linear(32, 4))
+    layers = {f"{i}.{c}": getattr(net[i], c) for i in (0, 1) for c in "ab"}
+    net[0].watch = net[1].watch = layers
     quantizer = DiffQuantizer(net, group_size=4, min_size=0, noise_source="fresh")
     quantizer.no_optimizer()
     net.train()
@@ -57,9 +57,10 @@ def test_recomputed_weights_give_the_same_gradients(monkeypatch):
 def test_each_blocks_weights_exist_only_while_it_runs(monkeypatch):
     net, _ = _grads(0, True, monkeypatch)
     first, second = net[0], net[1]
-    # While the first block ran, its own children held noisy weights; the second's did not.
-    assert all(first.seen[0].values())
-    assert all(second.seen[0].values())
+    # While a block runs its own layers hold their noisy weights and the other block's do not
+    # (the second's are not placed yet; the first's are dropped once it returned).
+    assert first.seen[0] == {"0.a": True, "0.b": True, "1.a": False, "1.b": False}
+    assert second.seen[0] == {"0.a": False, "0.b": False, "1.a": True, "1.b": True}
     for block in (first, second):
         assert all("weight" not in m.__dict__ for m in (block.a, block.b))  # gone afterwards
 
