@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from diffq_cli import UniformQuantizer
-from diffq_cli.artifact import FORMAT, read_file, save_artifact, versions
-from diffq_cli.evaluate import evaluate_artifact
 from diffq_cli.fileio import torch_bytes
-from diffq_cli.models import create_model
+from diffq_cli.files.artifact import FORMAT, read_file, save_artifact, versions
+from diffq_cli.models.factory import create_model
 from diffq_cli.quant.summary import summarize_state
+from diffq_cli.run.evaluate import evaluate_artifact
 
 MB = 2**20
 

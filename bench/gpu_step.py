@@ -24,7 +24,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from diffq_cli.models import create_model  # noqa: E402
+from diffq_cli.models.factory import create_model  # noqa: E402
 from diffq_cli.quant import DiffQuantizer  # noqa: E402
 
 TARGET_RATIO = 1.05

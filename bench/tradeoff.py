@@ -90,7 +90,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="diffq-tradeoff-"))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from diffq_cli.baselines import collapsed, mark_beaten, mark_best, verdicts
+    from diffq_cli.run.baselines import collapsed, mark_beaten, mark_best, verdicts
 
     def save(rows, first):
         out.write_text(json.dumps({"args": vars(a), "float": first["float"], "rows": rows},
@@ -125,7 +125,7 @@ def main() -> None:
         f"{first['model']}, {first['dataset']} ({a.train_subset} train / {a.val_subset} val), "
         f"{a.epochs} epoch(s) per method, seed {a.seed}")
     if a.svg:
-        from diffq_cli.plots import tradeoff_svg
+        from diffq_cli.files.plots import tradeoff_svg
 
         Path(a.svg).parent.mkdir(parents=True, exist_ok=True)
         tradeoff_svg(a.svg, rows, title)

@@ -1,5 +1,5 @@
 """``python -m diffq_cli`` (and ``torchrun -m diffq_cli``) runs the CLI."""
 
-from diffq_cli.cli import main
+from diffq_cli.cli.app import main
 
 main()

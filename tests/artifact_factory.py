@@ -3,10 +3,10 @@
 import torch
 
 from diffq_cli import DiffQuantizer
-from diffq_cli.artifact import save_artifact
-from diffq_cli.config import DataConfig
-from diffq_cli.data import build_loaders
-from diffq_cli.models import create_model
+from diffq_cli.config.schema import DataConfig
+from diffq_cli.data.loaders import build_loaders
+from diffq_cli.files.artifact import save_artifact
+from diffq_cli.models.factory import create_model
 
 MODEL = "test_resnet"  # timm's 0.4M-parameter test network: exports in a few seconds
 INPUT_SIZE = 16

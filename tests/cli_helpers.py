@@ -4,7 +4,7 @@ import re
 
 from typer.testing import CliRunner
 
-from diffq_cli.cli import app
+from diffq_cli.cli.app import app
 
 
 def run(*args):

@@ -4,8 +4,14 @@ test opens a network connection; thread count set per test, never at import."""
 import ipaddress
 import os
 import socket
+import sys
+from pathlib import Path
 
 import pytest
+
+# The shared helpers (golden.py, cli_helpers.py, ...) import by name from every test folder.
+# Appended, not prepended: the test folders' names (cli, data, models) must not shadow anything.
+sys.path.append(str(Path(__file__).parent))
 
 _LOOPBACK = ("127.", "::1", "localhost", "0.0.0.0")
 
@@ -68,8 +74,7 @@ def _model_name_cache(tmp_path_factory):
 def interrupt_after_checkpoints(monkeypatch):
     """``interrupt_after_checkpoints(n)``: the n-th DiffQ checkpoint is written, then the run
     stops as on Ctrl-C. Wraps the loop's file writer, so production code needs no test hook."""
-    from diffq_cli import train
-
+    from diffq_cli.run import train
     def arm(n: int):
         real = train.atomic_write
         seen = {"n": 0}

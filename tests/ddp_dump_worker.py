@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from diffq_cli.cli import main
+from diffq_cli.cli.app import main
 from diffq_cli.quant import DiffQuantizer
 
 DUMP_ENV = "DIFFQ_TEST_DUMP"

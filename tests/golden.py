@@ -91,11 +91,12 @@ def _feed(h, obj) -> None:
 
 
 def write_golden_v2(data_dir) -> None:
-    """Writes tests/data/golden_v2*.th with the current code (run once, when the v2 layout was
-    pinned: ``python -c "import golden; golden.write_golden_v2('data')"`` from tests/)."""
+    """Writes tests/files/golden/golden_v2*.th with the current code (run once, when the v2
+    layout was pinned: ``python -c "import golden; golden.write_golden_v2('files/golden')"``
+    from tests/)."""
     from pathlib import Path
 
-    from diffq_cli.artifact import save_artifact
+    from diffq_cli.files.artifact import save_artifact
 
     data_dir = Path(data_dir)
     for path, model, make in ((data_dir / "golden_v2.th", golden_model(), golden_diffq),

@@ -18,8 +18,7 @@ def pyproject() -> dict:
 
 
 def test_package_has_no_symlinks_and_finds_its_recipes():
-    from diffq_cli import recipe
-
+    from diffq_cli.config import load as recipe
     links = [p for p in (ROOT / "diffq_cli").rglob("*") if p.is_symlink()]
     assert links == []
     assert recipe.RECIPES_DIR.resolve() == (ROOT / "recipes").resolve()
@@ -56,4 +55,4 @@ def test_wheel_carries_recipes_and_license(tmp_path):
     for recipe in (ROOT / "recipes").glob("*.yaml"):
         assert f"diffq_cli/recipes/{recipe.name}" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
-    assert "diffq_cli/assets/digits.npz" in names
+    assert "diffq_cli/data/assets/digits.npz" in names

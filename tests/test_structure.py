@@ -1,5 +1,6 @@
-"""The package's structure: no import circles between its modules (imports inside functions
-count too: a lazy import is still a dependency), and a library that never imports the CLI side.
+"""The package's structure: the folders are the layers and imports only point down (imports
+inside functions count too: a lazy import is still a dependency); no import circles; small
+modules.
 
 Run alone with ``pytest tests/test_structure.py -q``; the graph printed on failure names the
 circle.
@@ -70,18 +71,79 @@ def test_no_import_circles():
     assert cycle is None, " -> ".join(cycle)
 
 
-# Leaf modules of the package (no imports from it, no torch) that the library may use.
-LEAVES = {"diffq_cli.units"}
+# The layers, top to bottom: a module may import its own package and the layers below it, never
+# one above (``files`` never imports ``run``, ``run`` never ``cli``, ``quant`` only the leaves).
+LAYERS = ["cli", "run", "files", "models", "data", "config", "quant"]
+# Leaf modules every layer may use: they import nothing of the package but each other.
+LEAVES = {"diffq_cli.errors", "diffq_cli.units", "diffq_cli.fileio"}
+MAX_LINES = 300
 
 
-def test_the_library_never_imports_the_cli_side():
+def layer_of(module: str) -> int | None:
+    """Index in LAYERS (0 = top), len(LAYERS) for a leaf, None for the package's __init__ and
+    __main__ (the entry points)."""
+    if module in LEAVES:
+        return len(LAYERS)
+    if module == "diffq_cli":  # the library API: re-exports quant
+        return LAYERS.index("quant")
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1] in LAYERS:
+        return LAYERS.index(parts[1])
+    return None
+
+
+def wrong_way(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Every import that points up or sideways between layers."""
+    bad = []
+    for name, deps in sorted(graph.items()):
+        mine = layer_of(name)
+        if mine is None or name == "diffq_cli":  # the entry points import what they expose
+            continue
+        for dep in sorted(deps):
+            theirs = layer_of(dep)
+            same_package = dep.split(".")[:2] == name.split(".")[:2]
+            leaves = theirs == mine == len(LAYERS)
+            if theirs is None or (theirs <= mine and not same_package and not leaves):
+                bad.append((name, dep))
+    return bad
+
+
+def test_imports_only_point_down():
+    bad = wrong_way(import_graph())
+    assert not bad, "\n".join(f"{a} imports {b}" for a, b in bad)
+
+
+def test_a_wrong_way_import_is_caught():
+    graph = {"diffq_cli.files.artifact": {"diffq_cli.run.train", "diffq_cli.quant.state"},
+             "diffq_cli.quant.state": {"diffq_cli.units"},
+             "diffq_cli.units": {"diffq_cli.quant.state"},
+             "diffq_cli.run.train": {"diffq_cli.files.artifact", "diffq_cli.cli.app"}}
+    assert wrong_way(graph) == [("diffq_cli.files.artifact", "diffq_cli.run.train"),
+                                ("diffq_cli.run.train", "diffq_cli.cli.app"),
+                                ("diffq_cli.units", "diffq_cli.quant.state")]
+
+
+def test_the_top_level_holds_only_leaves_entry_points_and_layers():
+    top = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    assert {f"diffq_cli.{m}" for m in top} <= LEAVES, sorted(top)
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert packages == set(LAYERS)
+
+
+def test_the_library_imports_nothing_but_leaves():
     graph = import_graph()
     for leaf in LEAVES:
-        assert not graph[leaf], f"{leaf} must stay a leaf, imports {sorted(graph[leaf])}"
+        assert graph[leaf] <= LEAVES, f"{leaf} must stay a leaf, imports {sorted(graph[leaf])}"
     for name, deps in graph.items():
         if name.startswith("diffq_cli.quant"):
             outside = {d for d in deps if not d.startswith("diffq_cli.quant") and d not in LEAVES}
             assert not outside, f"{name} imports {sorted(outside)}"
+
+
+def test_modules_stay_small():
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, long
 
 
 def test_the_cycle_finder_finds_a_circle():

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from diffq_cli import LSQ, restore_quantized_state
-from diffq_cli.data import _digits
+from diffq_cli.data.loaders import _digits
 
 
 class Scales(nn.Module):
@@ -104,8 +104,9 @@ def test_lsq_2_bits_with_batchnorm_quantized_trains_above_chance():
     net.eval()
     with torch.no_grad():
         accuracy = (net(xva).argmax(1) == yva).float().mean().item() * 100
-    # The signed grid reached 35 % here (chance 10 %); the one-signed grid about 92 %.
-    assert accuracy > 80
+    # The signed grid reached 35 % here (chance 10 %); the one-signed grid 60-92 % depending on
+    # the CPU kernels and thread count (210 chaotic SGD steps; bench/cross_check.sh).
+    assert accuracy > 50
 
 
 def test_the_bits_adam_moves_a_small_step_by_a_fraction_of_itself():

@@ -146,7 +146,7 @@ def test_recipe_methods_are_the_registered_quantizers():
     builds its class from a flat settings dict (keys its constructor does not take ignored)."""
     from torch import nn
 
-    from diffq_cli.config import QuantConfig
+    from diffq_cli.config.schema import QuantConfig
     from diffq_cli.quant import LSQ, DiffQuantizer, UniformQuantizer, registry
 
     assert sorted(QuantConfig.choices["method"]) == registry.methods()

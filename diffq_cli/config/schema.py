@@ -1,0 +1,317 @@
+"""The recipe's schema: frozen dataclasses, one per section, that coerce and validate every
+value when built (a mistake is a one-line :class:`~diffq_cli.errors.InputError` naming the key).
+
+``recipe.py`` reads YAML files and overrides into these; ``recipes/default.yaml`` documents
+every key. No YAML and no torch here: importing the schema is cheap.
+"""
+
+import dataclasses
+import difflib
+import importlib.util
+import math
+import re
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Union, get_args, get_origin
+
+from diffq_cli.errors import InputError
+
+DEFAULT_MU = (1e-3,)
+_BAD = object()  # sentinel: a value that cannot be coerced to the field's type
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def is_device(name: str) -> bool:
+    """Whether ``name`` is a device the recipe and the CLI accept (``auto``, ``cuda:1``, ...)."""
+    return _DEVICE.fullmatch(name) is not None
+# Bounds as (low, high, low excluded).
+_GE0, _GE1, _GT0 = (0, math.inf, False), (1, math.inf, False), (0, math.inf, True)
+_BITS = (1, 15, False)
+
+
+class _Section:
+    """Mixin: coerce each field to its annotated type, then check choices and bounds."""
+
+    section: ClassVar[str] = ""
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    bounds: ClassVar[dict[str, tuple[float, float, bool]]] = {}
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = _coerce(self._key(f.name), getattr(self, f.name), f.type)
+            object.__setattr__(self, f.name, value)  # frozen: coerced values are set once here
+        for name, allowed in self.choices.items():
+            if getattr(self, name) not in allowed:
+                raise InputError(f"recipe key '{self._key(name)}' must be one of "
+                                 f"{', '.join(allowed)}; got {getattr(self, name)!r}")
+        for name, (low, high, strict) in self.bounds.items():
+            value = getattr(self, name)
+            if value is not None and (value < low or value > high or strict and value == low):
+                bound = f"between {low} and {high}" if high < math.inf else (
+                    f"> {low}" if strict else f">= {low}")
+                raise InputError(f"recipe key '{self._key(name)}' must be {bound}, got {value!r}")
+        self._validate()
+
+    def _key(self, name: str) -> str:
+        return f"{self.section}.{name}" if self.section else name
+
+    def _validate(self) -> None:
+        """Checks across fields (overridden)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """Which network to build and where its starting weights come from."""
+
+    section: ClassVar = "model"
+    choices: ClassVar = {"source": ("auto", "timm", "torchvision")}
+    name: str = "resnet18"
+    source: str = "auto"
+    pretrained: bool = False
+    weights: str | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """Dataset, image size and loader settings (see ``diffq_cli.data.loaders``)."""
+
+    section: ClassVar = "data"
+    bounds: ClassVar = {"input_size": _GE1, "batch_size": _GE1, "eval_batch_size": _GE1,
+                        "num_workers": _GE0, "train_subset": _GE1, "val_subset": _GE1}
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    input_size: int = 32
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    train_subset: int | None = None
+    val_subset: int | None = None
+    augment: bool = False
+
+
+@dataclass(frozen=True)
+class QuantConfig(_Section):
+    """Quantizer choice and its constructor arguments."""
+
+    section: ClassVar = "quant"
+    choices: ClassVar = {"method": ("diffq", "uniform", "lsq"), "param": ("bits", "noise"),
+                         "noise": ("gaussian", "uniform"), "noise_source": ("pool", "fresh")}
+    bounds: ClassVar = {"group_size": _GE0, "min_size": _GE0, "extra_bits": _GE0,
+                        "min_bits": _BITS, "init_bits": _BITS, "max_bits": _BITS, "bits": _BITS}
+    method: str = "diffq"
+    group_size: int = 8
+    min_size: float = 0.01
+    min_bits: int = 2
+    max_bits: int = 15
+    init_bits: int = 8
+    extra_bits: int = 0
+    bits: float = 8
+    param: str = "bits"
+    noise: str = "gaussian"
+    noise_source: str = "pool"
+    float16: bool = False
+    exclude: tuple[str, ...] = ()
+
+    def _validate(self) -> None:
+        # Each method's own constraints, checked here so that a bad value fails at load time,
+        # before any model or data is built.
+        if self.method == "lsq" and (self.bits != int(self.bits) or self.bits < 2):
+            raise InputError(
+                "recipe key 'quant.bits' must be a whole number between 2 and 15 for "
+                f"quant.method=lsq (its signed grid needs 2 bits at least), got {self.bits:g}")
+        if not self.min_bits <= self.init_bits <= self.max_bits:
+            raise InputError(
+                "recipe keys must satisfy quant.min_bits <= quant.init_bits <= quant.max_bits, "
+                f"got {self.min_bits} <= {self.init_bits} <= {self.max_bits}; adjust one of them")
+
+
+@dataclass(frozen=True)
+class OptimConfig(_Section):
+    """Optimizer for the weights, learning-rate schedule, bits learning rate."""
+
+    section: ClassVar = "optim"
+    choices: ClassVar = {"name": ("sgd", "adamw"), "schedule": ("cosine", "step", "constant")}
+    bounds: ClassVar = {"lr": _GT0, "bits_lr": _GT0, "gamma": _GT0, "grad_clip": _GT0,
+                        "momentum": (0, 1, False), "weight_decay": _GE0, "step_size": _GE1,
+                        "warmup_steps": _GE0}
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bits_lr: float = 1e-3
+    schedule: str = "cosine"
+    step_size: int = 30
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    """Loop length, the model-size penalties ``mu`` or size targets (one run each), device."""
+
+    section: ClassVar = "train"
+    choices: ClassVar = {"amp": ("none", "bf16", "fp16"), "baseline": ("none", "ptq", "qat"),
+                         "logger": ("none", "tensorboard")}
+    bounds: ClassVar = {"epochs": _GE1, "max_steps": _GE1, "log_every": _GE1, "seed": _GE0,
+                        "float_epochs": _GE0, "freeze_bits": (0, 1, False)}
+    epochs: int = 3
+    float_epochs: int = 0
+    max_steps: int | None = None
+    freeze_bits: float = 0.0  # last fraction of DiffQ's steps: widths frozen, true quantization
+    fill_budget: bool = False  # with a size target: widths fitted to it when they freeze
+    mu: tuple[float, ...] | None = None  # None and no target: DEFAULT_MU
+    target_mb: tuple[float, ...] = ()
+    baseline: str = "ptq"
+    seed: int = 0
+    log_every: int = 10
+    logger: str = "none"
+    device: str = "auto"
+    amp: str = "none"
+    channels_last: bool = False
+
+    def _validate(self) -> None:
+        if self.mu and self.target_mb:
+            raise InputError("train.mu (--mu) and train.target_mb (--target-mb) are exclusive: "
+                             "give penalties or size targets, not both")
+        if self.mu is None and not self.target_mb:
+            object.__setattr__(self, "mu", DEFAULT_MU)
+        if self.mu == () and not self.target_mb:
+            raise InputError("recipe key 'train.mu' needs at least one value, e.g. train.mu=1e-3 "
+                             "(or give train.target_mb)")
+        for target in self.target_mb:
+            if target <= 0:
+                raise InputError(f"target size must be > 0 MiB, got {target:g} "
+                                 "(recipe key 'train.target_mb')")
+        for mu in self.mu or ():
+            if mu < 0:
+                raise InputError(f"mu must be >= 0, got {mu:g} (recipe key 'train.mu')")
+        check_logger(self.logger)  # a missing package fails at load time, before any training
+        if not is_device(self.device):
+            raise InputError(f"recipe key 'train.device' must be {DEVICES}; got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class Recipe(_Section):
+    """A resolved recipe; ``recipes/default.yaml`` documents every key."""
+
+    name: str = "custom"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: str | None = None
+
+    def _validate(self) -> None:
+        object.__setattr__(self, "description", self.description.strip())
+        if self.train.target_mb and self.quant.method != "diffq":
+            raise InputError("train.target_mb (--target-mb) needs quant.method=diffq (learned "
+                             f"bit widths), got quant.method={self.quant.method}")
+
+
+_SECTIONS = {f.name: f.type for f in fields(Recipe) if dataclasses.is_dataclass(f.type)}
+_TYPES = {f.name: f.type for f in fields(Recipe) if f.name not in _SECTIONS}
+_TYPES.update({f"{s}.{f.name}": f.type for s, cls in _SECTIONS.items() for f in fields(cls)})
+_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _scalar(value: Any, tp: type) -> Any:
+    """``value`` as ``tp``, or ``_BAD``. YAML 1.1 reads ``1e-3`` as a string, hence str -> float."""
+    if isinstance(value, bool) or tp is bool:
+        return value if isinstance(value, bool) and tp is bool else _BAD
+    if tp is int and isinstance(value, (int, float)) and float(value).is_integer():
+        return int(value)
+    if tp is float and isinstance(value, (int, float, str)):
+        try:
+            number = float(value)
+        except ValueError:
+            return _BAD
+        return number if math.isfinite(number) else _BAD
+    if tp is str and isinstance(value, (str, int)):
+        return str(value)
+    return _BAD
+
+
+def _coerce(key: str, value: Any, tp: Any, optional: bool = False) -> Any:
+    """Check ``value`` against the annotation ``tp`` (Optional, tuple, section or scalar)."""
+    if get_origin(tp) in (Union, types.UnionType):
+        inner = next(a for a in get_args(tp) if a is not type(None))
+        return None if value is None else _coerce(key, value, inner, optional=True)
+    if get_origin(tp) is tuple:
+        item = get_args(tp)[0]
+        items = value if isinstance(value, (list, tuple)) else [value]
+        out = tuple(_scalar(v, item) for v in items)
+        if value is None or _BAD in out:
+            words = {float: "numbers", str: "strings"}[item]
+            raise InputError(f"recipe key '{key}' expects a list of {words}, got {value!r}")
+        return out
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        flat: dict[str, Any] = {}
+        _put(flat, key, {} if value is None else value)
+        return tp(**{k.rpartition(".")[2]: v for k, v in flat.items()})
+    out = _scalar(value, tp)
+    if out is _BAD:
+        words = _WORDS[tp] + (" or null" if optional else "")
+        raise InputError(f"recipe key '{key}' expects {words}, got {value!r}")
+    return out
+
+
+def _unknown(key: str) -> InputError:
+    close = difflib.get_close_matches(key, [*_TYPES, *_SECTIONS], n=1, cutoff=0.6)
+    leaf = key.rpartition(".")[2]
+    close = close or [k for k in _TYPES if k.rpartition(".")[2] == leaf]
+    hint = f"did you mean '{close[0]}'?" if close else "`diffq recipes default` lists the keys"
+    return InputError(f"unknown recipe key '{key}'; {hint}")
+
+
+def _put(flat: dict[str, Any], key: str, value: Any) -> None:
+    """Set dotted ``key`` in ``flat`` after checking it exists; a section takes a mapping."""
+    key = str(key).strip()
+    if key in _SECTIONS:
+        if not isinstance(value, Mapping):
+            example = f"{key}.{fields(_SECTIONS[key])[0].name}=..."
+            raise InputError(f"recipe key '{key}' is a section and expects a mapping; "
+                             f"set one of its keys instead, e.g. '{example}'")
+        for sub, sub_value in value.items():
+            _put(flat, f"{key}.{sub}", sub_value)
+    elif key in _TYPES:
+        flat[key] = value
+    else:
+        raise _unknown(key)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as plain Python types (tuples become lists), in schema order."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    return plain(dataclasses.asdict(recipe))
+
+
+def output_dir(recipe: Recipe) -> str:
+    """``recipe.output``, or ``runs/<model>-<dataset>-mu<mu>`` (several mu joined by '_'), or
+    ``runs/<model>-<dataset>-target<X>MB`` with size targets."""
+    if recipe.output:
+        return recipe.output
+    t = recipe.train
+    runs = f"target{'_'.join(f'{x:g}' for x in t.target_mb)}MiB" if t.target_mb else (
+        "mu" + "_".join(f"{mu:g}" for mu in t.mu))
+    slug = f"{recipe.model.name}-{recipe.data.dataset}-{runs}"
+    return f"runs/{re.sub(r'[^A-Za-z0-9._+-]+', '-', slug)}"
+
+
+def check_logger(name: str) -> None:
+    """Raise a one-line InputError when ``train.logger`` names a package that is not installed."""
+    if name == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise InputError("train.logger=tensorboard needs the tensorboard package: "
+                         "pip install 'diffq-cli[tensorboard]' (or set train.logger=none)")

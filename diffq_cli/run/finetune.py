@@ -1,0 +1,313 @@
+"""``diffq finetune``: data, model, float baseline, one DiffQ run per mu, artifacts, summary."""
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffq_cli.config.load import dump_recipe
+from diffq_cli.config.schema import output_dir, recipe_to_dict
+from diffq_cli.fileio import atomic_write
+from diffq_cli.files.artifact import save_artifact
+from diffq_cli.run.rundir import check_run_dir, check_targets
+from diffq_cli.units import compression, human, mib
+
+
+class RunContext:
+    """What the loop needs besides the recipe: device, output, distributed helpers."""
+
+    def __init__(self, device, reporter, dist, resume: bool):
+        self.device, self.reporter, self.dist, self.resume = device, reporter, dist, resume
+
+
+def _float_mb(model) -> float:
+    return mib(sum(p.numel() for p in model.parameters()) * 4)
+
+
+def _float_stage(model, recipe, train_loader, run_dir: Path, ctx) -> None:
+    """Float pre-training, saved as ``float.pt`` so that ``--resume`` does not redo it."""
+    import torch
+
+    from diffq_cli.fileio import torch_bytes
+    from diffq_cli.run.train import train_float
+
+    path = run_dir / "float.pt"
+    if ctx.resume and ctx.dist.agree(path.exists(), str(path)):
+        model.load_state_dict(torch.load(path, map_location=ctx.device, weights_only=True))
+        ctx.reporter.note(f"resumed: float weights from {path}")
+        return
+    train_float(model, recipe, train_loader, ctx, run_dir)
+    if ctx.dist.is_main:
+        atomic_write(path, torch_bytes(model.state_dict()))
+
+
+def _row(metrics: dict) -> dict:
+    keys = ("method", "label", "mu", "target_mb", "accuracy", "delta", "true_mb", "artifact_mb",
+            "compression", "mean_bits", "bits")
+    return {k: metrics.get(k) for k in keys}
+
+
+@dataclass
+class _Job:
+    """What every step of a finetune shares: the recipe, where and how to run, the data, the
+    starting model and its float baseline."""
+
+    recipe: object
+    reporter: object
+    ctx: RunContext
+    run_dir: Path
+    loaders: tuple
+    info: dict
+    start_weights: dict | None = None
+    model_spec: dict | None = None
+    float_acc: float = 0.0
+    float_mb: float = 0.0
+
+    def fresh_model(self, weights=None):
+        """The recipe's model for this dataset; with ``weights``, every run starts from the
+        same weights, not the previous run's."""
+        import torch
+
+        from diffq_cli.models.factory import create_model
+
+        m, info = self.recipe.model, self.info
+        net = create_model(
+            m.name,
+            source=m.source,
+            num_classes=info["num_classes"],
+            in_chans=info["in_chans"],
+            pretrained=m.pretrained if weights is None else False,
+            weights=m.weights if weights is None else None,
+            input_size=info["input_size"],
+        )
+        if weights is not None:
+            net.load_state_dict(weights)
+        net.to(self.ctx.device)
+        return net.to(memory_format=torch.channels_last) if self.recipe.train.channels_last \
+            else net
+
+    def accuracy(self, net) -> float:
+        return self.ctx.dist.accuracy(net, self.loaders[1], self.ctx.device)
+
+    @property
+    def title(self) -> str:
+        return f"{self.recipe.model.name} on {self.info['dataset']}"
+
+
+def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
+             keep_checkpoint: bool = False) -> dict:
+    """Runs a resolved recipe; returns the summary (also written to ``summary.json``).
+
+    Steps: set up (device, checks, data), the starting model (float stage and float baseline),
+    the post-training baselines, one DiffQ run per mu or size target, the QAT baselines if
+    asked, then the summary, pictures and tables. ``checkpoint.pt`` (optimizer state: several
+    times the model) is deleted once everything has finished, unless ``keep_checkpoint``;
+    ``float.pt`` stays as the float starting point."""
+    from diffq_cli.errors import GateError
+    from diffq_cli.run import baselines
+
+    started = time.time()
+    job = _setup(recipe, reporter, resume, overwrite)
+    model = _start(job)
+    rows = [{"method": "float", "label": "float32", "accuracy": job.float_acc, "delta": 0.0,
+             "true_mb": job.float_mb, "compression": 1.0, "mean_bits": 32.0}]
+    if recipe.train.baseline != "none":
+        rows += baselines.ptq_rows(model, recipe.quant, job.accuracy)
+    runs, layers, last = _diffq_runs(job)
+    rows += [_row(metrics) for metrics in runs]
+    if recipe.train.baseline == "qat":
+        rows += _qat_rows(job, runs)
+    summary = _summarize(job, runs, rows, started)
+    if not keep_checkpoint:  # only now: an interrupted sweep resumes its finished runs
+        for path in job.run_dir.glob("**/checkpoint.pt"):
+            path.unlink(missing_ok=True)
+    if not reporter.json_mode:
+        reporter.tradeoff_table(rows)
+        reporter.verdicts(summary["verdicts"])
+        reporter.layer_table(layers, f"Bits per quantized layer ({last})")
+    job.ctx.dist.close()
+    missed = [r for r in runs if r["target_mb"] is not None and r["true_mb"] > r["target_mb"]]
+    if missed:
+        raise GateError("; ".join(
+            f"target {r['target_mb']:g} MiB missed by {r['true_mb'] - r['target_mb']:.4f} MiB "
+            f"(true size {r['true_mb']:.4f} MiB)" for r in missed))
+    return summary
+
+
+def _setup(recipe, reporter, resume: bool, overwrite: bool) -> _Job:
+    """Device and process group, the run directory's checks, the data: all before any work."""
+    import torch
+
+    from diffq_cli.data.loaders import build_loaders
+    from diffq_cli.run import distributed
+
+    device = distributed.resolve_device(recipe.train.device)
+    distributed.check_precision(recipe.train.amp, device)
+    dist = distributed.setup(device)
+    if not dist.is_main:  # only rank 0 prints
+        reporter.enabled = False
+        reporter.err.quiet = reporter.out.quiet = True
+    torch.manual_seed(recipe.train.seed)
+    run_dir = Path(output_dir(recipe))
+    check_run_dir(run_dir, resume, overwrite)
+    train_loader, val_loader, info = build_loaders(recipe.data, dist.distributed,
+                                                   recipe.train.seed)
+    return _Job(recipe, reporter, RunContext(device, reporter, dist, resume), run_dir,
+                (train_loader, val_loader), info)
+
+
+def _start(job: _Job):
+    """The starting model: built (and its notes shown), targets checked, the run directory
+    created, the float stage run; its weights and float accuracy kept for every run."""
+    recipe, reporter, t = job.recipe, job.reporter, job.recipe.train
+    model = job.fresh_model()
+    for note in getattr(model, "diffq_notes", []):
+        reporter.note(note)
+    job.model_spec = dict(model.diffq_spec)
+    if t.target_mb:
+        check_targets(model, recipe, reporter)  # before any training
+    # The run directory appears only once data, model and targets are known good: a run that
+    # fails on bad input leaves nothing behind.
+    if job.ctx.dist.is_main:
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(job.run_dir / "config.yaml", dump_recipe(recipe).encode())
+        if not job.ctx.resume:  # an earlier run's epochs (even float-stage ones) are not ours
+            (job.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    if t.float_epochs:
+        _float_stage(model, recipe, job.loaders[0], job.run_dir, job.ctx)
+    job.start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    job.float_acc = job.accuracy(model)
+    job.float_mb = _float_mb(model)
+    reporter.note(f"{job.title}: float accuracy {job.float_acc:.2f}%, "
+                  f"{job.float_mb:.2f} MiB as float32")
+    return model
+
+
+def _diffq_runs(job: _Job) -> tuple[list, list, str]:
+    """One DiffQ run per mu or size target, each from the starting weights: (metrics per run,
+    the last run's layer rows, its label)."""
+    from diffq_cli.quant.summary import summarize_state
+    from diffq_cli.run.train import run_label, train_one
+
+    t = job.recipe.train
+    plans = [(None, x) for x in t.target_mb] or [(mu, None) for mu in t.mu]
+    runs, layers, last = [], [], ""
+    for mu, target in plans:
+        label = run_label(job.recipe.quant, mu, target)
+        sub = f"mu{mu:g}" if target is None else f"target{target:g}MiB"
+        run_dir = job.run_dir if len(plans) == 1 else job.run_dir / sub
+        if job.ctx.dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        result = train_one(job.fresh_model(job.start_weights), job.recipe, mu, job.loaders,
+                           run_dir, job.ctx, target)
+        quantizer = result["quantizer"]
+        state = quantizer.get_quantized_state()
+        sizes = summarize_state(state)
+        runs.append(_save_run(job, run_dir, label, target, result, state, sizes))
+        layers = [row for row in sizes["layers"] if row["name"] in state["quantized"]]
+        last = label
+        quantizer.detach()
+    return runs, layers, last
+
+
+def _save_run(job: _Job, run_dir: Path, label, target, result, state, sizes) -> dict:
+    """The run's artifact and bits picture; its metrics (as in summary.json)."""
+    quantizer = result["quantizer"]
+    metrics = {
+        "method": {"uniform": "qat"}.get(job.recipe.quant.method, job.recipe.quant.method),
+        "label": label,
+        "mu": result["mu"],
+        "target_mb": target,
+        "float_accuracy": job.float_acc,
+        "accuracy": result["accuracy"],
+        "float_mb": job.float_mb,
+        "true_mb": quantizer.true_model_size(),
+        "mean_bits": sizes["mean_bits"],
+        "epochs": len(result["history"]),
+    }
+    if target is not None:
+        metrics["groups_lowered"] = result["fit"].get("lowered", 0)
+    metrics.update(_write_artifact(job, run_dir / "model.th", state, job.recipe, metrics))
+    if job.ctx.dist.is_main:
+        _draw_bits(run_dir / "bits.svg", state, f"{job.title}, {label}")
+    metrics["delta"] = result["accuracy"] - job.float_acc
+    return metrics
+
+
+def _write_artifact(job: _Job, path: Path, state: dict, recipe, metrics: dict) -> dict:
+    """Saves a run's artifact (the main process only) and returns the fields that describe
+    it in the run's row: path, size and compression."""
+    nbytes = 0
+    if job.ctx.dist.is_main:
+        nbytes = save_artifact(path, state, job.model_spec, job.info, recipe_to_dict(recipe),
+                               metrics)
+    return {"artifact": str(path), "artifact_mb": mib(nbytes), "artifact_bytes": nbytes,
+            "compression": compression(job.float_mb, mib(nbytes))}
+
+
+def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
+    """Deltas, collapse flags and best marks on the rows; ``summary.json`` and
+    ``tradeoff.svg``; a warning per collapsed row."""
+    from diffq_cli.run import baselines
+    classes = job.info["num_classes"]
+    for row in rows:
+        row["delta"] = None if row.get("accuracy") is None else row["accuracy"] - job.float_acc
+        row["collapsed"] = baselines.collapsed(row.get("accuracy"), classes)
+    baselines.mark_best(rows)
+    baselines.mark_beaten(rows)
+    summary = {
+        "recipe": job.recipe.name,
+        "model": job.recipe.model.name,
+        "dataset": job.info["dataset"],
+        "run_dir": str(job.run_dir),
+        "float": {"accuracy": job.float_acc, "mb": job.float_mb},
+        "runs": runs,
+        "baselines": [r for r in rows if r["method"] in ("ptq", "qat")],
+        "table": rows,
+        "verdicts": baselines.verdicts(rows),
+        "seconds": time.time() - started,
+    }
+    if job.ctx.dist.is_main:
+        atomic_write(job.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        from diffq_cli.files.plots import tradeoff_svg
+
+        tradeoff_svg(job.run_dir / "tradeoff.svg", rows, job.title)
+    for row in rows:
+        if row["collapsed"]:
+            job.reporter.warn(
+                f"{row['method']} {row['label']}: accuracy {human(row['accuracy'], 'pct')} is "
+                f"at chance level ({human(100 / classes, 'pct')}): collapsed")
+    return summary
+
+
+def _draw_bits(path: Path, state: dict, title: str) -> None:
+    from diffq_cli.files.plots import bits_svg
+
+    if state["quantized"]:
+        bits_svg(path, state, title)
+
+
+def _qat_rows(job: _Job, runs: list) -> list:
+    """Uniform QAT at the width nearest each DiffQ result's true size, same epochs."""
+    from diffq_cli.run import baselines
+    from diffq_cli.run.train import train_one
+
+    widths = baselines.qat_widths(job.fresh_model(job.start_weights), job.recipe.quant,
+                                  [r["true_mb"] for r in runs])
+    rows = []
+    for bits in widths:
+        recipe = baselines.qat_recipe(job.recipe, bits)
+        result = train_one(job.fresh_model(job.start_weights), recipe, 0.0, job.loaders,
+                           job.run_dir / f"qat{bits}", job.ctx)
+        quantizer = result["quantizer"]
+        row = {"method": "qat", "label": f"{bits} bits", "bits": bits,
+               "accuracy": result["accuracy"], "true_mb": quantizer.true_model_size(),
+               "mean_bits": float(bits)}
+        # Its own artifact, like a DiffQ run's: comparable file size, and usable as is
+        # (eval, export) when the verdict says to prefer it.
+        metrics = {**row, "float_accuracy": job.float_acc, "float_mb": job.float_mb}
+        row.update(_write_artifact(job, job.run_dir / f"qat{bits}" / "model.th",
+                                   quantizer.get_quantized_state(), recipe, metrics))
+        rows.append(row)
+        quantizer.detach()
+    return rows

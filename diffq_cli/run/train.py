@@ -1,0 +1,332 @@
+"""The training loops: DiffQ fine-tuning for one mu or size target, and the float stage.
+
+Read top to bottom. ``train_one`` sets up the optimizers, the quantizer and the mu controller
+(``_setup``), resumes from ``checkpoint.pt`` if asked (``_resume``), then runs epochs: each one
+trains (``_epoch``, the loop body shared with the float stage), evaluates on truly quantized
+weights (``_evaluate``) and writes ``metrics.jsonl`` and an atomic checkpoint (``_save``). At the
+end the rounding is fitted to the size target, if one was given (``_finish``).
+"""
+
+import functools
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from diffq_cli.errors import TrainingError
+from diffq_cli.fileio import atomic_write, torch_bytes
+from diffq_cli.run.runlog import float_records, mean_bits, run_log, write_metrics
+from diffq_cli.run.steps import (
+    autocast,
+    build_optimizer,
+    build_quantizer,
+    make_scaler,
+    optimize,
+    rng_state,
+    set_lr,
+    set_rng_state,
+    to_device,
+)
+from diffq_cli.run.targets import CALIBRATE_EVERY, fit_target, start_control
+from diffq_cli.units import human
+
+
+@dataclass
+class Stage:
+    """What one training stage carries from step to step."""
+
+    net: torch.nn.Module  # what the loop calls: the model, DDP-wrapped when distributed
+    optimizers: list  # the weights' optimizer first (it gets the schedule)
+    scaler: torch.amp.GradScaler
+    criterion: torch.nn.Module
+    total: int  # steps of the whole stage
+    steps_per_epoch: int
+    shuffle_offset: int = 0  # added to the epoch when reseeding the shuffle
+    epoch: int = 0
+    step: int = 0
+
+
+def _stage(net, optimizers, ctx, recipe, steps_per_epoch, total, shuffle_offset=0) -> Stage:
+    return Stage(net, optimizers, make_scaler(ctx, recipe.train.amp),
+                 torch.nn.CrossEntropyLoss(), total, steps_per_epoch, shuffle_offset)
+
+
+def _epoch(stage: Stage, loader, recipe, ctx, add_terms, on_step, on_nan) -> tuple[int, float]:
+    """One pass over ``loader`` (or up to ``stage.total`` steps): (steps, mean loss).
+
+    ``add_terms(task_loss)`` gives ``(loss, size)``: the float stage adds nothing, DiffQ adds
+    ``mu * model_size()`` (in float32, outside autocast). ``on_nan(value)`` makes the error.
+    """
+    o, t = recipe.optim, recipe.train
+    stage.net.train()
+    ctx.dist.set_epoch(loader, stage.shuffle_offset + stage.epoch, t.seed)
+    seen, loss_sum = 0, 0.0
+    for x, y in loader:
+        if stage.step >= stage.total:
+            break
+        x, y = to_device(x, y, ctx, t.channels_last)
+        set_lr(stage.optimizers[0], o, stage.step, stage.total, stage.steps_per_epoch)
+        with autocast(ctx.device, t.amp):
+            task = stage.criterion(stage.net(x), y)
+        loss, size = add_terms(task)
+        value = float(loss.detach())  # one sync per step, for the NaN check and logs
+        if not math.isfinite(value):
+            raise on_nan(value)
+        optimize(loss, stage.optimizers, stage.scaler, o.grad_clip)
+        stage.step += 1
+        seen += 1
+        loss_sum += value
+        on_step(value, len(y), size)
+    stage.epoch += 1
+    return seen, loss_sum / max(seen, 1)
+
+
+# ---------------------------------------------------------------------------- DiffQ stage
+@dataclass
+class _Run:
+    """One DiffQ run: the model, its quantizer and controller, the stage and its history."""
+
+    model: torch.nn.Module
+    quantizer: object
+    control: object
+    stage: Stage
+    label: str
+    history: list
+    bits_opt: torch.optim.Optimizer | None = None
+
+
+def run_label(quant, mu: float | None, target_mb: float | None) -> str:
+    """How a run is named in the table, the logs and ``summary.json``: by its size target or mu
+    for DiffQ (``target=4MiB``, ``mu=0.001``), by its width for the fixed-width methods
+    (``4 bits``; the method is its own column)."""
+    if quant.method != "diffq":
+        return f"{quant.bits:g} bits"
+    return f"mu={mu:g}" if target_mb is None else f"target={target_mb:g}MiB"
+
+
+def _setup(model, recipe, mu, target_mb, ctx, steps_per_epoch) -> _Run:
+    o, t = recipe.optim, recipe.train
+    # Order matters: the main optimizer exists before the quantizer adds the bit parameters,
+    # and DDP wraps the model after both (it must see the bit parameters as its own).
+    optimizer = build_optimizer(model.parameters(), o)
+    quantizer = build_quantizer(model, recipe.quant)
+    # The paper: a separate Adam for the bits. Fused: one kernel for all logits (5x faster on CPU
+    # than the per-tensor loop), available for float32 parameters on CPU and CUDA.
+    bits_opt = torch.optim.Adam([{"params": []}], lr=o.bits_lr, fused=True)
+    quantizer.setup_optimizer(bits_opt, lr=o.bits_lr)
+    control = start_control(quantizer, mu, target_mb)
+    label = run_label(recipe.quant, mu, target_mb)
+    total = t.epochs * steps_per_epoch
+    if t.max_steps is not None:
+        total = min(t.max_steps, total)
+    stage = _stage(ctx.dist.wrap(model), [optimizer, bits_opt], ctx, recipe, steps_per_epoch,
+                   total)
+    return _Run(model, quantizer, control, stage, label, [], bits_opt)
+
+
+def _resume(run: _Run, ckpt_path: Path, ctx) -> None:
+    ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)
+    optimizer, bits_opt = run.stage.optimizers[0], run.bits_opt
+    run.model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    bits_opt.load_state_dict(ckpt["bits_optimizer"])
+    run.stage.scaler.load_state_dict(ckpt["scaler"])
+    run.quantizer.load_noise_state_dict(ckpt["noise"])
+    set_rng_state(ckpt["rng"])
+    if "aim" in ckpt:  # checkpoints written before --target-mb existed
+        run.control.load_state_dict(ckpt["aim"])
+    run.stage.epoch, run.stage.step, run.history = ckpt["epoch"], ckpt["step"], ckpt["history"]
+    ctx.reporter.note(
+        f"resumed {run.label} from {ckpt_path} at epoch {run.stage.epoch}, step {run.stage.step}"
+    )
+
+
+def _size_term(run: _Run, target_mb):
+    """``add_terms`` of the DiffQ stage: the size penalty, and the controller's dual step."""
+    quantizer, control = run.quantizer, run.control
+
+    def add(task):
+        size = quantizer.model_size()
+        loss = task.float() + control.mu * size
+        if target_mb is not None:
+            if run.stage.step % CALIBRATE_EVERY == 0:
+                control.calibrate(float(size.detach()), quantizer.true_model_size())
+            control.update(float(size.detach()))  # dual ascent on mu
+        return loss, size
+
+    return add
+
+
+def _evaluate(run: _Run, val_loader, recipe, ctx, target_mb, seen_loss, start) -> dict:
+    """The epoch's line of ``metrics.jsonl``, with the quantized accuracy on all ranks."""
+    quantizer, stage = run.quantizer, run.stage
+    acc = ctx.dist.accuracy(run.model, val_loader, ctx.device)  # over all ranks' shards
+    record = {
+        "stage": recipe.quant.method,  # "diffq", or "uniform" for a QAT baseline
+        "mu": run.control.mu,
+        "target_mb": target_mb,
+        "epoch": stage.epoch,
+        "step": stage.step,
+        "loss": seen_loss,
+        "accuracy": acc,
+        "true_mb": quantizer.true_model_size(),
+        "model_size": float(quantizer.model_size().detach()),
+        "lr": stage.optimizers[0].param_groups[0]["lr"],
+        "seconds": time.time() - start,
+    }
+    run.history.append(record)
+    ctx.reporter.note(
+        f"{run.label} epoch {stage.epoch}/{recipe.train.epochs} step {stage.step}: mu "
+        f"{human(run.control.mu, 'mu')}, loss {human(record['loss'], 'loss')}, quantized "
+        f"accuracy {human(acc, 'pct')}, true size {human(record['true_mb'], 'mib')}"
+    )
+    return record
+
+
+def _save(run: _Run, ckpt_path: Path, metrics_path: Path, kept: list, mu) -> None:
+    optimizer, bits_opt = run.stage.optimizers[0], run.bits_opt
+    write_metrics(metrics_path, kept + run.history)
+    checkpoint = {
+        "model": run.model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "bits_optimizer": bits_opt.state_dict(),
+        "scaler": run.stage.scaler.state_dict(),
+        "noise": run.quantizer.noise_state_dict(),
+        "rng": rng_state(),
+        "epoch": run.stage.epoch,
+        "step": run.stage.step,
+        "history": run.history,
+        "mu": mu,
+        "aim": run.control.state_dict(),
+    }
+    atomic_write(ckpt_path, torch_bytes(checkpoint))
+
+
+def _freeze_when_due(run: _Run, train, ctx, target_mb) -> None:
+    """For the last ``train.freeze_bits`` of the steps: widths frozen (the bits' optimizer no
+    longer steps) and forwards see true quantization with a straight-through gradient, so the
+    weights train for the rounding the evaluation applies instead of for noise. With a size
+    target and ``train.fill_budget``, the widths are first fitted to the target (raised while
+    they fit, or lowered), so that the weights train for the widths the artifact will have and
+    the run spends its whole budget."""
+    stage = run.stage
+    freeze_steps = round(stage.total * train.freeze_bits)
+    if (freeze_steps and stage.step >= stage.total - freeze_steps
+            and hasattr(run.quantizer, "freeze_bits") and len(stage.optimizers) > 1):
+        if target_mb is not None and train.fill_budget:
+            from diffq_cli.quant.budget import fit_budget
+
+            fit = fit_budget(run.quantizer, target_mb, fill=True)
+            ctx.reporter.note(f"{run.label}: widths fitted to the target: {fit['raised']} "
+                              f"raised, {fit['lowered']} lowered, true size "
+                              f"{fit['true_mb']:.3f} MiB")
+        run.quantizer.freeze_bits()
+        stage.optimizers = stage.optimizers[:1]
+        ctx.reporter.note(f"{run.label}: widths frozen at step {stage.step}, last "
+                          f"{stage.total - stage.step} steps train through true quantization")
+
+
+def _finish(run: _Run, val_loader, ctx, target_mb) -> dict:
+    """Fits the rounding to the size target (re-measuring accuracy if widths were lowered)."""
+    run.model.eval()
+    fit = fit_target(run.quantizer, target_mb, ctx.reporter)
+    accuracy = run.history[-1]["accuracy"] if run.history and not fit.get("lowered") else None
+    if accuracy is None:
+        accuracy = ctx.dist.accuracy(run.model, val_loader, ctx.device)
+    return {"quantizer": run.quantizer, "history": run.history, "mu": run.control.mu,
+            "fit": fit, "accuracy": accuracy}
+
+
+def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) -> dict:
+    """Fine-tunes ``model`` with DiffQ for one ``mu`` or one size target; returns the metrics.
+
+    Args:
+        model: the float model on ``ctx.device``, with the starting weights.
+        recipe: the resolved recipe.
+        mu: the model-size penalty (with ``target_mb``: ignored, mu is adapted, see ``aim``).
+        loaders: (train, val) data loaders.
+        run_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go.
+        ctx: run context (``device``, ``reporter``, ``resume``, ``dist``: distributed helpers).
+        target_mb: a true-size budget in MiB: mu becomes a Lagrange multiplier and the final
+            rounding is made to fit (``diffq_cli.run.targets``, ``quant.budget``).
+    """
+    train_loader, val_loader = loaders
+    run = _setup(model, recipe, mu, target_mb, ctx, len(train_loader))
+    ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
+    kept = float_records(metrics_path)  # the float stage's epochs stay in the file
+    if ctx.resume and ctx.dist.agree(ckpt_path.exists(), str(ckpt_path)):  # every rank loads
+        _resume(run, ckpt_path, ctx)
+
+    stage, t = run.stage, recipe.train
+    log = run_log(ctx, run.label, t, stage.total, run_dir)
+    add_terms = _size_term(run, target_mb)
+    bits = functools.partial(mean_bits, run.quantizer)
+
+    def nan(value):
+        return TrainingError(
+            f"loss became {value} at step {stage.step} ({run.label}); lower optim.lr or mu. "
+            f"The last good checkpoint is kept in {ckpt_path}"
+        )
+
+    _freeze_when_due(run, t, ctx, target_mb)  # a resumed run may be in that phase
+    with ctx.reporter.progress(stage.total - stage.step, run.label) as bar:
+
+        def on_step(value, n, size):
+            bar.update(loss=f"{value:.3f}")
+            log.step(stage.step, value, stage.optimizers[0].param_groups[0]["lr"], n,
+                     size=size, bits=bits)
+            _freeze_when_due(run, t, ctx, target_mb)
+
+        try:
+            while stage.epoch < t.epochs and stage.step < stage.total:
+                start = time.time()
+                _, mean_loss = _epoch(stage, train_loader, recipe, ctx, add_terms, on_step, nan)
+                log.epoch(_evaluate(run, val_loader, recipe, ctx, target_mb, mean_loss, start))
+                if ctx.dist.is_main:
+                    _save(run, ckpt_path, metrics_path, kept, mu)
+        finally:
+            log.close()  # flushes TensorBoard scalars even when a step fails
+    return _finish(run, val_loader, ctx, target_mb)
+
+
+# ---------------------------------------------------------------------------- float stage
+def train_float(model, recipe, train_loader, ctx, run_dir: Path | None = None) -> None:
+    """Plain float training for ``train.float_epochs``, at most ``train.max_steps`` steps (a
+    starting point when no pretrained weights are available); same optimizer, precision and
+    clipping settings, its own schedule. Each epoch is a ``stage: float`` line of
+    ``run_dir/metrics.jsonl`` (when ``run_dir`` is given)."""
+    o, t = recipe.optim, recipe.train
+    total = t.float_epochs * len(train_loader)
+    if t.max_steps is not None:  # a short (smoke) run stays short in this stage too
+        total = min(total, t.max_steps)
+    # Its own shuffle seeds (epoch + 10,000), so the DiffQ stage's order does not depend on it.
+    stage = _stage(ctx.dist.wrap(model), [build_optimizer(model.parameters(), o)], ctx, recipe,
+                   len(train_loader), total, shuffle_offset=10_000)
+    history = []
+    log = run_log(ctx, "float", t, total, run_dir)
+
+    def on_step(value, n, size):
+        log.step(stage.step, value, stage.optimizers[0].param_groups[0]["lr"], n)
+
+    def nan(value):
+        return TrainingError(f"float pre-training loss became {value}; lower optim.lr")
+
+    try:
+        while stage.epoch < t.float_epochs and stage.step < total:
+            start = time.time()
+            _, mean_loss = _epoch(stage, train_loader, recipe, ctx, lambda task: (task, None),
+                                  on_step, nan)
+            record = {"stage": "float", "epoch": stage.epoch, "step": stage.step,
+                      "loss": mean_loss, "lr": stage.optimizers[0].param_groups[0]["lr"],
+                      "seconds": time.time() - start}
+            history.append(record)
+            log.epoch(record)
+            ctx.reporter.note(f"float epoch {stage.epoch}/{t.float_epochs} step {stage.step}: "
+                              f"loss {human(record['loss'], 'loss')} (mean over the epoch)")
+            if run_dir is not None and ctx.dist.is_main:
+                write_metrics(run_dir / "metrics.jsonl", history)
+    finally:
+        log.close()
+    model.eval()

@@ -1,0 +1,183 @@
+"""--target-mb, the baseline rows and the pictures, through the CLI (digits, a few steps)."""
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.cli.test_cli import FAST, run
+from tests.files.test_plots import groups, markers
+
+
+@pytest.fixture(scope="module")
+def aimed(tmp_path_factory):
+    """One run aimed at 4 MB with the QAT baseline, shared by the tests below."""
+    out = tmp_path_factory.mktemp("aimed") / "run"
+    result = run(CliRunner(), "finetune", *FAST, "--max-steps", "2", "--target-mb", "4",
+                 "--baseline", "qat", "--output", out)
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_target_run_ends_within_budget_and_reports_mu(aimed):
+    out, result = aimed
+    summary = json.loads((out / "summary.json").read_text())
+    (diffq,) = summary["runs"]
+    assert diffq["target_mb"] == 4.0 and diffq["true_mb"] <= 4.0
+    assert diffq["mu"] > 0 and diffq["artifact_bytes"] == (out / "model.th").stat().st_size
+    assert 2 <= diffq["mean_bits"] <= 8
+    size = json.loads(run(CliRunner(), "size", out / "model.th", "--json").stdout)
+    assert size["true_mb"] == pytest.approx(diffq["true_mb"])  # the artifact holds that size
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(r["target_mb"] == 4.0 and r["mu"] > 0 for r in records)
+    assert all(0 < r["model_size"] < 4.0 * 1.05 for r in records)
+    assert "target=4MiB" in result.stdout and "size targets: floor" in result.stderr
+
+
+def test_ptq_and_qat_rows_in_table_and_summary(aimed):
+    out, result = aimed
+    summary = json.loads((out / "summary.json").read_text())
+    ptq = [r for r in summary["baselines"] if r["method"] == "ptq"]
+    assert [r["bits"] for r in ptq] == [8, 6, 4, 3, 2]
+    sizes = [r["true_mb"] for r in ptq]
+    assert sizes == sorted(sizes, reverse=True) and all(0 <= r["accuracy"] <= 100 for r in ptq)
+    # 8-bit PTQ is about a quarter of float32 (biases and BatchNorm stay float).
+    assert sizes[0] == pytest.approx(summary["float"]["mb"] / 4, rel=0.02)
+    (qat,) = [r for r in summary["baselines"] if r["method"] == "qat"]
+    nearest = min(ptq, key=lambda r: abs(r["true_mb"] - summary["runs"][0]["true_mb"]))
+    assert qat["bits"] == nearest["bits"] and qat["true_mb"] == pytest.approx(nearest["true_mb"])
+    assert (out / f"qat{qat['bits']}" / "metrics.jsonl").is_file()
+    # The QAT run keeps its artifact: same format, file size in the table, readable by `size`.
+    assert qat["artifact"] == str(out / f"qat{qat['bits']}" / "model.th")
+    assert qat["artifact_bytes"] == (out / f"qat{qat['bits']}" / "model.th").stat().st_size
+    size = json.loads(run(CliRunner(), "size", qat["artifact"], "--json").stdout)
+    assert size["true_mb"] == pytest.approx(qat["true_mb"]) and size["mean_bits"] == qat["bits"]
+    table = summary["table"]
+    assert [r["method"] for r in table][:2] == ["float", "ptq"]
+    for row in table:
+        assert row["collapsed"] == (row["accuracy"] < 15.0)
+    # ★ marks exactly the front: rows that no other row at <= 1.02x their size beats, never a
+    # collapsed one.
+    for row in table:
+        beaten = any(o is not row and o["true_mb"] <= row["true_mb"] * 1.02
+                     and o["accuracy"] > row["accuracy"] for o in table)
+        assert row["best"] == (not row["collapsed"] and not beaten), row
+    for text in ("ptq", "8 bits", "2 bits", "qat", "★", "best accuracy at its size"):
+        assert text in result.stdout, text
+    # One plain verdict for the DiffQ run, in the summary and under the table, that agrees with
+    # the table: the smallest uncollapsed baseline at <= 1.02x its size that is more accurate.
+    (verdict,) = summary["verdicts"]
+    (diffq,) = [r for r in table if r["method"] == "diffq"]
+    assert verdict.startswith("DiffQ target=4MiB (")
+    rivals = [r for r in table if r["method"] in ("ptq", "qat") and not r["collapsed"]
+              and r["true_mb"] <= diffq["true_mb"] * 1.02 and r["accuracy"] > diffq["accuracy"]]
+    if rivals:
+        rival = min(rivals, key=lambda r: (r["true_mb"], -r["accuracy"]))
+        assert diffq["beaten_by"] == f"{rival['method']} {rival['label']}"
+        assert "prefer it for this size" in verdict and f"at {rival['label']}" in verdict
+    else:
+        assert diffq["beaten_by"] is None
+        assert "no baseline at this size or smaller is more accurate" in verdict
+    assert verdict in result.stdout.splitlines()  # one unwrapped line, for scripts
+
+
+def test_run_writes_tradeoff_and_bits_svg(aimed, tmp_path):
+    out, _ = aimed
+    summary = json.loads((out / "summary.json").read_text())
+    series = groups(out / "tradeoff.svg")
+    assert markers(series["float"]) == 1 and markers(series["ptq"]) == 5
+    assert markers(series["diffq"]) == 1 and markers(series["qat"]) == 1
+    collapsed = [r for r in summary["table"] if r["collapsed"]]
+    assert sum(markers(g) for k, g in series.items() if k.startswith("collapsed-")) == len(
+        collapsed)
+    assert "target=4MiB" in (out / "tradeoff.svg").read_text()
+    bits = groups(out / "bits.svg")
+    layers = [k for k in bits if re.fullmatch(r"layer-\d+", k)]
+    assert len(layers) == 21  # resnet18's quantized tensors (conv and fc weights)
+    # `diffq size --plot` draws the same picture from the artifact alone.
+    plot = tmp_path / "again.svg"
+    result = run(CliRunner(), "size", out / "model.th", "--plot", plot)
+    assert result.exit_code == 0 and set(groups(plot)) >= set(layers)
+
+
+def test_size_plot_refuses_a_float_checkpoint(tmp_path):
+    import torch
+
+    torch.save(torch.nn.Linear(4, 2).state_dict(), tmp_path / "float.pt")
+    result = run(CliRunner(), "size", tmp_path / "float.pt", "--plot", tmp_path / "b.svg")
+    assert result.exit_code == 2 and "no quantized tensor" in result.stderr
+
+
+def test_target_below_the_floor_exits_2_before_training(tmp_path):
+    out = tmp_path / "low"
+    result = run(CliRunner(), "finetune", *FAST, "--target-mb", "1", "--output", out)
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "below the smallest reachable size 2.699 MiB" in line  # resnet18, 2 bits
+    assert "10.685 MiB at quant.init_bits=8" in line
+    assert not out.exists()  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--mu", "1", "--target-mb", "4"], "exclusive"),
+    (["--target-mb", "4", "train.mu=[1]"], "exclusive"),
+    (["--target-mb", "4", "quant.method=uniform"], "needs quant.method=diffq"),
+    (["--target-mb", "0"], "must be > 0"),
+    (["--baseline", "lsqq"], "train.baseline"),
+])
+def test_mu_and_target_are_exclusive_and_checked(tmp_path, args, needle):
+    result = run(CliRunner(), "finetune", *args, "--output", tmp_path / "x")
+    assert result.exit_code == 2
+    assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_missed_budget_exits_1_saying_by_how_much(tmp_path, monkeypatch):
+    # Start every group at 2.85 bits (rounds to 3: 4.03 MB) and switch off the final rounding
+    # fix: one step cannot bring a 4 MB target back.
+    from diffq_cli.quant import budget
+
+    monkeypatch.setattr(budget, "start_at_size", lambda q, mb: budget.set_uniform_bits(q, 2.85))
+    monkeypatch.setattr(budget, "fit_budget",
+                        lambda q, mb, fill=False: {"fits": False, "lowered": 0, "raised": 0,
+                                                   "true_mb": 0.0, "tau": 0.0})
+    out = tmp_path / "miss"
+    result = run(CliRunner(), "finetune", *FAST, "--max-steps", "1", "--target-mb", "4",
+                 "--baseline", "none", "--output", out)
+    assert result.exit_code == 1
+    assert re.search(r"target 4 MiB missed by 0\.0\d+ MiB", result.stderr)
+    assert (out / "model.th").is_file()  # the result is kept, the gate fails
+
+
+def test_an_lsq_run_is_labelled_lsq_in_the_table(tmp_path):
+    from typer.testing import CliRunner
+
+    from diffq_cli.cli.app import app
+
+    args = ["finetune", "--model", "test_resnet", "--epochs", "1", "--max-steps", "2",
+            "data.input_size=16", "data.train_subset=64", "data.val_subset=32",
+            "train.float_epochs=0", "quant.method=lsq", "quant.bits=4", "--baseline", "none",
+            "--output", str(tmp_path / "run"), "--json"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    import json
+
+    summary = json.loads(result.stdout)
+    assert [r["method"] for r in summary["runs"]] == ["lsq"]
+
+
+def test_fill_budget_spends_the_target_before_the_widths_freeze(tmp_path):
+    """train.fill_budget: when the widths freeze, a run under its target gets the groups nearest
+    their next width raised while the size fits, so it ends at the target, not under it."""
+    ends = {}
+    for fill in ("false", "true"):
+        out = tmp_path / fill
+        result = run(CliRunner(), "finetune", *FAST, "--max-steps", "4", "--target-mb", "4",
+                     "--baseline", "none", "train.freeze_bits=0.5", f"train.fill_budget={fill}",
+                     "--output", out)
+        assert result.exit_code == 0, result.output
+        assert ("widths fitted to the target" in result.stderr) == (fill == "true")
+        (diffq,) = json.loads((out / "summary.json").read_text())["runs"]
+        ends[fill] = diffq["true_mb"]
+    assert ends["false"] < ends["true"] <= 4.0
+    assert ends["true"] > 4.0 * 0.995  # one group's width is a few bytes: the budget is spent
