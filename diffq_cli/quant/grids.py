@@ -19,8 +19,10 @@ Decoding uses the float16-rounded scales, and so does the evaluation (through th
 import torch
 
 GRIDS = ("minmax", "channel", "learned")
-# Clip ratios (of the row's max |w|) searched for an MSE-optimal ``alpha``.
-CLIP_RATIOS = torch.linspace(0.1, 1.0, 19).tolist()
+# Clip ratios (of the row's max |w|) searched for an MSE-optimal ``alpha``; above 1 because the
+# top level is ``alpha - step``. The full signed range beat the symmetric ``[-(2**(b-1) - 1),
+# 2**(b-1) - 1]`` one at every width measured (bench/grid_bench.py: 2-4 bits, Gaussian/Laplace).
+CLIP_RATIOS = [0.05 * k for k in range(2, 26)]
 _HALF_TINY = 2.0**-14  # smallest normal float16: scales stay representable and non-zero
 
 
