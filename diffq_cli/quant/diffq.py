@@ -159,7 +159,7 @@ class DiffQuantizer(BaseQuantizer):
             # initialised at the MSE-optimal clip for the starting width.
             alpha = grids.mse_alpha(qp.param.reshape(-1), qp.param.shape, round(self.init_bits))
             qp.scale_param = nn.Parameter(alpha.log())
-            module.register_parameter(attr + self.suffix + "_alpha", qp.scale_param)
+            module.register_parameter(attr + "_alpha" + self.suffix, qp.scale_param)
 
     def _make_noise(self):
         unique = self._qparams
