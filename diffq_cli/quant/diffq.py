@@ -290,6 +290,6 @@ class DiffQuantizer(BaseQuantizer):
         # (segment_reduce is 20x slower on CPU), on device: no host sync.
         top = torch.stack(torch._foreach_max(list(bits.detach().split(self._group_counts))))
         bits_bits = torch.ceil(torch.log2(1 + (torch.round(top) - self.min_bits).clamp_min(0)))
-        headers = (HEADER_BITS * len(unique) + sum(self._side_bits(qp) for qp in unique)
-                   + torch.dot(bits_bits, groups.float()))
+        side = 0 if self.grid == "minmax" else sum(self._side_bits(qp) for qp in unique)
+        headers = HEADER_BITS * len(unique) + side + torch.dot(bits_bits, groups.float())
         return (payload + headers + self._float_bits()) / MIB_BITS
