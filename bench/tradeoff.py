@@ -85,7 +85,10 @@ def main() -> None:
     p.add_argument("--svg", default="docs/tradeoff.svg", help="'' for no picture")
     p.add_argument("--out", default="bench/out/tradeoff.json")
     p.add_argument("--title", default=None)
+    p.add_argument("--grid", default=None, help="quant.grid for every method (default: recipe's)")
     a = p.parse_args()
+    if a.grid:
+        a.overrides = [*a.overrides, f"quant.grid={a.grid}"]
     common = common_args(a)
     work = Path(tempfile.mkdtemp(prefix="diffq-tradeoff-"))
     out = Path(a.out)

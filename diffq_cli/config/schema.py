@@ -98,7 +98,8 @@ class QuantConfig(_Section):
 
     section: ClassVar = "quant"
     choices: ClassVar = {"method": ("diffq", "uniform", "lsq"), "param": ("bits", "noise"),
-                         "noise": ("gaussian", "uniform"), "noise_source": ("pool", "fresh")}
+                         "noise": ("gaussian", "uniform"), "noise_source": ("pool", "fresh"),
+                         "grid": ("minmax", "channel", "learned")}
     bounds: ClassVar = {"group_size": _GE0, "min_size": _GE0, "extra_bits": _GE0,
                         "min_bits": _BITS, "init_bits": _BITS, "max_bits": _BITS, "bits": _BITS}
     method: str = "diffq"
@@ -112,6 +113,7 @@ class QuantConfig(_Section):
     param: str = "bits"
     noise: str = "gaussian"
     noise_source: str = "pool"
+    grid: str = "minmax"  # minmax | channel | learned: the quantization grid of every method
     float16: bool = False
     exclude: tuple[str, ...] = ()
 
@@ -157,12 +159,14 @@ class TrainConfig(_Section):
     choices: ClassVar = {"amp": ("none", "bf16", "fp16"), "baseline": ("none", "ptq", "qat"),
                          "logger": ("none", "tensorboard")}
     bounds: ClassVar = {"epochs": _GE1, "max_steps": _GE1, "log_every": _GE1, "seed": _GE0,
-                        "float_epochs": _GE0, "freeze_bits": (0, 1, False)}
+                        "float_epochs": _GE0, "freeze_bits": (0, 1, False),
+                        "bn_recalibrate": _GE0}
     epochs: int = 3
     float_epochs: int = 0
     max_steps: int | None = None
     freeze_bits: float = 0.0  # last fraction of DiffQ's steps: widths frozen, true quantization
     fill_budget: bool = False  # with a size target: widths fitted to it when they freeze
+    bn_recalibrate: int = 0  # batches re-estimating BatchNorm statistics on quantized weights
     mu: tuple[float, ...] | None = None  # None and no target: DEFAULT_MU
     target_mb: tuple[float, ...] = ()
     baseline: str = "ptq"

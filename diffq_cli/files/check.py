@@ -15,7 +15,7 @@ import torch
 from diffq_cli.files import nppack
 from diffq_cli.quant.pack import MAX_WIDTH, packed_nbytes
 
-SCHEMES = ("minmax", "lsq")
+SCHEMES = ("minmax", "lsq", "channel", "learned")
 
 
 def level_chunks(widths: np.ndarray, numel: int, group_size: int) -> list[tuple[int, int]]:
@@ -90,6 +90,21 @@ def check_entry(name: str, entry) -> None:
     need = nbytes + sum(packed_nbytes(n, w) for w, n in level_chunks(bits, numel, gs))
     _need(data.numel() >= need,
           f"entry '{name}': level data is {data.numel()} bytes, needs {need}")
+    check_scales(name, entry)
+
+
+def check_scales(name: str, entry: dict) -> None:
+    """Per-channel grids: float16 ``scales``, one (``learned``: > 0) or two per row."""
+    if entry["scheme"] not in ("channel", "learned"):
+        return
+    scales, shape = entry.get("scales"), list(entry["shape"])
+    rows = shape[0] if len(shape) >= 2 and shape[0] > 0 else 1
+    want = [rows] if entry["scheme"] == "learned" else [rows, 2]
+    _need(torch.is_tensor(scales) and scales.dtype == torch.float16
+          and list(scales.shape) == want, f"entry '{name}' lacks its {want} float16 scales")
+    _need(bool(torch.isfinite(scales).all()), f"entry '{name}' has non-finite scales")
+    _need(entry["scheme"] == "channel" or bool((scales > 0).all()),
+          f"entry '{name}' has a scale <= 0")
 
 
 def _check_tensors(state: dict, group: str) -> None:

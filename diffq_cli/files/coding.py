@@ -41,6 +41,7 @@ CODING = "ans-order0-v1"
 # Fields copied from a state entry unchanged (data and bits_nbytes are rebuilt on decode).
 FIELDS = ("shape", "dtype", "scheme", "group_size", "low", "high", "qmax", "step", "offset",
           "bits_min", "bits_width")
+OPTIONAL = ("scales",)  # per-channel grids only (float16 tensor, copied as is)
 TABLE_BYTES = 6  # int16 symbol + int32 count per table row
 
 
@@ -145,7 +146,8 @@ def encode_state(state: dict) -> dict:
             streams.append(writer.add("bits", 0, widths, entry["bits_width"], entry["bits_min"]))
         for width, values in sorted(_levels_by_width(entry, widths, numel).items()):
             streams.append(writer.add("levels", width, values, width, 0))
-        quantized[name] = {**{k: entry[k] for k in FIELDS}, "streams": streams}
+        quantized[name] = {**{k: entry[k] for k in (*FIELDS, *OPTIONAL) if k in entry},
+                           "streams": streams}
     return {"coding": CODING, "quantizer": state["quantizer"], "config": state["config"],
             "quantized": quantized, "floats": state["floats"], "buffers": state["buffers"],
             **writer.tensors()}
@@ -222,7 +224,7 @@ def _decode_entry(arrays: dict, name: str, centry) -> dict:
           f"entry '{name}' lacks fields")
     streams = list(centry["streams"]) if isinstance(centry["streams"], list) else None
     _need(streams is not None, f"entry '{name}' has no stream list")
-    entry = {k: centry[k] for k in FIELDS}
+    entry = {k: centry[k] for k in (*FIELDS, *OPTIONAL) if k in centry}
     shape, gs, lo, bw = entry["shape"], entry["group_size"], entry["bits_min"], entry["bits_width"]
     _need(isinstance(gs, int) and gs >= 1 and isinstance(lo, int) and 1 <= lo <= 15
           and isinstance(bw, int) and 0 <= bw <= 4 and isinstance(shape, list)

@@ -11,6 +11,8 @@ the weights are bit for bit those of the artifact) and runs the network through
 
 The module is only traced by ``torch.export``: the saved program holds aten ops, uint8 streams
 and the float parameters, so loading it needs neither this class nor diffq_cli.
+Tensors on the per-channel grids (schemes ``channel`` and ``learned``) are not packed yet: they
+stay float parameters holding the restored (dequantized) values.
 """
 
 import copy
@@ -65,6 +67,8 @@ class CompactModel(nn.Module):
         params = dict(net.named_parameters(remove_duplicate=False))  # a state may use any alias
         by_size = {}
         for name, entry in state["quantized"].items():
+            if entry["scheme"] not in ("minmax", "lsq"):
+                continue  # per-channel grids: kept as the (restored) float parameter
             by_size.setdefault(entry["group_size"], []).append(name)
         self._plan = [self._add_bucket(b, gs, names, state, params, aliases)
                       for b, (gs, names) in enumerate(by_size.items())]

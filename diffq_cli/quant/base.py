@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from diffq_cli.quant import grids
 from diffq_cli.quant import state as state_io
 from diffq_cli.quant.install import Installer
 from diffq_cli.quant.params import QParam, discover
@@ -62,6 +63,7 @@ class BaseQuantizer:
     """
 
     suffix = "_q"
+    grid = "minmax"  # subclasses taking ``grid=`` set it before calling this constructor
 
     def __init__(
         self,
@@ -112,7 +114,13 @@ class BaseQuantizer:
         """Creates and registers the learned tensors of ``qp`` (if any)."""
 
     def _bit_parameters(self) -> list[nn.Parameter]:
-        return [qp.bit_param for qp in self._qparams if qp.bit_param is not None]
+        """Learned quantization parameters (bits or steps, then per-channel scales)."""
+        return [p for qp in self._qparams for p in (qp.bit_param, qp.scale_param)
+                if p is not None]
+
+    def _side_bits(self, qp: QParam) -> int:
+        """Bits of per-channel scales that ``qp``'s saved entry carries."""
+        return grids.side_bits(self.grid, qp.param.shape)
 
     def _train_weights(self) -> list | None:
         """Weights seen by a training forward, one per QParam (None: use the floats)."""
@@ -178,8 +186,9 @@ class BaseQuantizer:
         out = []
         for qp in self._qparams:
             key = (qp.param._version, qp.param.data_ptr(), qp.param.device, qp.param.dtype)
-            if qp.bit_param is not None:
-                key += (qp.bit_param._version, qp.bit_param.data_ptr())
+            for p in (qp.bit_param, qp.scale_param):
+                if p is not None:
+                    key += (p._version, p.data_ptr())
             hit = self._eval_cache.get(qp.name)
             if hit is None or hit[0] != key:
                 with torch.no_grad():
@@ -242,7 +251,8 @@ class BaseQuantizer:
         total = float(self._float_bits())
         with torch.no_grad():
             for qp in self._qparams:
-                total += state_io.tensor_bits(self._true_bits(qp), qp.numel, qp.group_size)[1]
+                total += state_io.tensor_bits(self._true_bits(qp), qp.numel, qp.group_size,
+                                              self._side_bits(qp))[1]
         return total / MIB_BITS
 
     def model_size(self, exact: bool = False) -> torch.Tensor:
@@ -343,8 +353,9 @@ class BaseQuantizer:
             grad = qp.param.grad
             if grad is None or not bool(grad.any()):
                 unused.append(qp.name)
-                if qp.bit_param is not None and qp.bit_param.grad is not None:
-                    qp.bit_param.grad.zero_()
+                for p in (qp.bit_param, qp.scale_param):
+                    if p is not None and p.grad is not None:
+                        p.grad.zero_()
         return unused
 
     def detach(self) -> None:
@@ -356,8 +367,10 @@ class BaseQuantizer:
         self._hooks = []
         for qp in self._qparams:
             module, attr = qp.bindings[0]
-            if qp.bit_param is not None:
-                module._parameters.pop(attr + self.suffix, None)
+            for p in (qp.bit_param, qp.scale_param):
+                if p is not None:
+                    for key in [k for k, v in module._parameters.items() if v is p]:
+                        module._parameters.pop(key)
         _ATTACHED.pop(self.model, None)
 
     def __repr__(self) -> str:

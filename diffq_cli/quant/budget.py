@@ -36,7 +36,7 @@ def _size_mb(quantizer, unique, widths) -> float:
     """True size in MB with integer ``widths`` (one tensor per quantized parameter)."""
     total = quantizer._float_bits()
     for qp, bits in zip(unique, widths, strict=True):
-        total += tensor_bits(bits, qp.numel, qp.group_size)[1]
+        total += tensor_bits(bits, qp.numel, qp.group_size, quantizer._side_bits(qp))[1]
     return total / MIB_BITS
 
 

@@ -13,6 +13,7 @@ import weakref
 import torch
 from torch import nn
 
+from diffq_cli.quant import grids
 from diffq_cli.quant.base import BaseQuantizer
 from diffq_cli.quant.noise import FreshNoise, NoisePool
 from diffq_cli.quant.ops import BitsAndUnit, minmax_levels, noisy_weight_and_again, straight_through
@@ -58,6 +59,10 @@ class DiffQuantizer(BaseQuantizer):
         noise: "gaussian" (std = step / 2) or "uniform" (on [-step/2, step/2]).
         noise_source: "pool" (pre-generated exact noise read at random offsets, fast on CPU) or
             "fresh" (new random numbers for every weight at every step).
+        grid: "minmax" (each tensor's [min, max], the reference), "channel" (each output
+            channel's [min, max]) or "learned" (a clipped zero-centred range per output
+            channel, learned with the bits; see ``grids.py``). Training noise is drawn on the
+            grid that evaluation rounds to.
 
     Example:
         >>> quantizer = DiffQuantizer(model, group_size=8)
@@ -81,6 +86,7 @@ class DiffQuantizer(BaseQuantizer):
         param: str = "bits",
         noise: str = "gaussian",
         noise_source: str = "pool",
+        grid: str = "minmax",
     ):
         if param not in ("bits", "noise"):
             raise ValueError(f"param must be 'bits' or 'noise', got {param!r}")
@@ -97,6 +103,7 @@ class DiffQuantizer(BaseQuantizer):
         self.init_bits, self.extra_bits = float(init_bits), float(extra_bits)
         self.suffix, self.param, self.noise = suffix, param, noise
         self.noise_source = noise_source
+        self.grid = grids.check_grid(grid)
         self._bits_cache = None
         self._shape_cache = None
         self._frozen = False
@@ -113,6 +120,7 @@ class DiffQuantizer(BaseQuantizer):
             "param": self.param,
             "noise": self.noise,
             "noise_source": self.noise_source,
+            "grid": self.grid,
         }
 
     # ------------------------------------------------------------ bits <-> logits
@@ -146,6 +154,12 @@ class DiffQuantizer(BaseQuantizer):
         module, attr = qp.bindings[0]
         module.register_parameter(attr + self.suffix, logit)
         qp.bit_param = logit
+        if self.grid == "learned":
+            # log(alpha) per output channel, in the bits' optimizer group (like LSQ's step):
+            # initialised at the MSE-optimal clip for the starting width.
+            alpha = grids.mse_alpha(qp.param.reshape(-1), qp.param.shape, round(self.init_bits))
+            qp.scale_param = nn.Parameter(alpha.log())
+            module.register_parameter(attr + "_alpha" + self.suffix, qp.scale_param)
 
     def _make_noise(self):
         unique = self._qparams
@@ -188,13 +202,18 @@ class DiffQuantizer(BaseQuantizer):
             return [functools.partial(self._frozen_weight, qp) for qp in unique]
         if self._noise.device != unique[0].param.device:
             self._noise.to(unique[0].param.device)
-        _, unit = self._batched_bits(unique)
+        bits, unit = self._batched_bits(unique)
         units = unit.split([qp.n_groups for qp in unique])
         # Refresh first: the previous step's windows are released by now, so the replaced
         # chunk is freed at once instead of living alongside its successor until the backward.
         self._noise.refresh()
         windows = self._noise.windows([qp.numel for qp in unique])
         half = 0.5 if self.noise == "gaussian" else 1.0
+        if self.grid != "minmax":
+            return [functools.partial(self._grid_noisy, qp, b, u, noise, sign * half)
+                    for qp, b, u, (noise, sign) in zip(
+                        unique, bits.split([qp.n_groups for qp in unique]), units, windows,
+                        strict=True)]
         # Lazy: each noisy weight is computed when its layer is about to run (see install.py).
         return [
             functools.partial(
@@ -203,8 +222,25 @@ class DiffQuantizer(BaseQuantizer):
             for qp, u, (noise, sign) in zip(unique, units, windows, strict=True)
         ]
 
+    def _grid_noisy(self, qp: QParam, bits, unit, noise, mult: float):
+        """(noisy training weight on a per-channel grid, no recompute function)."""
+        if self.grid == "learned":
+            alpha = grids.per_row(qp.scale_param.exp(), qp.param.shape)
+            bits_e = grids.per_group(bits, qp.numel, qp.group_size)
+            return grids.learned_noisy(qp.param, alpha, bits_e, noise, mult), None
+        unit_e = grids.per_group(unit, qp.numel, qp.group_size)
+        return grids.channel_noisy(qp.param, unit_e, noise, mult), None
+
     def _frozen_weight(self, qp: QParam):
         """(``qp``'s weight truly quantized at its rounded widths, straight-through; no recipe)."""
+        if self.grid == "learned":  # the scales keep learning, LSQ-style
+            half = torch.exp2(grids.per_group(self._true_bits(qp), qp.numel, qp.group_size) - 1.0)
+            alpha = grids.per_row(qp.scale_param.exp(), qp.param.shape)
+            return grids.learned_fake(qp.param, alpha, half), None
+        if self.grid == "channel":
+            with torch.no_grad():
+                q = self._dequantized(qp)
+            return qp.param + (q - qp.param).detach(), None
         return straight_through(qp.param, self._true_bits(qp), qp.group_size), None
 
     def noise_state_dict(self) -> dict:
@@ -220,6 +256,8 @@ class DiffQuantizer(BaseQuantizer):
 
     def _encode(self, qp: QParam) -> dict:
         bits = self._true_bits(qp)
+        if self.grid != "minmax":
+            return grids.encode(self.grid, qp, bits, alpha=qp.scale_param)
         levels, low, high, _ = minmax_levels(qp.param.reshape(-1), bits, qp.group_size)
         return {"scheme": "minmax", "levels": levels, "bits": bits, "low": low, "high": high}
 
@@ -252,5 +290,6 @@ class DiffQuantizer(BaseQuantizer):
         # (segment_reduce is 20x slower on CPU), on device: no host sync.
         top = torch.stack(torch._foreach_max(list(bits.detach().split(self._group_counts))))
         bits_bits = torch.ceil(torch.log2(1 + (torch.round(top) - self.min_bits).clamp_min(0)))
-        headers = HEADER_BITS * len(unique) + torch.dot(bits_bits, groups.float())
+        side = 0 if self.grid == "minmax" else sum(self._side_bits(qp) for qp in unique)
+        headers = HEADER_BITS * len(unique) + side + torch.dot(bits_bits, groups.float())
         return (payload + headers + self._float_bits()) / MIB_BITS

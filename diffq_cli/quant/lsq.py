@@ -11,6 +11,11 @@ levels {0, 1}: every BatchNorm scale becomes 0 or one step, and a model with its
 quantized collapsed to chance. The state stores each tensor's grid as its ``offset`` (levels
 are stored non-negative, ``value = (level - offset) * step``), so states written before this
 grid existed decode unchanged.
+
+With ``grid="channel"`` or ``"learned"`` each output channel (row) learns its own step on the
+signed grid, and the state stores it as the ``learned`` scheme of ``grids.py`` (``alpha = step *
+2**(b-1)`` per row, float16). ``channel`` starts each step at the paper's init on the row,
+``learned`` at the row's MSE-optimal clip.
 """
 
 import math
@@ -18,6 +23,7 @@ import math
 import torch
 from torch import nn
 
+from diffq_cli.quant import grids
 from diffq_cli.quant.base import BaseQuantizer
 from diffq_cli.quant.params import QParam
 from diffq_cli.quant.registry import register
@@ -44,6 +50,8 @@ class LSQ(BaseQuantizer):
         suffix: name suffix of the registered parameters (``weight_lsq``), each the log of
             a tensor's step.
         min_size, float16, exclude, detect_bound: as in ``DiffQuantizer``.
+        grid: "minmax" (one step per tensor, the paper's), "channel" or "learned" (one step
+            per output channel; see the module docstring).
     """
 
     def __init__(
@@ -55,7 +63,9 @@ class LSQ(BaseQuantizer):
         suffix: str = "_lsq",
         exclude=None,
         detect_bound: bool = True,
+        grid: str = "minmax",
     ):
+        self.grid = grids.check_grid(grid)
         if int(bits) != bits or not 2 <= bits <= 15:
             raise ValueError(f"LSQ bits must be an integer between 2 and 15, got {bits}")
         self.bits, self.suffix = int(bits), suffix
@@ -64,13 +74,19 @@ class LSQ(BaseQuantizer):
         super().__init__(model, min_size, float16, exclude, detect_bound, group_size=0)
 
     def _config(self) -> dict:
-        return {**super()._config(), "bits": self.bits}
+        return {**super()._config(), "bits": self.bits, "grid": self.grid}
 
     def _levels(self, qp: QParam) -> tuple[int, int]:
         """(lowest, highest) integer level of ``qp``'s grid, decided once at attach time."""
         return self._grid[id(qp)]
 
+    def _side_bits(self, qp: QParam) -> int:
+        return 0 if self.grid == "minmax" else grids.side_bits("learned", qp.param.shape)
+
     def _prepare(self, qp: QParam) -> None:
+        if self.grid != "minmax":
+            self._prepare_rows(qp)
+            return
         with torch.no_grad():
             lo, hi = (float(v) for v in torch.aminmax(qp.param.detach().float()))
         top = 2**self.bits - 1
@@ -89,7 +105,26 @@ class LSQ(BaseQuantizer):
         module.register_parameter(attr + self.suffix, step)
         qp.bit_param = step
 
+    def _prepare_rows(self, qp: QParam) -> None:
+        """One log step per output channel on the signed grid."""
+        self._grid[id(qp)] = (-self._qn, self._qp)
+        flat, shape = qp.param.detach().float().reshape(-1), qp.param.shape
+        with torch.no_grad():
+            if self.grid == "learned":
+                step = grids.mse_alpha(flat, shape, self.bits) / self._qn
+            else:
+                rows = flat.view(grids.rows_of(shape)[0], -1)
+                step = 2 * rows.abs().mean(1) / math.sqrt(self._qp)
+        qp.bit_param = nn.Parameter(step.clamp_min(1e-8).log())
+        module, attr = qp.bindings[0]
+        module.register_parameter(attr + self.suffix, qp.bit_param)
+
     def _fake_quant(self, qp: QParam) -> torch.Tensor:
+        if self.grid != "minmax":
+            cols = grids.rows_of(qp.param.shape)[1]
+            step = _grad_scale(qp.bit_param.float().exp(), 1 / math.sqrt(cols * self._qp))
+            alpha = grids.per_row(step * self._qn, qp.param.shape)
+            return grids.learned_fake(qp.param, alpha, torch.tensor(float(self._qn)))
         w = qp.param.float()
         low, high = self._levels(qp)
         step = _grad_scale(
@@ -105,6 +140,9 @@ class LSQ(BaseQuantizer):
         return torch.full((qp.n_groups,), self.bits, dtype=torch.int64)
 
     def _encode(self, qp: QParam) -> dict:
+        if self.grid != "minmax":
+            log_alpha = qp.bit_param.detach() + math.log(self._qn)
+            return grids.encode("learned", qp, self._true_bits(qp), alpha=log_alpha)
         step = qp.bit_param.detach().float().exp().reshape(())
         low, high = self._levels(qp)
         levels = torch.clamp(torch.round(qp.param.detach().float().reshape(-1) / step), low, high)
@@ -120,6 +158,6 @@ class LSQ(BaseQuantizer):
         """Size in MiB: ``bits`` per weight plus a header per tensor (no gradient: LSQ learns
         steps, not widths; ``exact`` changes nothing since the widths are whole already)."""
         total = self._float_bits() + sum(
-            self.bits * qp.numel + HEADER_BITS for qp in self._qparams
+            self.bits * qp.numel + HEADER_BITS + self._side_bits(qp) for qp in self._qparams
         )
         return torch.tensor(total / MIB_BITS)

@@ -25,6 +25,7 @@ class QParam:
     bindings: list = field(default_factory=list)  # (module, attribute name) pairs
     group_size: int = 1  # values per group; the last group may be shorter
     bit_param: nn.Parameter | None = None  # the learned part (DiffQ logits, LSQ step)
+    scale_param: nn.Parameter | None = None  # log of the per-channel scales (grid "learned")
 
     @property
     def numel(self) -> int:

@@ -5,7 +5,8 @@ Layout (only tensors and primitives, so ``torch.load(weights_only=True)`` reads 
     {"format": "diffq_cli.quantized_state", "version": 1,
      "quantizer": "DiffQuantizer", "config": {...},
      "quantized": {name: {"shape", "dtype", "scheme", "group_size", "low", "high", "qmax",
-                          "step", "offset", "bits_min", "bits_width", "bits_nbytes", "data"}},
+                          "step", "offset", "bits_min", "bits_width", "bits_nbytes", "data",
+                          ["scales"]}},
      "floats": {name: tensor}, "buffers": {name: tensor}}
 
 Groups of a parameter are stored sorted by bit width (stable), each run of equal width packed
@@ -14,6 +15,11 @@ with ``pack``. ``data`` holds first (``bits_nbytes`` bytes) the packed per-group
 then the packed levels. Every ``data`` tensor is a view into one shared uint8 buffer and the
 float tensors into one buffer per dtype, so ``torch.save`` writes a handful of storages
 instead of one zip record per tensor.
+
+Schemes: ``minmax`` (``low``/``high`` per tensor, optional ``qmax``), ``lsq`` (``step``,
+``offset``), and the per-channel grids of ``grids.py``, whose entries alone carry ``scales``
+(float16, views into one shared buffer): ``channel`` (rows, 2) = [low, high] per row, and
+``learned`` (rows,) = ``alpha`` per row, levels stored as ``q + 2**(b-1)``.
 """
 
 import io
@@ -21,6 +27,7 @@ import zlib
 
 import torch
 
+from diffq_cli.quant import grids
 from diffq_cli.quant.ops import minmax_dequantize
 from diffq_cli.quant.pack import pack, pack_levels, unpack, unpack_levels
 
@@ -32,17 +39,18 @@ VERSION = 1
 HEADER_BITS = 72
 
 
-def tensor_bits(bits: torch.Tensor, numel: int, group_size: int) -> tuple[int, int]:
+def tensor_bits(bits: torch.Tensor, numel: int, group_size: int, side: int = 0
+                ) -> tuple[int, int]:
     """(payload, total) bits of one quantized tensor with integer widths ``bits`` per group.
 
-    The total adds ``HEADER_BITS`` and each group's width packed on as many bits as the
-    spread of widths needs; ``true_model_size()`` and the size report of a saved state both
-    count this way.
+    The total adds ``HEADER_BITS``, ``side`` (per-channel scales, see ``grids.side_bits``) and
+    each group's width packed on as many bits as the spread of widths needs;
+    ``true_model_size()`` and the size report of a saved state both count this way.
     """
     lengths = group_lengths(numel, group_size, bits.device)
     payload = int((bits.to(torch.int64) * lengths).sum())
     spread = int(bits.max() - bits.min()) if bits.numel() else 0
-    return payload, payload + HEADER_BITS + spread.bit_length() * bits.numel()
+    return payload, payload + HEADER_BITS + side + spread.bit_length() * bits.numel()
 
 
 def group_lengths(numel: int, group_size: int, device=None) -> torch.Tensor:
@@ -58,6 +66,13 @@ def decode(enc: dict, numel: int, group_size: int) -> torch.Tensor:
     """Float32 flat values from an encoding made by a quantizer's ``_encode``."""
     if enc["scheme"] == "lsq":
         return (enc["levels"].float() - enc["offset"]) * enc["step"]
+    if enc["scheme"] == "learned":
+        scales = enc["scales"].float()
+        return grids.learned_dequantize(enc["levels"], scales, enc["bits"], enc["shape"],
+                                        group_size)
+    if enc["scheme"] == "channel":
+        return grids.channel_dequantize(enc["levels"], enc["scales"], enc["bits"], enc["shape"],
+                                        group_size, enc.get("qmax"))
     qmax = enc.get("qmax")
     if qmax is None:
         qmax = torch.pow(2.0, enc["bits"].float()) - 1
@@ -65,9 +80,26 @@ def decode(enc: dict, numel: int, group_size: int) -> torch.Tensor:
     return minmax_dequantize(enc["levels"], enc["low"], enc["high"], qmax, group_size)
 
 
+def _shared(tensors: dict, cast_half: bool) -> dict:
+    # One storage per dtype; every entry is a view into it.
+    out, by_dtype = {}, {}
+    for name, t in tensors.items():
+        t = t.detach().cpu()
+        if cast_half and t.is_floating_point():
+            t = t.half()
+        by_dtype.setdefault(t.dtype, []).append((name, t))
+    for items in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for _, t in items])
+        pos = 0
+        for name, t in items:
+            out[name] = flat[pos : pos + t.numel()].view(t.shape)
+            pos += t.numel()
+    return out
+
+
 def build_state(quantizer, config, encoded, qparams, others, buffers, float16) -> dict:
     """Assembles the state dict (see the module docstring)."""
-    entries, pieces, offset = {}, [], 0
+    entries, pieces, offset, scales = {}, [], 0, {}
 
     def add(chunks):
         nonlocal offset
@@ -98,28 +130,16 @@ def build_state(quantizer, config, encoded, qparams, others, buffers, float16) -
             "bits_width": width,
             "_spans": (bits_span, levels_span),
         }
+        if "scales" in enc:  # per-channel grids only: older schemes' entries are unchanged
+            scales[name] = enc["scales"].to(torch.float16)
     blob = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.uint8)
     for entry in entries.values():
         (b0, b1), (l0, l1) = entry.pop("_spans")
         # One view per entry (bits then levels): each tensor view costs ~100 bytes of pickle.
         entry["data"] = blob[b0:l1]
         entry["bits_nbytes"] = b1 - b0
-
-    def shared(tensors: dict, cast_half: bool) -> dict:
-        # One storage per dtype; every entry is a view into it.
-        out, by_dtype = {}, {}
-        for name, t in tensors.items():
-            t = t.detach().cpu()
-            if cast_half and t.is_floating_point():
-                t = t.half()
-            by_dtype.setdefault(t.dtype, []).append((name, t))
-        for items in by_dtype.values():
-            flat = torch.cat([t.reshape(-1) for _, t in items])
-            pos = 0
-            for name, t in items:
-                out[name] = flat[pos : pos + t.numel()].view(t.shape)
-                pos += t.numel()
-        return out
+    for name, t in _shared(scales, False).items():
+        entries[name]["scales"] = t
 
     return {
         "format": FORMAT,
@@ -127,8 +147,8 @@ def build_state(quantizer, config, encoded, qparams, others, buffers, float16) -
         "quantizer": quantizer,
         "config": config,
         "quantized": entries,
-        "floats": shared(dict(others), float16),
-        "buffers": shared(buffers, False),
+        "floats": _shared(dict(others), float16),
+        "buffers": _shared(buffers, False),
     }
 
 
@@ -183,6 +203,8 @@ def dequantize_entry(entry: dict) -> torch.Tensor:
         "qmax": entry["qmax"],
         "step": entry["step"],
         "offset": entry["offset"],
+        "shape": shape,
+        "scales": entry.get("scales"),
     }
     dtype = getattr(torch, entry["dtype"])
     return decode(enc, numel, gs).view(shape).to(dtype)
@@ -249,7 +271,7 @@ def state_nbytes(state: dict) -> int:
                 seen.add(key)
                 total += t.untyped_storage().nbytes()
     for entry in state["quantized"].values():
-        for t in (entry["data"],):
+        for t in (entry["data"], *([entry["scales"]] if "scales" in entry else [])):
             key = t.untyped_storage().data_ptr()
             if key not in seen:
                 seen.add(key)

@@ -55,8 +55,9 @@ def summarize_state(state: dict) -> dict:
     for name, entry in state["quantized"].items():
         numel = numel_of(entry["shape"])
         bits = entry_group_bits(entry)
-        payload, size = tensor_bits(bits, numel, entry["group_size"])
-        bound = entropy_bits(entry)
+        side = 16 * entry["scales"].numel() if "scales" in entry else 0  # float16 per scale
+        payload, size = tensor_bits(bits, numel, entry["group_size"], side)
+        bound = entropy_bits(entry) + side
         true_bits += size
         bound_bits += bound
         float_values += numel
@@ -71,6 +72,7 @@ def summarize_state(state: dict) -> dict:
                 "bits_max": int(bits.max()),
                 "mb": size / MIB_BITS,
                 "bound_mb": bound / MIB_BITS,
+                "grid": entry["scheme"],  # minmax, lsq (per-tensor step), channel, learned
             }
         )
     for name, t in state["floats"].items():

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from diffq_cli.quant import grids
 from diffq_cli.quant.base import BaseQuantizer
 from diffq_cli.quant.ops import minmax_levels, straight_through
 from diffq_cli.quant.params import QParam
@@ -23,6 +24,9 @@ class UniformQuantizer(BaseQuantizer):
             pass straight through the rounding (straight-through estimator). Without it, training
             uses the float weights and only evaluation is quantized.
         min_size, float16, exclude, detect_bound: as in ``DiffQuantizer``.
+        grid: "minmax" (the tensor's [min, max]), "channel" (each output channel's) or
+            "learned" (each output channel clipped at its MSE-optimal zero-centred range,
+            searched again at every quantization; needs whole ``bits``).
     """
 
     def __init__(
@@ -34,9 +38,15 @@ class UniformQuantizer(BaseQuantizer):
         float16: bool = False,
         exclude=None,
         detect_bound: bool = True,
+        grid: str = "minmax",
     ):
         if not 1 <= bits <= 15:
             raise ValueError(f"bits must be between 1 and 15, got {bits}")
+        self.grid = grids.check_grid(grid)
+        if grid == "learned" and (bits != int(bits) or bits < 2):
+            raise ValueError(
+                f"grid='learned' needs whole bits of at least 2 (signed levels), got {bits}; "
+                "use grid='channel' for fractional bits")
         self.bits, self.qat = float(bits), bool(qat)
         self._qmax = 2.0**self.bits - 1
         # Integer width that holds the largest level round(2**bits - 1).
@@ -44,13 +54,16 @@ class UniformQuantizer(BaseQuantizer):
         super().__init__(model, min_size, float16, exclude, detect_bound, group_size=0)
 
     def _config(self) -> dict:
-        return {**super()._config(), "bits": self.bits, "qat": self.qat}
+        return {**super()._config(), "bits": self.bits, "qat": self.qat, "grid": self.grid}
 
     def _true_bits(self, qp: QParam) -> torch.Tensor:
         return torch.full((qp.n_groups,), self._width, dtype=torch.int64)
 
     def _encode(self, qp: QParam) -> dict:
         bits = self._true_bits(qp)
+        if self.grid != "minmax":
+            qmax = self._qmax if self.grid == "channel" else None
+            return grids.encode(self.grid, qp, bits, qmax=qmax)
         levels, low, high, _ = minmax_levels(qp.param.reshape(-1), bits, qp.group_size, self._qmax)
         return {
             "scheme": "minmax",
@@ -64,6 +77,9 @@ class UniformQuantizer(BaseQuantizer):
     def _train_weights(self):
         if not self.qat:
             return None
+        if self.grid != "minmax":  # straight-through on the per-channel grid
+            return [qp.param + (q - qp.param).detach()
+                    for qp, q in zip(self._qparams, self._eval_weights(), strict=True)]
         return [
             straight_through(qp.param, self._true_bits(qp), qp.group_size, self._qmax)
             for qp in self._qparams
@@ -72,5 +88,6 @@ class UniformQuantizer(BaseQuantizer):
     def model_size(self, exact: bool = False) -> torch.Tensor:
         """Size in MB with ``bits`` per weight (fractional bits counted as they are)."""
         bits = self._width if exact else self.bits
-        total = self._float_bits() + sum(bits * qp.numel + HEADER_BITS for qp in self._qparams)
+        total = self._float_bits() + sum(bits * qp.numel + HEADER_BITS + self._side_bits(qp)
+                                         for qp in self._qparams)
         return torch.tensor(total / MIB_BITS)

@@ -21,7 +21,7 @@ def _uniform(model, q, bits: int, qat: bool = False):
     from diffq_cli.quant import UniformQuantizer
 
     return UniformQuantizer(model, bits=bits, qat=qat, min_size=q.min_size, float16=q.float16,
-                            exclude=list(q.exclude))
+                            exclude=list(q.exclude), grid=q.grid)
 
 
 def uniform_size(model, q, bits: int) -> float:

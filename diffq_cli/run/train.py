@@ -17,6 +17,7 @@ import torch
 
 from diffq_cli.errors import TrainingError
 from diffq_cli.fileio import atomic_write, torch_bytes
+from diffq_cli.quant.calibrate import recalibrate_batchnorm
 from diffq_cli.run.runlog import float_records, mean_bits, run_log, write_metrics
 from diffq_cli.run.steps import (
     autocast,
@@ -228,12 +229,13 @@ def _freeze_when_due(run: _Run, train, ctx, target_mb) -> None:
                           f"{stage.total - stage.step} steps train through true quantization")
 
 
-def _finish(run: _Run, val_loader, ctx, target_mb) -> dict:
+def _finish(run: _Run, val_loader, ctx, target_mb, calibrate) -> dict:
     """Fits the rounding to the size target (re-measuring accuracy if widths were lowered)."""
     run.model.eval()
     fit = fit_target(run.quantizer, target_mb, ctx.reporter)
     accuracy = run.history[-1]["accuracy"] if run.history and not fit.get("lowered") else None
     if accuracy is None:
+        calibrate()
         accuracy = ctx.dist.accuracy(run.model, val_loader, ctx.device)
     return {"quantizer": run.quantizer, "history": run.history, "mu": run.control.mu,
             "fit": fit, "accuracy": accuracy}
@@ -263,6 +265,9 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
     log = run_log(ctx, run.label, t, stage.total, run_dir)
     add_terms = _size_term(run, target_mb)
     bits = functools.partial(mean_bits, run.quantizer)
+    # train.bn_recalibrate: BatchNorm statistics of the quantized model, before each evaluation
+    calibrate = functools.partial(recalibrate_batchnorm, run.model, train_loader,
+                                  t.bn_recalibrate)
 
     def nan(value):
         return TrainingError(
@@ -283,12 +288,13 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
             while stage.epoch < t.epochs and stage.step < stage.total:
                 start = time.time()
                 _, mean_loss = _epoch(stage, train_loader, recipe, ctx, add_terms, on_step, nan)
+                calibrate()
                 log.epoch(_evaluate(run, val_loader, recipe, ctx, target_mb, mean_loss, start))
                 if ctx.dist.is_main:
                     _save(run, ckpt_path, metrics_path, kept, mu)
         finally:
             log.close()  # flushes TensorBoard scalars even when a step fails
-    return _finish(run, val_loader, ctx, target_mb)
+    return _finish(run, val_loader, ctx, target_mb, calibrate)
 
 
 # ---------------------------------------------------------------------------- float stage

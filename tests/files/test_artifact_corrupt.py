@@ -19,11 +19,11 @@ from diffq_cli.files.artifact import read_file, save_artifact
 UNCHECKED_HEADER = range(4, 10)
 
 
-def tiny_artifact(path, group_size=4):
+def tiny_artifact(path, group_size=4, grid="minmax"):
     """A real artifact of a two-layer model with several bit widths per tensor."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.ReLU(), torch.nn.Linear(24, 5))
-    quantizer = DiffQuantizer(model, min_size=0, group_size=group_size)
+    quantizer = DiffQuantizer(model, min_size=0, group_size=group_size, grid=grid)
     quantizer.no_optimizer()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -44,8 +44,9 @@ def assert_one_line_exit_2(result, where):
     assert len(lines) == 1 and lines[0].startswith("error: "), (where, result.stderr)
 
 
-def test_every_flipped_byte_of_the_gzip_stream_is_caught(tmp_path):
-    good = tiny_artifact(tmp_path / "model.th").read_bytes()
+@pytest.mark.parametrize("grid", ["minmax", "learned", "channel"])
+def test_every_flipped_byte_of_the_gzip_stream_is_caught(tmp_path, grid):
+    good = tiny_artifact(tmp_path / "model.th", grid=grid).read_bytes()
     clean = run("size", tmp_path / "model.th", "--json")
     assert clean.exit_code == 0
     bad = tmp_path / "bad.th"

@@ -69,6 +69,11 @@ CONFIGS = {
     "uniform-4": (UniformQuantizer, {"bits": 4}),
     "uniform-4-qat": (UniformQuantizer, {"bits": 4, "qat": True}),
     "lsq-4": (LSQ, {"bits": 4}),
+    # per-channel grids; groups of 10 straddle the rows of conv2 (144) and fc1 (128)
+    "diffq-g10-learned": (DiffQuantizer, {"group_size": 10, "grid": "learned"}),
+    "diffq-g8-channel": (DiffQuantizer, {"group_size": 8, "grid": "channel"}),
+    "uniform-4-qat-learned": (UniformQuantizer, {"bits": 4, "qat": True, "grid": "learned"}),
+    "lsq-4-channel": (LSQ, {"bits": 4, "grid": "channel"}),
 }
 
 
