@@ -19,3 +19,9 @@ class GateError(DiffqError):
 
 class TrainingError(DiffqError):
     """Training stopped (e.g. a NaN loss); the last good checkpoint is kept."""
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when empty), at most ``limit``
+    characters: how a foreign error is quoted inside one of our one-line errors."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]

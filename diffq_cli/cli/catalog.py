@@ -35,7 +35,7 @@ def recipes(
     if name:
         text = recipe_text(name)
         if json_out:
-            from diffq_cli.config.schema import recipe_to_dict
+            from diffq_cli.config.load import recipe_to_dict
 
             typer.echo(json.dumps(recipe_to_dict(load_recipe(name)), indent=2))
         else:

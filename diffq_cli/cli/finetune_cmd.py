@@ -176,8 +176,7 @@ def finetune(
     json_out: JsonOpt = False,
 ):
     """Fine-tune a model with DiffQ and write a quantized artifact (model.th)."""
-    from diffq_cli.config.load import dump_recipe, resolve_recipe
-    from diffq_cli.config.schema import recipe_to_dict
+    from diffq_cli.config.load import dump_recipe, recipe_to_dict, resolve_recipe
 
     flags = {
         "model.name": model,

@@ -10,13 +10,14 @@ This is the only module that imports YAML; it does so inside functions so that i
 stays cheap at CLI start-up.
 """
 
+import dataclasses
 import difflib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from diffq_cli.config.schema import _TYPES, Recipe, _put, recipe_to_dict
+from diffq_cli.config.schema import KEY_TYPES, Recipe, put_key
 from diffq_cli.errors import InputError
 
 # The shipped recipes live in the repository's top-level ``recipes/``; an installed wheel carries
@@ -43,7 +44,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         is_list = raw.startswith("[") and raw.endswith("]")
         value = [v.strip() for v in raw[1:-1].split(",") if v.strip()] if is_list else raw
-    if _TYPES.get(key) in (str, str | None) and value is not None and not isinstance(value, str):
+    if KEY_TYPES.get(key) in (str, str | None) and value is not None and not isinstance(value, str):
         value = raw
     return key, value
 
@@ -138,7 +139,7 @@ def default_values() -> dict[str, Any]:
     """The default recipe's values by dotted key (``{"train.epochs": 3, ...}``), for help texts."""
     flat: dict[str, Any] = {}
     for key, value in _read_yaml(RECIPES_DIR / f"{DEFAULT_RECIPE}.yaml").items():
-        _put(flat, key, value)
+        put_key(flat, key, value)
     return flat
 
 
@@ -176,14 +177,14 @@ def resolve_recipe(name_or_path: str | os.PathLike | None = None, overrides: Seq
     path = _locate(str(name_or_path or DEFAULT_RECIPE))
     flat: dict[str, Any] = {}
     for key, value in _read_yaml(path).items():
-        _put(flat, key, value)
+        put_key(flat, key, value)
     flat.setdefault("name", path.stem)
     given: dict[str, Any] = {}  # flags then overrides: the command line
     for key, value in (flags or {}).items():
         if value is not None:
-            _put(given, key, value)
+            put_key(given, key, value)
     for text in overrides:
-        _put(given, *parse_override(text))
+        put_key(given, *parse_override(text))
     # mu and target_mb are exclusive: the command line's choice replaces the file's other one.
     for key, other, unset in (("train.mu", "train.target_mb", []),
                               ("train.target_mb", "train.mu", None)):
@@ -219,3 +220,14 @@ def dump_recipe(recipe: Recipe) -> str:
                           width=100)
         text += chunk if key in ("name", "description") else f"\n{chunk}"
     return text
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as plain Python types (tuples become lists), in schema order."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    return plain(dataclasses.asdict(recipe))

@@ -218,9 +218,9 @@ class Recipe(_Section):
                              f"bit widths), got quant.method={self.quant.method}")
 
 
-_SECTIONS = {f.name: f.type for f in fields(Recipe) if dataclasses.is_dataclass(f.type)}
-_TYPES = {f.name: f.type for f in fields(Recipe) if f.name not in _SECTIONS}
-_TYPES.update({f"{s}.{f.name}": f.type for s, cls in _SECTIONS.items() for f in fields(cls)})
+SECTIONS = {f.name: f.type for f in fields(Recipe) if dataclasses.is_dataclass(f.type)}
+KEY_TYPES = {f.name: f.type for f in fields(Recipe) if f.name not in SECTIONS}
+KEY_TYPES.update({f"{s}.{f.name}": f.type for s, cls in SECTIONS.items() for f in fields(cls)})
 _WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
@@ -258,7 +258,7 @@ def _coerce(key: str, value: Any, tp: Any, optional: bool = False) -> Any:
         if isinstance(value, tp):
             return value
         flat: dict[str, Any] = {}
-        _put(flat, key, {} if value is None else value)
+        put_key(flat, key, {} if value is None else value)
         return tp(**{k.rpartition(".")[2]: v for k, v in flat.items()})
     out = _scalar(value, tp)
     if out is _BAD:
@@ -268,50 +268,27 @@ def _coerce(key: str, value: Any, tp: Any, optional: bool = False) -> Any:
 
 
 def _unknown(key: str) -> InputError:
-    close = difflib.get_close_matches(key, [*_TYPES, *_SECTIONS], n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, [*KEY_TYPES, *SECTIONS], n=1, cutoff=0.6)
     leaf = key.rpartition(".")[2]
-    close = close or [k for k in _TYPES if k.rpartition(".")[2] == leaf]
+    close = close or [k for k in KEY_TYPES if k.rpartition(".")[2] == leaf]
     hint = f"did you mean '{close[0]}'?" if close else "`diffq recipes default` lists the keys"
     return InputError(f"unknown recipe key '{key}'; {hint}")
 
 
-def _put(flat: dict[str, Any], key: str, value: Any) -> None:
+def put_key(flat: dict[str, Any], key: str, value: Any) -> None:
     """Set dotted ``key`` in ``flat`` after checking it exists; a section takes a mapping."""
     key = str(key).strip()
-    if key in _SECTIONS:
+    if key in SECTIONS:
         if not isinstance(value, Mapping):
-            example = f"{key}.{fields(_SECTIONS[key])[0].name}=..."
+            example = f"{key}.{fields(SECTIONS[key])[0].name}=..."
             raise InputError(f"recipe key '{key}' is a section and expects a mapping; "
                              f"set one of its keys instead, e.g. '{example}'")
         for sub, sub_value in value.items():
-            _put(flat, f"{key}.{sub}", sub_value)
-    elif key in _TYPES:
+            put_key(flat, f"{key}.{sub}", sub_value)
+    elif key in KEY_TYPES:
         flat[key] = value
     else:
         raise _unknown(key)
-
-
-def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as plain Python types (tuples become lists), in schema order."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-    return plain(dataclasses.asdict(recipe))
-
-
-def output_dir(recipe: Recipe) -> str:
-    """``recipe.output``, or ``runs/<model>-<dataset>-mu<mu>`` (several mu joined by '_'), or
-    ``runs/<model>-<dataset>-target<X>MB`` with size targets."""
-    if recipe.output:
-        return recipe.output
-    t = recipe.train
-    runs = f"target{'_'.join(f'{x:g}' for x in t.target_mb)}MiB" if t.target_mb else (
-        "mu" + "_".join(f"{mu:g}" for mu in t.mu))
-    slug = f"{recipe.model.name}-{recipe.data.dataset}-{runs}"
-    return f"runs/{re.sub(r'[^A-Za-z0-9._+-]+', '-', slug)}"
 
 
 def check_logger(name: str) -> None:

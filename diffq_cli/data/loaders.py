@@ -12,13 +12,13 @@ torch/torchvision are imported inside the functions so that importing this modul
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
 
 from diffq_cli.config.schema import DataConfig
-from diffq_cli.errors import InputError
+from diffq_cli.data.idx import find_idx_files, read_idx
+from diffq_cli.errors import InputError, first_line
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "idx")
 
@@ -30,7 +30,6 @@ _CIFAR = {  # torchvision class name, classes, per-channel mean/std of the train
     "cifar100": ("CIFAR100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 _MNIST_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _DOWNLOAD_ERRORS = (OSError, RuntimeError)  # URLError is an OSError; torchvision wraps in Runtime
 
 
@@ -85,39 +84,6 @@ def build_loaders(spec: DataConfig, distributed: bool = False, seed: int = 0):
     train = _loader(train_ds, spec.batch_size, True, spec, collate[0], distributed, seed)
     val = _loader(val_ds, spec.eval_batch_size, False, spec, collate[1], distributed, seed)
     return train, val, info
-
-
-def read_idx(path) -> np.ndarray:
-    """Read an idx file (the MNIST format), plain or ``.gz``, into a native-endian array."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as err:
-        raise InputError(f"could not read idx file {path}: {err}") from None
-    if len(raw) < 4 or raw[0] or raw[1] or raw[2] not in _IDX_DTYPES:
-        raise InputError(f"{path} is not an idx file (bad header); expected MNIST-style data")
-    ndim = raw[3]
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4)) if ndim else ()
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    count, start = int(np.prod(dims)), 4 + 4 * ndim
-    if len(raw) != start + count * dtype.itemsize:
-        raise InputError(f"idx file {path} is truncated or corrupted (size does not match header)")
-    data = np.frombuffer(raw, dtype, count, offset=start).reshape(dims)
-    return data.astype(dtype.newbyteorder("="))  # a writable, native-endian copy
-
-
-def find_idx_files(directory) -> dict | None:
-    """Return ``{"train-images": path, ...}`` for the four idx files in ``directory``, or None."""
-    found = {}
-    for split, prefix in (("train", "train"), ("val", "t10k")):
-        for kind in ("images", "labels"):
-            hits = sorted(Path(directory).glob(f"{prefix}-{kind}[-.]idx[13]-ubyte*"))
-            hits = [h for h in hits if h.name.endswith(("ubyte", "ubyte.gz"))]
-            if not hits:
-                return None
-            found[f"{split}-{kind}"] = hits[0]  # sorted: plain (faster) before .gz
-    return found
 
 
 class _BatchPrep:
@@ -234,7 +200,7 @@ def _download_mnist(name, root):
 
 
 def _download_error(name, root, err) -> InputError:
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0]  # keep it one line
+    first = first_line(err, limit=10_000)
     return InputError(f"could not download {name} into {root} (offline?): {first}")
 
 

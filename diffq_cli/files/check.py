@@ -35,7 +35,8 @@ def level_chunks(widths: np.ndarray, numel: int, group_size: int) -> list[tuple[
     return chunks
 
 
-def _need(cond: bool, message: str) -> None:
+def need(cond: bool, message: str) -> None:
+    """Raises ValueError(message) unless ``cond``: the readers' one way to refuse a file."""
     if not cond:
         raise ValueError(message)
 
@@ -50,46 +51,46 @@ def _is_num(v) -> bool:
 
 def check_entry(name: str, entry) -> None:
     """Raises ValueError unless one ``quantized`` entry is complete and self-consistent."""
-    _need(isinstance(entry, dict), f"entry '{name}' is not a dict")
+    need(isinstance(entry, dict), f"entry '{name}' is not a dict")
     keys = ("shape", "dtype", "scheme", "group_size", "low", "high", "qmax", "step", "offset",
             "bits_min", "bits_width", "bits_nbytes", "data")
     missing = [k for k in keys if k not in entry]
-    _need(not missing, f"entry '{name}' lacks {', '.join(missing)}")
+    need(not missing, f"entry '{name}' lacks {', '.join(missing)}")
     shape = entry["shape"]
-    _need(isinstance(shape, (list, tuple)) and all(_is_int(s) and s >= 0 for s in shape),
+    need(isinstance(shape, (list, tuple)) and all(_is_int(s) and s >= 0 for s in shape),
           f"entry '{name}' has a bad shape {shape!r}")
     dtype = getattr(torch, entry["dtype"], None) if isinstance(entry["dtype"], str) else None
-    _need(isinstance(dtype, torch.dtype) and dtype.is_floating_point,
+    need(isinstance(dtype, torch.dtype) and dtype.is_floating_point,
           f"entry '{name}' has an unknown dtype {entry['dtype']!r}")
-    _need(entry["scheme"] in SCHEMES, f"entry '{name}' has an unknown scheme {entry['scheme']!r}")
+    need(entry["scheme"] in SCHEMES, f"entry '{name}' has an unknown scheme {entry['scheme']!r}")
     gs = entry["group_size"]
-    _need(_is_int(gs) and gs >= 1, f"entry '{name}' has a bad group size {gs!r}")
+    need(_is_int(gs) and gs >= 1, f"entry '{name}' has a bad group size {gs!r}")
     for key in ("low", "high", "step"):
-        _need(_is_num(entry[key]), f"entry '{name}' has a bad {key} {entry[key]!r}")
-    _need(entry["qmax"] is None or _is_num(entry["qmax"]), f"entry '{name}' has a bad qmax")
-    _need(_is_int(entry["offset"]), f"entry '{name}' has a bad offset")
+        need(_is_num(entry[key]), f"entry '{name}' has a bad {key} {entry[key]!r}")
+    need(entry["qmax"] is None or _is_num(entry["qmax"]), f"entry '{name}' has a bad qmax")
+    need(_is_int(entry["offset"]), f"entry '{name}' has a bad offset")
     lo, width, nbytes = entry["bits_min"], entry["bits_width"], entry["bits_nbytes"]
-    _need(_is_int(lo) and 1 <= lo <= MAX_WIDTH, f"entry '{name}' has a bad bits_min {lo!r}")
-    _need(_is_int(width) and 0 <= width <= 4, f"entry '{name}' has a bad bits_width {width!r}")
+    need(_is_int(lo) and 1 <= lo <= MAX_WIDTH, f"entry '{name}' has a bad bits_min {lo!r}")
+    need(_is_int(width) and 0 <= width <= 4, f"entry '{name}' has a bad bits_width {width!r}")
     data = entry["data"]
-    _need(torch.is_tensor(data) and data.dtype == torch.uint8 and data.dim() == 1,
+    need(torch.is_tensor(data) and data.dtype == torch.uint8 and data.dim() == 1,
           f"entry '{name}': data is not a 1-D uint8 tensor")
     numel = math.prod(shape)
     # Every value takes at least one bit: guards the allocations below against a huge shape.
-    _need(numel <= 8 * data.numel(), f"entry '{name}': data too short for shape {list(shape)}")
+    need(numel <= 8 * data.numel(), f"entry '{name}': data too short for shape {list(shape)}")
     groups = -(-numel // gs)
-    _need(_is_int(nbytes) and nbytes == (packed_nbytes(groups, width) if width else 0),
+    need(_is_int(nbytes) and nbytes == (packed_nbytes(groups, width) if width else 0),
           f"entry '{name}': bits_nbytes {nbytes!r} does not match its {groups} groups")
     # NumPy, single-threaded: this runs on every file read, often on busy cores.
     if width:
         bits = nppack.unpack(data[:nbytes].numpy(), width, groups) + np.uint8(lo)
     else:
         bits = np.full(groups, lo, dtype=np.uint8)
-    _need(not groups or int(bits.max()) <= MAX_WIDTH,
+    need(not groups or int(bits.max()) <= MAX_WIDTH,
           f"entry '{name}': a group is wider than {MAX_WIDTH} bits")
-    need = nbytes + sum(packed_nbytes(n, w) for w, n in level_chunks(bits, numel, gs))
-    _need(data.numel() >= need,
-          f"entry '{name}': level data is {data.numel()} bytes, needs {need}")
+    wanted = nbytes + sum(packed_nbytes(n, w) for w, n in level_chunks(bits, numel, gs))
+    need(data.numel() >= wanted,
+         f"entry '{name}': level data is {data.numel()} bytes, needs {wanted}")
     check_scales(name, entry)
 
 
@@ -100,23 +101,23 @@ def check_scales(name: str, entry: dict) -> None:
     scales, shape = entry.get("scales"), list(entry["shape"])
     rows = shape[0] if len(shape) >= 2 and shape[0] > 0 else 1
     want = [rows] if entry["scheme"] == "learned" else [rows, 2]
-    _need(torch.is_tensor(scales) and scales.dtype == torch.float16
+    need(torch.is_tensor(scales) and scales.dtype == torch.float16
           and list(scales.shape) == want, f"entry '{name}' lacks its {want} float16 scales")
-    _need(bool(torch.isfinite(scales).all()), f"entry '{name}' has non-finite scales")
-    _need(entry["scheme"] == "channel" or bool((scales > 0).all()),
+    need(bool(torch.isfinite(scales).all()), f"entry '{name}' has non-finite scales")
+    need(entry["scheme"] == "channel" or bool((scales > 0).all()),
           f"entry '{name}' has a scale <= 0")
 
 
 def _check_tensors(state: dict, group: str) -> None:
     tensors = state.get(group)
-    _need(isinstance(tensors, dict), f"state lacks its '{group}' dict")
+    need(isinstance(tensors, dict), f"state lacks its '{group}' dict")
     for name, t in tensors.items():
-        _need(isinstance(name, str) and torch.is_tensor(t), f"'{group}' entry {name!r} is bad")
+        need(isinstance(name, str) and torch.is_tensor(t), f"'{group}' entry {name!r} is bad")
 
 
 def check_state_deep(state) -> None:
     """Raises ValueError unless ``state`` (format and version already checked) is usable."""
-    _need(isinstance(state.get("quantized"), dict), "state lacks its 'quantized' dict")
+    need(isinstance(state.get("quantized"), dict), "state lacks its 'quantized' dict")
     for name, entry in state["quantized"].items():
         check_entry(str(name), entry)
     _check_tensors(state, "floats")
@@ -126,11 +127,11 @@ def check_state_deep(state) -> None:
 def check_artifact_sections(obj: dict) -> None:
     """Raises ValueError unless the sections an artifact reader uses have the right types."""
     spec = obj.get("model")
-    _need(isinstance(spec, dict), "artifact lacks its 'model' section")
-    _need(isinstance(spec.get("name"), str), "artifact 'model' section lacks the model name")
+    need(isinstance(spec, dict), "artifact lacks its 'model' section")
+    need(isinstance(spec.get("name"), str), "artifact 'model' section lacks the model name")
     for key in ("num_classes", "in_chans"):
-        _need(_is_int(spec.get(key)) and spec[key] > 0,
+        need(_is_int(spec.get(key)) and spec[key] > 0,
               f"artifact 'model' section has a bad {key} {spec.get(key)!r}")
     for key in ("data", "recipe", "metrics"):
-        _need(obj.get(key) is None or isinstance(obj[key], dict),
+        need(obj.get(key) is None or isinstance(obj[key], dict),
               f"artifact '{key}' section is not a dict")

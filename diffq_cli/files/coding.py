@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 from diffq_cli.files import nppack
-from diffq_cli.files.check import level_chunks
+from diffq_cli.files.check import level_chunks, need
 from diffq_cli.quant.pack import packed_nbytes
+from diffq_cli.quant.state import numel_of
 
 CODING = "ans-order0-v1"
 # Fields copied from a state entry unchanged (data and bits_nbytes are rebuilt on decode).
@@ -139,7 +140,7 @@ def encode_state(state: dict) -> dict:
     """The coded form of a (checked) bit-packed quantized state (see the module docstring)."""
     writer, quantized = _Writer(), {}
     for name, entry in state["quantized"].items():
-        numel = _numel(entry["shape"])
+        numel = numel_of(entry["shape"])
         widths = _group_widths(entry, numel)
         streams = []
         if entry["bits_width"]:
@@ -153,23 +154,11 @@ def encode_state(state: dict) -> dict:
             **writer.tensors()}
 
 
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
 # ---------------------------------------------------------------------- decoding
-def _need(cond: bool, message: str) -> None:
-    if not cond:
-        raise ValueError(message)
-
-
 def _span(value, limit: int, what: str) -> tuple[int, int]:
     ok = (isinstance(value, (list, tuple)) and len(value) == 2
           and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
-    _need(ok and 0 <= value[0] <= value[1] <= limit, f"{what} points outside the file")
+    need(ok and 0 <= value[0] <= value[1] <= limit, f"{what} points outside the file")
     return value[0], value[1]
 
 
@@ -180,7 +169,7 @@ def _decode_stream(arrays: dict, stream, n: int, width: int, offset: int, limit:
     them. ``arrays``: the coded state's payload, symbols and counts as NumPy arrays."""
     import constriction
 
-    _need(isinstance(stream, dict) and stream.get("n") == n,
+    need(isinstance(stream, dict) and stream.get("n") == n,
           f"{where}: stream length does not match the tensor")
     t0, t1 = _span(stream.get("table"), arrays["symbols"].size, f"{where} table")
     d0, d1 = _span(stream.get("data"), arrays["payload"].size, f"{where} data")
@@ -188,20 +177,20 @@ def _decode_stream(arrays: dict, stream, n: int, width: int, offset: int, limit:
     narrow = np.uint8 if limit <= 256 else np.uint16
     symbols, counts = arrays["symbols"][t0:t1], arrays["counts"][t0:t1]
     # Every decoded value is a table symbol: checking the table bounds every value.
-    _need(symbols.size == 0 or (int(symbols.min()) >= 0 and int(symbols.max()) < limit),
+    need(symbols.size == 0 or (int(symbols.min()) >= 0 and int(symbols.max()) < limit),
           f"{where}: symbols out of range")
     symbols = symbols.astype(narrow)
     if mode == "packed":
-        _need(d1 - d0 == packed_nbytes(n, width), f"{where}: packed stream has the wrong size")
+        need(d1 - d0 == packed_nbytes(n, width), f"{where}: packed stream has the wrong size")
         values = nppack.unpack(arrays["payload"][d0:d1], width, n).astype(narrow, copy=False)
         if offset:
             values += narrow(offset)
-        _need(values.size == 0 or int(values.max()) < limit, f"{where}: symbols out of range")
+        need(values.size == 0 or int(values.max()) < limit, f"{where}: symbols out of range")
     elif mode == "const":
-        _need(symbols.size == 1 and int(counts[0]) == n, f"{where}: bad constant stream")
+        need(symbols.size == 1 and int(counts[0]) == n, f"{where}: bad constant stream")
         values = np.full(n, symbols[0], dtype=narrow)
     elif mode == "ans":
-        _need(symbols.size >= 2 and (d1 - d0) % 4 == 0 and bool((counts > 0).all())
+        need(symbols.size >= 2 and (d1 - d0) % 4 == 0 and bool((counts > 0).all())
               and int(counts.sum(dtype=np.int64)) == n, f"{where}: bad table or stream size")
         words = arrays["payload"][d0:d1].view("<u4").astype(np.uint32)
         try:
@@ -209,45 +198,45 @@ def _decode_stream(arrays: dict, stream, n: int, width: int, offset: int, limit:
             index = coder.decode(_model(counts), n)
         except (ValueError, RuntimeError) as err:
             raise ValueError(f"{where}: corrupt coded stream ({err})") from None
-        _need(coder.is_empty(), f"{where}: corrupt coded stream (it does not end where it should)")
-        _need(np.array_equal(np.bincount(index, minlength=symbols.size), counts),
+        need(coder.is_empty(), f"{where}: corrupt coded stream (it does not end where it should)")
+        need(np.array_equal(np.bincount(index, minlength=symbols.size), counts),
               f"{where}: corrupt coded stream (histogram differs from its table)")
         values = symbols[index]
     else:
         raise ValueError(f"{where}: unknown stream mode {mode!r}")
-    _need(_crc(values) == stream.get("crc"), f"{where}: CRC mismatch, the file is damaged")
+    need(_crc(values) == stream.get("crc"), f"{where}: CRC mismatch, the file is damaged")
     return values
 
 
 def _decode_entry(arrays: dict, name: str, centry) -> dict:
-    _need(isinstance(centry, dict) and all(k in centry for k in (*FIELDS, "streams")),
+    need(isinstance(centry, dict) and all(k in centry for k in (*FIELDS, "streams")),
           f"entry '{name}' lacks fields")
     streams = list(centry["streams"]) if isinstance(centry["streams"], list) else None
-    _need(streams is not None, f"entry '{name}' has no stream list")
+    need(streams is not None, f"entry '{name}' has no stream list")
     entry = {k: centry[k] for k in (*FIELDS, *OPTIONAL) if k in centry}
     shape, gs, lo, bw = entry["shape"], entry["group_size"], entry["bits_min"], entry["bits_width"]
-    _need(isinstance(gs, int) and gs >= 1 and isinstance(lo, int) and 1 <= lo <= 15
+    need(isinstance(gs, int) and gs >= 1 and isinstance(lo, int) and 1 <= lo <= 15
           and isinstance(bw, int) and 0 <= bw <= 4 and isinstance(shape, list)
           and all(isinstance(s, int) and s >= 0 for s in shape), f"entry '{name}' is malformed")
-    numel = _numel(shape)
-    _need(numel <= 64 * arrays["payload"].size + 2**20, f"entry '{name}': shape too large")
+    numel = numel_of(shape)
+    need(numel <= 64 * arrays["payload"].size + 2**20, f"entry '{name}': shape too large")
     groups = -(-numel // gs)
     if bw:
-        _need(bool(streams) and streams[0].get("kind") == "bits", f"entry '{name}' lacks widths")
+        need(bool(streams) and streams[0].get("kind") == "bits", f"entry '{name}' lacks widths")
         widths = _decode_stream(arrays, streams.pop(0), groups, bw, lo, 16,
                                 f"entry '{name}' widths")
-        _need(bool(widths.size) and int(widths.min()) >= lo and int(widths.max()) <= 15
+        need(bool(widths.size) and int(widths.min()) >= lo and int(widths.max()) <= 15
               and int(widths.max()) - lo < 2**bw, f"entry '{name}': bad widths")
     else:
         widths = np.full(groups, lo, dtype=np.uint8)
     chunks = level_chunks(widths, numel, gs)
-    need = {}
+    counts = {}
     for width, n in chunks:
-        need[width] = need.get(width, 0) + n
-    _need(len(streams) == len(need), f"entry '{name}': wrong number of level streams")
+        counts[width] = counts.get(width, 0) + n
+    need(len(streams) == len(counts), f"entry '{name}': wrong number of level streams")
     by_width = {}
-    for stream, (width, n) in zip(streams, sorted(need.items()), strict=True):
-        _need(stream.get("kind") == "levels" and stream.get("width") == width,
+    for stream, (width, n) in zip(streams, sorted(counts.items()), strict=True):
+        need(stream.get("kind") == "levels" and stream.get("width") == width,
               f"entry '{name}': level streams out of order")
         by_width[width] = _decode_stream(arrays, stream, n, width, 0, 2**width,
                                          f"entry '{name}' {width}-bit")
@@ -257,7 +246,7 @@ def _decode_entry(arrays: dict, name: str, centry) -> dict:
     data = np.empty(bits_nbytes + sum(sizes), dtype=np.uint8)
     if bw:
         nppack.pack_into(data[:bits_nbytes], widths - np.uint8(lo), bw)
-    pos, used = bits_nbytes, dict.fromkeys(need, 0)
+    pos, used = bits_nbytes, dict.fromkeys(counts, 0)
     for (width, n), size in zip(chunks, sizes, strict=True):
         nppack.pack_into(data[pos : pos + size], by_width[width][used[width] : used[width] + n],
                          width)
@@ -274,16 +263,16 @@ def decode_state(coded, state_format: str, state_version: int) -> tuple[dict, di
     Raises:
         ValueError: a missing or malformed field, or a damaged stream (one line).
     """
-    _need(isinstance(coded, dict) and coded.get("coding") == CODING,
+    need(isinstance(coded, dict) and coded.get("coding") == CODING,
           "artifact state is not coded with " + CODING)
     arrays = {}
     for key, dtype in (("payload", torch.uint8), ("symbols", torch.int16),
                        ("counts", torch.int32)):
         t = coded.get(key)
-        _need(torch.is_tensor(t) and t.dtype == dtype and t.dim() == 1,
+        need(torch.is_tensor(t) and t.dtype == dtype and t.dim() == 1,
               f"coded state lacks its '{key}' tensor")
         arrays[key] = t.contiguous().numpy()
-    _need(isinstance(coded.get("quantized"), dict), "coded state lacks its 'quantized' dict")
+    need(isinstance(coded.get("quantized"), dict), "coded state lacks its 'quantized' dict")
     quantized, disk = {}, {}
     for name, centry in coded["quantized"].items():
         quantized[name] = _decode_entry(arrays, str(name), centry)

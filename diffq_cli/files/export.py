@@ -29,24 +29,20 @@ from the artifact (``max_abs_diff``, gated by ``atol``):
 """
 
 import contextlib
-import io
-import json
-import warnings
 from pathlib import Path
 
 from diffq_cli.errors import InputError
 from diffq_cli.fileio import atomic_write, check_writable
 from diffq_cli.files.artifact import load_artifact, rebuild_model
+from diffq_cli.files.formats import DTYPES, WRITERS, need_onnx
 from diffq_cli.models.factory import logits as _logits
 
 FORMATS = ("compact", "pt2", "torchscript", "safetensors", "onnx")
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _SUFFIX = {"compact": ".compact.pt2", "pt2": ".pt2", "torchscript": ".torchscript.pt",
            "safetensors": ".safetensors", "onnx": ".onnx"}
 # Formats an output name implies ("-o x.onnx"); the first is the one chosen without --format.
 _BY_SUFFIX = {".safetensors": ("safetensors",), ".onnx": ("onnx",), ".ts": ("torchscript",),
               ".torchscript": ("torchscript",), ".pt2": ("compact", "pt2")}
-_ONNX_HINT = "ONNX export needs the onnx extra: pip install 'diffq-cli[onnx]'"
 SAMPLES = 8
 
 
@@ -87,7 +83,7 @@ def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
     if dtype != "fp32" and fmt != "safetensors":
         raise InputError(f"--dtype {dtype} applies to --format safetensors only")
     if fmt == "onnx":
-        _need_onnx()
+        need_onnx()
     out = _output_path(Path(path), out, fmt)
     check_writable(out, "export")  # before the conversion, not after it
     artifact = load_artifact(path)
@@ -100,7 +96,7 @@ def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
             if dtype != "fp32":  # the file holds rounded weights: check it against exactly those
                 rounded = _logits(_rounded(model, DTYPES[dtype])(x))
                 dtype_diff, expected = _max_diff(rounded, expected), rounded
-        writer, runner = _FORMATS[fmt]
+        writer, runner = WRITERS[fmt]
         atomic_write(out, writer(model, artifact, x, dtype))
         with torch.no_grad():
             diff = _max_diff(_logits(runner(out, artifact, x)), expected)
@@ -130,134 +126,6 @@ def sample_batch(artifact: dict, n: int = SAMPLES):
         pass  # the data is not here (or not readable): a random batch checks the graph as well
     gen = torch.Generator().manual_seed(0)
     return torch.randn(n, spec["in_chans"], size, size, generator=gen)
-
-
-# ---------------------------------------------------------------------- writers and runners
-def _compact_bytes(model, artifact, x, dtype) -> bytes:
-    from diffq_cli.files.compact import CompactModel
-
-    # Module paths would name the wrapper's internals: drop them too to keep the file small.
-    return _program_bytes(CompactModel(model, artifact["state"]).eval(), x, ("nn_module_stack",))
-
-
-def _pt2_bytes(model, artifact, x, dtype) -> bytes:
-    return _program_bytes(model, x)
-
-
-def _program_bytes(module, x, drop=()) -> bytes:
-    import torch
-
-    try:
-        try:
-            batch = ({0: torch.export.Dim("batch")},)
-            program = torch.export.export(module, (x,), dynamic_shapes=batch)
-        except Exception:  # noqa: BLE001 - some models only export with a fixed batch size
-            program = torch.export.export(module, (x,))
-    except Exception as err:  # noqa: BLE001 - any tracing failure: report it on one line
-        raise InputError(f"torch.export could not trace the model ({_first_line(err)}); "
-                         "try --format torchscript or safetensors") from None
-    for node in program.graph.nodes:  # this machine's source paths: noise in the file
-        for key in ("stack_trace", "torch_fn", *drop):
-            node.meta.pop(key, None)
-    program.example_inputs = None  # the sample images are user data, not part of the model
-    buf = io.BytesIO()
-    torch.export.save(program, buf)
-    return buf.getvalue()
-
-
-def _run_program(out, artifact, x):
-    import torch
-
-    with open(out, "rb") as f:  # a file object: torch warns about paths not ending in .pt2
-        return torch.export.load(f).module()(x)
-
-
-def _torchscript_bytes(model, artifact, x, dtype) -> bytes:
-    import torch
-
-    buf = io.BytesIO()
-    with warnings.catch_warnings():  # torch.jit warns that it is deprecated: the user chose it
-        warnings.simplefilter("ignore", FutureWarning)
-        try:
-            torch.jit.save(torch.jit.trace(model, x, check_trace=False), buf)
-        except Exception as err:  # noqa: BLE001 - tracing failures come in many types
-            raise InputError(f"torch.jit.trace failed ({_first_line(err)}); "
-                             "try --format pt2") from None
-    return buf.getvalue()
-
-
-def _run_torchscript(out, artifact, x):
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(str(out), map_location="cpu")(x)
-
-
-def _safetensors_bytes(model, artifact, x, dtype) -> bytes:
-    import torch
-    from safetensors.torch import save
-
-    target = getattr(torch, DTYPES[dtype])
-    tensors = {k: (v.to(target) if v.is_floating_point() else v).detach().clone().contiguous()
-               for k, v in model.state_dict().items()}
-    meta = {"format": "diffq_cli.safetensors", "dtype": dtype,
-            "model": json.dumps(artifact["model"]), "data": json.dumps(artifact.get("data") or {}),
-            "metrics": json.dumps(artifact.get("metrics") or {}, default=str)}
-    return save(tensors, metadata=meta)
-
-
-def _run_safetensors(out, artifact, x):
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from diffq_cli.models.factory import create_model
-
-    with safe_open(str(out), framework="pt") as f:
-        spec = json.loads(f.metadata()["model"])
-    model = create_model(**spec)
-    model.load_state_dict(load_file(str(out)))
-    return model.eval()(x)
-
-
-def _need_onnx():
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError:
-        raise InputError(_ONNX_HINT) from None
-
-
-def _onnx_bytes(model, artifact, x, dtype) -> bytes:
-    import torch
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, (x,), input_names=["x"], output_names=["logits"],
-                                        dynamic_shapes=({0: torch.export.Dim("batch")},),
-                                        dynamo=True, verbose=False)
-    except Exception as err:  # noqa: BLE001 - exporter failures come in many types
-        raise InputError(f"ONNX export failed ({_first_line(err)}); try --format pt2") from None
-    return program.model_proto.SerializeToString()
-
-
-def _run_onnx(out, artifact, x):
-    import onnxruntime
-    import torch
-
-    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
-
-
-_FORMATS = {
-    "compact": (_compact_bytes, _run_program),
-    "pt2": (_pt2_bytes, _run_program),
-    "torchscript": (_torchscript_bytes, _run_torchscript),
-    "safetensors": (_safetensors_bytes, _run_safetensors),
-    "onnx": (_onnx_bytes, _run_onnx),
-}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -310,6 +178,3 @@ def _max_diff(got, expected) -> float:
         return 0.0
     return float((got.float() - expected.float()).abs().max())
 
-
-def _first_line(err) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]

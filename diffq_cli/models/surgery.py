@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffq_cli.errors import InputError
+from diffq_cli.errors import InputError, first_line
 
 
 def load_weights(model, path) -> list[str]:
@@ -75,7 +75,7 @@ def _read_state_dict(path) -> dict:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any parse failure means the same thing to the user
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = first_line(err)
         raise InputError(f"could not read weights {path}: {first}; expected a float state dict "
                          "(.pt/.pth) or a .safetensors file") from None
     for key in ("state_dict", "model", "model_state_dict"):

@@ -10,7 +10,6 @@ weights, and gradients reach them through the computed tensors.
 
 import weakref
 from collections.abc import Iterable
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -19,7 +18,8 @@ from diffq_cli.quant import grids
 from diffq_cli.quant import state as state_io
 from diffq_cli.quant.install import Installer
 from diffq_cli.quant.params import QParam, discover
-from diffq_cli.units import MIB_BITS, mib
+from diffq_cli.quant.sizing import SizesAndState
+from diffq_cli.quant.switching import Switching, through_half
 
 # model -> attached quantizer; weak so that a dropped model frees its quantizer.
 _ATTACHED: "weakref.WeakKeyDictionary[nn.Module, BaseQuantizer]" = weakref.WeakKeyDictionary()
@@ -44,13 +44,7 @@ def restore_quantized_state(model: nn.Module, state: dict) -> None:
         state_io.restore(model, state)
 
 
-def _through_half(p: torch.Tensor) -> torch.Tensor:
-    """``p`` rounded through float16 and back to its dtype (how ``float16=True`` stores it)."""
-    with torch.no_grad():
-        return p.detach().to(torch.float16).to(p.dtype)
-
-
-class BaseQuantizer:
+class BaseQuantizer(SizesAndState, Switching):
     """Shared machinery; subclasses fill the ``_prepare``/``_train_weights``/``_encode`` hooks.
 
     Args:
@@ -207,7 +201,7 @@ class BaseQuantizer:
             key = (p._version, p.data_ptr(), p.device, p.dtype)
             hit = self._half_cache.get(id(p))
             if hit is None or hit[0] != key:
-                hit = (key, _through_half(p))
+                hit = (key, through_half(p))
                 self._half_cache[id(p)] = hit
             out.append((module, attr, hit[1]))
         return out
@@ -241,98 +235,6 @@ class BaseQuantizer:
     def no_optimizer(self) -> None:
         """Declares that the learned parameters stay fixed (training is then allowed)."""
         self._optimizer_ready = True
-
-    # ------------------------------------------------------------ sizes
-    def _float_bits(self) -> int:
-        return (16 if self.float16 else 32) * sum(p.numel() for _, p in self._others)
-
-    def true_model_size(self) -> float:
-        """Size in MB with integer bit widths and naive bit packing (no compression)."""
-        total = float(self._float_bits())
-        with torch.no_grad():
-            for qp in self._qparams:
-                total += state_io.tensor_bits(self._true_bits(qp), qp.numel, qp.group_size,
-                                              self._side_bits(qp))[1]
-        return total / MIB_BITS
-
-    def model_size(self, exact: bool = False) -> torch.Tensor:
-        """Size in MiB as a 0-d tensor, usable in a loss. Here (fixed widths) it is the true
-        size and carries no gradient; DiffQ overrides it with a differentiable estimate.
-
-        Args:
-            exact: use the rounded widths of true quantization (the same here).
-        """
-        return torch.tensor(self.true_model_size())
-
-    def packed_model_size(self) -> float:
-        """MB of the tensors in ``get_quantized_state()`` (what ``torch.save`` stores)."""
-        return mib(state_io.state_nbytes(self.get_quantized_state()))
-
-    def compressed_model_size(self, level: int = 6) -> float:
-        """MB of the saved state after gzip-like (zlib) compression, without writing a file."""
-        return mib(len(state_io.compressed_bytes(self.get_quantized_state(), level)))
-
-    # ------------------------------------------------------------ state
-    def get_quantized_state(self) -> dict:
-        """The packed quantized state: plain tensors and primitives, keyed by parameter name.
-
-        ``torch.save`` it and ``torch.load`` it with the default ``weights_only=True``.
-        """
-        with torch.no_grad():
-            encoded = {qp.name: self._encode(qp) for qp in self._qparams}
-        return state_io.build_state(
-            type(self).__name__,
-            self._config(),
-            encoded,
-            {qp.name: qp for qp in self._qparams},
-            self._others,
-            dict(self.model.named_buffers()),
-            self.float16,
-        )
-
-    def restore_quantized_state(self, state: dict) -> None:
-        """Loads a state from ``get_quantized_state`` into the model (dequantized floats)."""
-        if self._quantized_backup is not None:
-            self.unquantize()
-        state_io.restore(self.model, state, skip={id(p) for p in self._bit_parameters()})
-        self._eval_cache.clear()
-
-    # ------------------------------------------------------------ manual switching
-    def quantize(self) -> None:
-        """Replaces the float weights by their quantized values (undo with ``unquantize``)."""
-        if self._quantized_backup is not None:
-            return
-        with torch.no_grad():
-            backup = []
-            for qp in self._qparams:
-                backup.append((qp.param, qp.param.detach().clone()))
-                qp.param.copy_(self._dequantized(qp))
-            if self.float16:
-                for _, p in self._others:
-                    if p.is_floating_point():
-                        backup.append((p, p.detach().clone()))
-                        p.copy_(_through_half(p))
-        self._quantized_backup = backup
-
-    def unquantize(self) -> None:
-        """Restores the float weights saved by ``quantize``."""
-        if self._quantized_backup is None:
-            return
-        with torch.no_grad():
-            # Reversed: with detect_bound=False a Parameter may be backed up twice, and the
-            # first backup holds its float value.
-            for param, saved in reversed(self._quantized_backup):
-                param.copy_(saved)
-        self._quantized_backup = None
-
-    @contextmanager
-    def enter_quantize(self):
-        """Context manager: quantized weights inside, floats back on exit."""
-        self.quantize()
-        try:
-            yield
-        finally:
-            self.unquantize()
 
     def noise_state_dict(self) -> dict:
         """State of the training noise source, if any (for exact resumption)."""

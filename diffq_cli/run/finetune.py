@@ -5,11 +5,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffq_cli.config.load import dump_recipe
-from diffq_cli.config.schema import output_dir, recipe_to_dict
+from diffq_cli.config.load import dump_recipe, recipe_to_dict
 from diffq_cli.fileio import atomic_write
 from diffq_cli.files.artifact import save_artifact
-from diffq_cli.run.rundir import check_run_dir, check_targets
+from diffq_cli.run.float_stage import float_start
+from diffq_cli.run.rundir import check_run_dir, output_dir
+from diffq_cli.run.targets import check_targets
 from diffq_cli.units import compression, human, mib
 
 
@@ -22,23 +23,6 @@ class RunContext:
 
 def _float_mb(model) -> float:
     return mib(sum(p.numel() for p in model.parameters()) * 4)
-
-
-def _float_stage(model, recipe, train_loader, run_dir: Path, ctx) -> None:
-    """Float pre-training, saved as ``float.pt`` so that ``--resume`` does not redo it."""
-    import torch
-
-    from diffq_cli.fileio import torch_bytes
-    from diffq_cli.run.train import train_float
-
-    path = run_dir / "float.pt"
-    if ctx.resume and ctx.dist.agree(path.exists(), str(path)):
-        model.load_state_dict(torch.load(path, map_location=ctx.device, weights_only=True))
-        ctx.reporter.note(f"resumed: float weights from {path}")
-        return
-    train_float(model, recipe, train_loader, ctx, run_dir)
-    if ctx.dist.is_main:
-        atomic_write(path, torch_bytes(model.state_dict()))
 
 
 def _row(metrics: dict) -> dict:
@@ -174,7 +158,7 @@ def _start(job: _Job):
         if not job.ctx.resume:  # an earlier run's epochs (even float-stage ones) are not ours
             (job.run_dir / "metrics.jsonl").unlink(missing_ok=True)
     if t.float_epochs:
-        _float_stage(model, recipe, job.loaders[0], job.run_dir, job.ctx)
+        float_start(model, recipe, job.loaders[0], job.run_dir, job.ctx)
     job.start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     job.float_acc = job.accuracy(model)
     job.float_mb = _float_mb(model)

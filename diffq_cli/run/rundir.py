@@ -1,6 +1,7 @@
-"""Checks a finetune makes before any work: the run directory (flags, writability, what it
-already holds) and the size targets (none below the reachable floor)."""
+"""The run directory, checked before any work: flags, writability, what it already holds.
+(The size targets are checked in ``targets.py``.)"""
 
+import re
 from pathlib import Path
 
 
@@ -31,30 +32,13 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
-def size_bounds(model, recipe) -> tuple[float, float]:
-    """(floor, size at init_bits) in MB: every group at min_bits / init_bits, plus the floats."""
-    from diffq_cli.quant.budget import size_at_bits, size_floor
-    from diffq_cli.run.steps import build_quantizer
-
-    quantizer = build_quantizer(model, recipe.quant)
-    try:
-        return size_floor(quantizer), size_at_bits(quantizer, quantizer.init_bits)
-    finally:
-        quantizer.detach()
-
-
-def check_targets(model, recipe, reporter) -> None:
-    """Exit 2 before any training when a target is below the reachable floor."""
-    from diffq_cli.errors import InputError
-
-    floor, at_init = size_bounds(model, recipe)
-    q, low = recipe.quant, min(recipe.train.target_mb)
-    if low < floor:
-        raise InputError(
-            f"--target-mb {low:g} is below the smallest reachable size {floor:.3f} MiB (every "
-            f"group at quant.min_bits={q.min_bits}, plus the tensors kept in float); "
-            f"{at_init:.3f} MiB at quant.init_bits={q.init_bits}. Raise the target, or lower "
-            "quant.min_bits / quant.min_size (fewer float tensors)"
-        )
-    reporter.note(f"size targets: floor {floor:.3f} MiB (min_bits={q.min_bits}), "
-                  f"{at_init:.3f} MiB at init_bits={q.init_bits}")
+def output_dir(recipe) -> str:
+    """``recipe.output``, or ``runs/<model>-<dataset>-mu<mu>`` (several mu joined by '_'), or
+    ``runs/<model>-<dataset>-target<X>MB`` with size targets."""
+    if recipe.output:
+        return recipe.output
+    t = recipe.train
+    runs = f"target{'_'.join(f'{x:g}' for x in t.target_mb)}MiB" if t.target_mb else (
+        "mu" + "_".join(f"{mu:g}" for mu in t.mu))
+    slug = f"{recipe.model.name}-{recipe.data.dataset}-{runs}"
+    return f"runs/{re.sub(r'[^A-Za-z0-9._+-]+', '-', slug)}"

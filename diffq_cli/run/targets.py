@@ -130,3 +130,32 @@ def fit_target(quantizer, target_mb: float | None, reporter) -> dict:
             f"{fit['tau']:.3f} bits lower; true size {fit['true_mb']:.3f} MiB"
         )
     return fit
+
+
+def size_bounds(model, recipe) -> tuple[float, float]:
+    """(floor, size at init_bits) in MB: every group at min_bits / init_bits, plus the floats."""
+    from diffq_cli.quant.budget import size_at_bits, size_floor
+    from diffq_cli.run.steps import build_quantizer
+
+    quantizer = build_quantizer(model, recipe.quant)
+    try:
+        return size_floor(quantizer), size_at_bits(quantizer, quantizer.init_bits)
+    finally:
+        quantizer.detach()
+
+
+def check_targets(model, recipe, reporter) -> None:
+    """Exit 2 before any training when a target is below the reachable floor."""
+    from diffq_cli.errors import InputError
+
+    floor, at_init = size_bounds(model, recipe)
+    q, low = recipe.quant, min(recipe.train.target_mb)
+    if low < floor:
+        raise InputError(
+            f"--target-mb {low:g} is below the smallest reachable size {floor:.3f} MiB (every "
+            f"group at quant.min_bits={q.min_bits}, plus the tensors kept in float); "
+            f"{at_init:.3f} MiB at quant.init_bits={q.init_bits}. Raise the target, or lower "
+            "quant.min_bits / quant.min_size (fewer float tensors)"
+        )
+    reporter.note(f"size targets: floor {floor:.3f} MiB (min_bits={q.min_bits}), "
+                  f"{at_init:.3f} MiB at init_bits={q.init_bits}")

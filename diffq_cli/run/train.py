@@ -1,14 +1,14 @@
-"""The training loops: DiffQ fine-tuning for one mu or size target, and the float stage.
+"""The DiffQ stage: fine-tuning for one mu or one size target (the float stage is
+``float_stage.py``, the shared step loop ``loop.py``).
 
 Read top to bottom. ``train_one`` sets up the optimizers, the quantizer and the mu controller
 (``_setup``), resumes from ``checkpoint.pt`` if asked (``_resume``), then runs epochs: each one
-trains (``_epoch``, the loop body shared with the float stage), evaluates on truly quantized
+trains (``loop.run_epoch``), evaluates on truly quantized
 weights (``_evaluate``) and writes ``metrics.jsonl`` and an atomic checkpoint (``_save``). At the
 end the rounding is fitted to the size target, if one was given (``_finish``).
 """
 
 import functools
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,73 +18,18 @@ import torch
 from diffq_cli.errors import TrainingError
 from diffq_cli.fileio import atomic_write, torch_bytes
 from diffq_cli.quant.calibrate import recalibrate_batchnorm
+from diffq_cli.run.loop import Stage, make_stage, run_epoch
 from diffq_cli.run.runlog import float_records, mean_bits, run_log, write_metrics
 from diffq_cli.run.steps import (
-    autocast,
     build_optimizer,
     build_quantizer,
-    make_scaler,
-    optimize,
     rng_state,
-    set_lr,
     set_rng_state,
-    to_device,
 )
 from diffq_cli.run.targets import CALIBRATE_EVERY, fit_target, start_control
 from diffq_cli.units import human
 
 
-@dataclass
-class Stage:
-    """What one training stage carries from step to step."""
-
-    net: torch.nn.Module  # what the loop calls: the model, DDP-wrapped when distributed
-    optimizers: list  # the weights' optimizer first (it gets the schedule)
-    scaler: torch.amp.GradScaler
-    criterion: torch.nn.Module
-    total: int  # steps of the whole stage
-    steps_per_epoch: int
-    shuffle_offset: int = 0  # added to the epoch when reseeding the shuffle
-    epoch: int = 0
-    step: int = 0
-
-
-def _stage(net, optimizers, ctx, recipe, steps_per_epoch, total, shuffle_offset=0) -> Stage:
-    return Stage(net, optimizers, make_scaler(ctx, recipe.train.amp),
-                 torch.nn.CrossEntropyLoss(), total, steps_per_epoch, shuffle_offset)
-
-
-def _epoch(stage: Stage, loader, recipe, ctx, add_terms, on_step, on_nan) -> tuple[int, float]:
-    """One pass over ``loader`` (or up to ``stage.total`` steps): (steps, mean loss).
-
-    ``add_terms(task_loss)`` gives ``(loss, size)``: the float stage adds nothing, DiffQ adds
-    ``mu * model_size()`` (in float32, outside autocast). ``on_nan(value)`` makes the error.
-    """
-    o, t = recipe.optim, recipe.train
-    stage.net.train()
-    ctx.dist.set_epoch(loader, stage.shuffle_offset + stage.epoch, t.seed)
-    seen, loss_sum = 0, 0.0
-    for x, y in loader:
-        if stage.step >= stage.total:
-            break
-        x, y = to_device(x, y, ctx, t.channels_last)
-        set_lr(stage.optimizers[0], o, stage.step, stage.total, stage.steps_per_epoch)
-        with autocast(ctx.device, t.amp):
-            task = stage.criterion(stage.net(x), y)
-        loss, size = add_terms(task)
-        value = float(loss.detach())  # one sync per step, for the NaN check and logs
-        if not math.isfinite(value):
-            raise on_nan(value)
-        optimize(loss, stage.optimizers, stage.scaler, o.grad_clip)
-        stage.step += 1
-        seen += 1
-        loss_sum += value
-        on_step(value, len(y), size)
-    stage.epoch += 1
-    return seen, loss_sum / max(seen, 1)
-
-
-# ---------------------------------------------------------------------------- DiffQ stage
 @dataclass
 class _Run:
     """One DiffQ run: the model, its quantizer and controller, the stage and its history."""
@@ -122,7 +67,7 @@ def _setup(model, recipe, mu, target_mb, ctx, steps_per_epoch) -> _Run:
     total = t.epochs * steps_per_epoch
     if t.max_steps is not None:
         total = min(t.max_steps, total)
-    stage = _stage(ctx.dist.wrap(model), [optimizer, bits_opt], ctx, recipe, steps_per_epoch,
+    stage = make_stage(ctx.dist.wrap(model), [optimizer, bits_opt], ctx, recipe, steps_per_epoch,
                    total)
     return _Run(model, quantizer, control, stage, label, [], bits_opt)
 
@@ -287,7 +232,7 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
         try:
             while stage.epoch < t.epochs and stage.step < stage.total:
                 start = time.time()
-                _, mean_loss = _epoch(stage, train_loader, recipe, ctx, add_terms, on_step, nan)
+                _, mean_loss = run_epoch(stage, train_loader, recipe, ctx, add_terms, on_step, nan)
                 calibrate()
                 log.epoch(_evaluate(run, val_loader, recipe, ctx, target_mb, mean_loss, start))
                 if ctx.dist.is_main:
@@ -297,42 +242,3 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
     return _finish(run, val_loader, ctx, target_mb, calibrate)
 
 
-# ---------------------------------------------------------------------------- float stage
-def train_float(model, recipe, train_loader, ctx, run_dir: Path | None = None) -> None:
-    """Plain float training for ``train.float_epochs``, at most ``train.max_steps`` steps (a
-    starting point when no pretrained weights are available); same optimizer, precision and
-    clipping settings, its own schedule. Each epoch is a ``stage: float`` line of
-    ``run_dir/metrics.jsonl`` (when ``run_dir`` is given)."""
-    o, t = recipe.optim, recipe.train
-    total = t.float_epochs * len(train_loader)
-    if t.max_steps is not None:  # a short (smoke) run stays short in this stage too
-        total = min(total, t.max_steps)
-    # Its own shuffle seeds (epoch + 10,000), so the DiffQ stage's order does not depend on it.
-    stage = _stage(ctx.dist.wrap(model), [build_optimizer(model.parameters(), o)], ctx, recipe,
-                   len(train_loader), total, shuffle_offset=10_000)
-    history = []
-    log = run_log(ctx, "float", t, total, run_dir)
-
-    def on_step(value, n, size):
-        log.step(stage.step, value, stage.optimizers[0].param_groups[0]["lr"], n)
-
-    def nan(value):
-        return TrainingError(f"float pre-training loss became {value}; lower optim.lr")
-
-    try:
-        while stage.epoch < t.float_epochs and stage.step < total:
-            start = time.time()
-            _, mean_loss = _epoch(stage, train_loader, recipe, ctx, lambda task: (task, None),
-                                  on_step, nan)
-            record = {"stage": "float", "epoch": stage.epoch, "step": stage.step,
-                      "loss": mean_loss, "lr": stage.optimizers[0].param_groups[0]["lr"],
-                      "seconds": time.time() - start}
-            history.append(record)
-            log.epoch(record)
-            ctx.reporter.note(f"float epoch {stage.epoch}/{t.float_epochs} step {stage.step}: "
-                              f"loss {human(record['loss'], 'loss')} (mean over the epoch)")
-            if run_dir is not None and ctx.dist.is_main:
-                write_metrics(run_dir / "metrics.jsonl", history)
-    finally:
-        log.close()
-    model.eval()

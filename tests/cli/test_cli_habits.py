@@ -104,7 +104,7 @@ def test_json_for_recipes_and_print_config():
     assert listing[0]["name"] == "default" and listing[0]["description"]
     one = json.loads(run("recipes", "cifar10-resnet18", "--json").stdout)
     assert one == json.loads(json.dumps(
-        __import__("diffq_cli.config.schema").config.schema.recipe_to_dict(load_recipe("cifar10-resnet18"))))
+        __import__("diffq_cli.config.load").config.load.recipe_to_dict(load_recipe("cifar10-resnet18"))))
     config = run("finetune", "--print-config", "--json", "--mu", "0.5", "optim.lr=0.2")
     doc = json.loads(config.stdout)
     assert doc["train"]["mu"] == [0.5] and doc["optim"]["lr"] == 0.2

@@ -10,16 +10,16 @@ from diffq_cli.config.load import (
     load_recipe,
     parse_override,
     recipe_text,
+    recipe_to_dict,
 )
 from diffq_cli.config.schema import (
     DataConfig,
     QuantConfig,
     Recipe,
     TrainConfig,
-    output_dir,
-    recipe_to_dict,
 )
 from diffq_cli.errors import InputError
+from diffq_cli.run.rundir import output_dir
 
 SHIPPED = [name for name, _ in list_recipes()]
 

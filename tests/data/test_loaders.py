@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from diffq_cli.config.schema import DataConfig
-from diffq_cli.data.loaders import DATASETS, build_loaders, find_idx_files, read_idx
+from diffq_cli.data.idx import find_idx_files, read_idx
+from diffq_cli.data.loaders import DATASETS, build_loaders
 from diffq_cli.errors import InputError
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
