@@ -79,25 +79,29 @@ def channel_levels(flat, shape, bits, group_size: int, qmax=None):
     rows = rows_of(shape)[0]
     low, high = torch.aminmax(flat.view(rows, -1), dim=1)
     scales = torch.stack([low, high], 1).half()
-    if qmax is None:
-        qmax = torch.pow(2.0, bits.float()) - 1
-    qmax_e = per_group(torch.as_tensor(qmax, dtype=torch.float32).expand(bits.shape),
-                       flat.numel(), group_size)
-    low_e, high_e = (per_row(s, shape) for s in scales.float().unbind(1))
-    delta = (high_e - low_e).clamp_min(_HALF_TINY) / qmax_e
+    low_e, delta, qmax_e = _channel_steps(scales, bits, shape, group_size, qmax)
     levels = torch.minimum(((flat - low_e) / delta).round_().clamp_min_(0), qmax_e)
     return _narrow(levels, float(qmax_e.max()) if qmax_e.numel() else 0.0), scales
 
 
 def channel_dequantize(levels, scales, bits, shape, group_size: int, qmax=None):
     """Float32 flat values of ``channel_levels``' output."""
+    low_e, delta, _ = _channel_steps(scales, bits, shape, group_size, qmax)
+    return levels.float() * delta + low_e
+
+
+def _channel_steps(scales, bits, shape, group_size: int, qmax):
+    """Per value: the row's low end, the step and the largest level of the ``channel`` grid
+    (from the float16 ``scales`` as stored, so that encoder and decoder agree exactly)."""
+    numel = 1
+    for s in shape:
+        numel *= s
     if qmax is None:
         qmax = torch.pow(2.0, bits.float()) - 1
     qmax_e = per_group(torch.as_tensor(qmax, dtype=torch.float32).expand(bits.shape),
-                       levels.numel(), group_size)
+                       numel, group_size)
     low_e, high_e = (per_row(s, shape) for s in scales.float().unbind(1))
-    delta = (high_e - low_e).clamp_min(_HALF_TINY) / qmax_e
-    return levels.float() * delta + low_e
+    return low_e, (high_e - low_e).clamp_min(_HALF_TINY) / qmax_e, qmax_e
 
 
 # ------------------------------------------------------------------ learned: alpha per row
