@@ -265,6 +265,7 @@ class Reporter:
                        "bytes on disk": human(summary.get("file_bytes"), "bytes"),
                        "compression (float32 / on disk)": human(ratio, "ratio"),
                        "mean bits": human(summary.get("mean_bits"), "bits"),
+                       "grid": summary.get("grid"),
                        **({"order-0 entropy bound": human(summary["bound_mb"], "mib"),
                            "on disk / bound": human(summary.get("bound_ratio"), "ratio_fine")}
                           if bound else {})},

@@ -37,6 +37,7 @@ def inspect_file(path) -> dict:
             "float_mb": float_mb,
             "true_mb": sum(r["mb"] for r in layers),
             "mean_bits": None,
+            "grid": None,
             "bound_mb": None,
             "layers": layers,
         }

@@ -98,9 +98,11 @@ def summarize_state(state: dict) -> dict:
     return {
         "float_mb": float_mb,
         "true_mb": true_mb,
-        "compression": compression(float_mb, true_mb),  # vs the true size; files: sizes.py
+        "compression": compression(float_mb, true_mb),  # vs the true size; files: files/inspect.py
         "bound_mb": bound_bits / MIB_BITS,
         "mean_bits": qbits / qnumel if qnumel else None,
+        # The grids the quantized tensors use (minmax, lsq, channel, learned), once each.
+        "grid": ", ".join(sorted({e["scheme"] for e in state["quantized"].values()})) or None,
         "quantized_params": qnumel,
         "params": float_values,
         "layers": layers,

@@ -3,6 +3,8 @@ wrong, give exit 2 with exactly one line on stderr from ``size``, ``eval`` and `
 
 import gzip
 import io
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -215,3 +217,12 @@ def test_wrong_content_through_eval_and_export(tmp_path, command):
     bad.write_bytes(gzip.compress(torch_bytes(obj)))
     extra = ["-o", tmp_path / "out.pt2"] if command == "export" else []
     assert_one_line_exit_2(run(command, bad, *extra), command)
+
+
+@pytest.mark.parametrize("grid", ["minmax", "channel", "learned"])
+def test_size_shows_the_grid(tmp_path, grid):
+    path = tiny_artifact(tmp_path / "m.th", grid=grid)
+    doc = json.loads(run("size", path, "--json").stdout)
+    assert doc["grid"] == grid
+    table = run("size", path).stdout
+    assert re.search(rf"grid\s*│\s*{grid}", table), table
