@@ -7,7 +7,7 @@ import pytest
 from artifact_factory import make_artifact
 from cli_helpers import one_error_line, run
 
-from diffq_cli.files import export
+from diffq_cli.files import formats
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,8 @@ def test_export_tolerance_gate(artifact, tmp_path, monkeypatch):
     out = tmp_path / "m.safetensors"
     result = run("export", artifact, "-o", out, "--format", "safetensors", "--dtype", "fp16")
     assert result.exit_code == 0, result.output  # checked against the fp16-rounded weights
-    writer, runner = export._FORMATS["pt2"]
-    monkeypatch.setitem(export._FORMATS, "pt2", (writer, lambda *args: runner(*args) + 1e-3))
+    writer, runner = formats.WRITERS["pt2"]
+    monkeypatch.setitem(formats.WRITERS, "pt2", (writer, lambda *args: runner(*args) + 1e-3))
     result = run("export", artifact, "-o", tmp_path / "m.pt2", "--format", "pt2")
     assert result.exit_code == 1
     assert "atol" in one_error_line(result)
