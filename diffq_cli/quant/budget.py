@@ -239,9 +239,12 @@ def fit_budget(quantizer, max_mb: float, fill: bool = False) -> dict:
     while hi - lo > 1e-6:  # invariant: size(lo) > max_mb >= size(hi)
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if size(mid) <= max_mb else (mid, hi)
+    final = widths(hi)
+    if fill and before <= max_mb:
+        _top_up(quantizer, unique, final, max_mb, ceiling)
     lowered = raised = 0
     with torch.no_grad():
-        for qp, old, new in zip(unique, widths(0.0), widths(hi), strict=True):
+        for qp, old, new in zip(unique, widths(0.0), final, strict=True):
             changed = new != old
             if bool(changed.any()):
                 lowered += int((new < old).sum())
@@ -253,3 +256,22 @@ def fit_budget(quantizer, max_mb: float, fill: bool = False) -> dict:
     true_mb = quantizer.true_model_size()
     return {"fits": true_mb <= max_mb, "true_mb": true_mb, "lowered": lowered, "raised": raised,
             "tau": hi}
+
+
+def _top_up(quantizer, unique, widths: list, max_mb: float, ceiling: int) -> None:
+    """Spends what a shift of all widths leaves of the budget: groups tied at one real width
+    move together under a shift, so the last raise may not fit whole. Raises, tensor by tensor
+    (smallest first), as many of its narrowest groups by one bit as still fit (in place)."""
+    for i in sorted(range(len(unique)), key=lambda i: unique[i].numel):
+        base = widths[i].clone()
+        narrow = torch.nonzero((base == base.min()) & (base < ceiling)).flatten()
+        lo, hi = 0, narrow.numel() + 1
+        while hi - lo > 1:  # the largest count n of narrow groups raised that still fits
+            mid = (lo + hi) // 2
+            widths[i] = base.clone()
+            widths[i][narrow[:mid]] += 1
+            lo, hi = (mid, hi) if _size_mb(quantizer, unique, widths) <= max_mb else (lo, mid)
+        widths[i] = base.clone()
+        widths[i][narrow[:lo]] += 1
+        if lo < narrow.numel():  # the budget is spent
+            return

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from diffq_cli.errors import TrainingError
 from diffq_cli.fileio import atomic_write, torch_bytes
@@ -44,6 +45,7 @@ class _Run:
     bits_opt: torch.optim.Optimizer | None = None
     start_widths: list | None = None  # DiffQ: each group's integer width at the start
     fit: dict | None = None  # the fit to the size target made when the widths froze
+    frozen_size: torch.Tensor | None = None  # true size once the widths are final
 
 
 def run_label(quant, mu: float | None, target_mb: float | None) -> str:
@@ -77,13 +79,17 @@ def _setup(model, recipe, mu, target_mb, ctx, steps_per_epoch) -> _Run:
                 integer_widths(quantizer))
 
 
+MAX_BITS_PER_STEP = 0.1
+
+
 def bits_lr(o, learning_steps: int) -> float:
     """The bits' learning rate: ``optim.bits_lr``, or with ``optim.bits_travel`` the rate at
     which a width can travel that many bits over the steps where widths learn (with
     ``quant.param=linear`` Adam moves a width by about its lr, in bits, per step)."""
     if o.bits_travel is None:
         return o.bits_lr
-    return o.bits_travel / max(learning_steps, 1)
+    # At most a tenth of a bit per step: a few-step run must not jump over whole widths.
+    return min(o.bits_travel / max(learning_steps, 1), MAX_BITS_PER_STEP)
 
 
 def _resume(run: _Run, ckpt_path: Path, ctx) -> None:
@@ -109,7 +115,13 @@ def _size_term(run: _Run, target_mb):
 
     def add(task):
         if getattr(quantizer, "frozen", False):  # widths final: no size term, mu stays put
-            return task.float(), None
+            if isinstance(run.stage.net, DistributedDataParallel):
+                # DDP reduces gradients in buckets and waits for every parameter it wraps: a
+                # parameter left out of the graph would leave its bucket (weights included)
+                # unreduced. A zero-weighted size keeps the widths in it; they are no longer
+                # in any optimizer, so their (zero) gradients move nothing.
+                return task.float() + 0.0 * quantizer.model_size(), run.frozen_size
+            return task.float(), run.frozen_size
         size = quantizer.model_size()
         loss = task.float() + control.mu * size
         if target_mb is not None:
@@ -174,8 +186,7 @@ def _freeze_when_due(run: _Run, train, ctx, target_mb) -> None:
     evaluation applies instead of for noise. With a size target the widths are fitted to it
     first (lowered until they fit; with ``train.fill_budget`` also raised while they fit), so
     the frozen phase trains the very widths the artifact keeps and nothing changes after it.
-    The bits' optimizer stays: the logits get no gradient any more (Adam skips them), while a
-    learned grid's scales keep training."""
+    The widths leave the bits' optimizer; a learned grid's scales stay in it and keep training."""
     stage, quantizer = run.stage, run.quantizer
     freeze_steps = round(stage.total * train.freeze_bits)
     if (freeze_steps and stage.step >= stage.total - freeze_steps
@@ -189,10 +200,22 @@ def _freeze_when_due(run: _Run, train, ctx, target_mb) -> None:
                               f"raised, {fit['lowered']} lowered, true size "
                               f"{fit['true_mb']:.3f} MiB")
         quantizer.freeze_bits()
-        for p in quantizer._bit_parameters():
-            p.grad = None  # a last noisy step's gradient must not move a frozen width
+        _drop_widths(run.bits_opt, quantizer)
+        run.frozen_size = torch.tensor(quantizer.true_model_size())  # logged from now on
         ctx.reporter.note(f"{run.label}: widths frozen at step {stage.step}, last "
                           f"{stage.total - stage.step} steps train through true quantization")
+
+
+def _drop_widths(optimizer, quantizer) -> None:
+    """Takes the widths out of ``optimizer`` (their Adam state too: its momentum would keep
+    moving them); a learned grid's scales stay and keep training."""
+    widths = {id(qp.bit_param) for qp in quantizer._qparams}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) in widths:
+                optimizer.state.pop(p, None)
+                p.grad = None
+        group["params"] = [p for p in group["params"] if id(p) not in widths]
 
 
 def _finish(run: _Run, val_loader, ctx, target_mb, calibrate) -> dict:
