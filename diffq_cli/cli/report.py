@@ -189,13 +189,16 @@ class Reporter:
                 ``artifact_mb`` (bytes on disk of the saved artifact / 2**20), ``compression``
                 (float size / artifact size), ``mean_bits``, ``mu`` (the final mu of a DiffQ
                 run), ``best`` (no row at the same or a smaller size is more accurate: marked
-                ★) and ``collapsed`` (accuracy at chance level: "chance"). A missing or None
-                value prints as "—".
+                ★), ``collapsed`` (accuracy at chance level: "chance") and ``moved_fraction``
+                (DiffQ: groups whose learned width left its start). A missing or None value
+                prints as "—".
             title: table title.
         """
         body = []
         for row in rows:
-            flags = (("★", row.get("best")), ("chance", row.get("collapsed")))
+            moved = row.get("moved_fraction")
+            flags = (("★", row.get("best")), ("chance", row.get("collapsed")),
+                     (f"{100 * (moved or 0):.0f} % of widths moved", moved is not None))
             body.append([
                 human(row.get("method")), human(row.get("label")),
                 human(row.get("accuracy"), "pct"), human(row.get("delta"), "pp"),

@@ -97,7 +97,8 @@ class QuantConfig(_Section):
     """Quantizer choice and its constructor arguments."""
 
     section: ClassVar = "quant"
-    choices: ClassVar = {"method": ("diffq", "uniform", "lsq"), "param": ("bits", "noise"),
+    choices: ClassVar = {"method": ("diffq", "uniform", "lsq"),
+                         "param": ("bits", "noise", "linear"),
                          "noise": ("gaussian", "uniform"), "noise_source": ("pool", "fresh"),
                          "grid": ("minmax", "channel", "learned")}
     bounds: ClassVar = {"group_size": _GE0, "min_size": _GE0, "extra_bits": _GE0,
@@ -136,14 +137,15 @@ class OptimConfig(_Section):
 
     section: ClassVar = "optim"
     choices: ClassVar = {"name": ("sgd", "adamw"), "schedule": ("cosine", "step", "constant")}
-    bounds: ClassVar = {"lr": _GT0, "bits_lr": _GT0, "gamma": _GT0, "grad_clip": _GT0,
-                        "momentum": (0, 1, False), "weight_decay": _GE0, "step_size": _GE1,
-                        "warmup_steps": _GE0}
+    bounds: ClassVar = {"lr": _GT0, "bits_lr": _GT0, "bits_travel": _GT0, "gamma": _GT0,
+                        "grad_clip": _GT0, "momentum": (0, 1, False), "weight_decay": _GE0,
+                        "step_size": _GE1, "warmup_steps": _GE0}
     name: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     bits_lr: float = 1e-3
+    bits_travel: float | None = None  # bits a width may travel: bits lr = travel / learning steps
     schedule: str = "cosine"
     step_size: int = 30
     gamma: float = 0.1

@@ -73,6 +73,8 @@ def logits_for_bits(quantizer, bits: torch.Tensor) -> torch.Tensor:
     """
     lo_b, hi_b = quantizer.min_bits, quantizer.max_bits
     bits = bits.double().clamp(lo_b, hi_b)
+    if quantizer.param == "linear":
+        return bits.float()
     if hi_b == lo_b:
         return torch.zeros_like(bits, dtype=torch.float32)
     if quantizer.param == "bits":
@@ -138,18 +140,56 @@ def start_at_size(quantizer, target_mb: float) -> float:
     k = low
     while k + 1 < high and _uniform_mb(quantizer, unique, k + 1) <= target_mb:
         k += 1
-    widths = {qp.name: k for qp in unique}
-    for qp in sorted(unique, key=lambda qp: qp.numel):  # smallest tensors first
-        widths[qp.name] = k + 1
-        if _size_mb(quantizer, unique, _full(unique, widths)) > target_mb:
-            widths[qp.name] = k
-            break
-    for qp in unique:
-        real = widths[qp.name] - quantizer.extra_bits
-        real = max(real, quantizer.min_bits + 0.3)
+    widths = _full(unique, {qp.name: k for qp in unique})
+    order = sorted(range(len(unique)), key=lambda i: unique[i].numel)  # smallest tensors first
+    for i in order:
+        widths[i] = widths[i] + 1
+        if _size_mb(quantizer, unique, widths) <= target_mb:
+            continue
+        # This tensor does not fit whole at k + 1: its first n groups do (bisection on n,
+        # the size grows with n), so the start spends the budget instead of stopping short.
+        lo, hi = 0, unique[i].n_groups
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            widths[i] = torch.full_like(widths[i], k)
+            widths[i][:mid] += 1
+            lo, hi = (mid, hi) if _size_mb(quantizer, unique, widths) <= target_mb else (lo, mid)
+        widths[i] = torch.full_like(widths[i], k)
+        widths[i][:lo] += 1
+        break
+    for qp, width in zip(unique, widths, strict=True):
+        real = width.double() - quantizer.extra_bits
+        if quantizer.param != "linear":  # an exact bound would freeze a sigmoid's logit
+            real = real.clamp_min(quantizer.min_bits + 0.3)
         with torch.no_grad():
-            qp.bit_param.fill_(float(logits_for_bits(quantizer, torch.tensor(float(real)))))
+            qp.bit_param.copy_(logits_for_bits(quantizer, real).to(qp.bit_param.device))
     return quantizer.true_model_size()
+
+
+def integer_widths(quantizer) -> list[torch.Tensor] | None:
+    """Each group's integer width now (as true quantization rounds it), one tensor per
+    quantized parameter; None for a quantizer without learned widths."""
+    from diffq_cli.quant.diffq import DiffQuantizer
+
+    if not isinstance(quantizer, DiffQuantizer):
+        return None
+    with torch.no_grad():
+        return [quantizer._true_bits(qp).cpu() for qp in quantizer._qparams]
+
+
+def moved_groups(start: list | None, now: list | None) -> dict:
+    """How far the learned widths went: groups whose integer width differs from its start
+    (count and fraction) and the mean absolute change in bits over all groups; {} without
+    learned widths."""
+    if start is None or now is None:
+        return {}
+    flat_start, flat_now = torch.cat(start), torch.cat(now)
+    diff = (flat_now - flat_start).abs()
+    groups = int(diff.numel())
+    moved = int((diff > 0).sum())
+    return {"groups": groups, "groups_moved": moved,
+            "moved_fraction": moved / groups if groups else 0.0,
+            "moved_mean_bits": float(diff.double().mean()) if groups else 0.0}
 
 
 def _full(unique, widths: dict) -> list[torch.Tensor]:
@@ -199,9 +239,12 @@ def fit_budget(quantizer, max_mb: float, fill: bool = False) -> dict:
     while hi - lo > 1e-6:  # invariant: size(lo) > max_mb >= size(hi)
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if size(mid) <= max_mb else (mid, hi)
+    final = widths(hi)
+    if fill and before <= max_mb:
+        _top_up(quantizer, unique, final, max_mb, ceiling)
     lowered = raised = 0
     with torch.no_grad():
-        for qp, old, new in zip(unique, widths(0.0), widths(hi), strict=True):
+        for qp, old, new in zip(unique, widths(0.0), final, strict=True):
             changed = new != old
             if bool(changed.any()):
                 lowered += int((new < old).sum())
@@ -213,3 +256,22 @@ def fit_budget(quantizer, max_mb: float, fill: bool = False) -> dict:
     true_mb = quantizer.true_model_size()
     return {"fits": true_mb <= max_mb, "true_mb": true_mb, "lowered": lowered, "raised": raised,
             "tau": hi}
+
+
+def _top_up(quantizer, unique, widths: list, max_mb: float, ceiling: int) -> None:
+    """Spends what a shift of all widths leaves of the budget: groups tied at one real width
+    move together under a shift, so the last raise may not fit whole. Raises, tensor by tensor
+    (smallest first), as many of its narrowest groups by one bit as still fit (in place)."""
+    for i in sorted(range(len(unique)), key=lambda i: unique[i].numel):
+        base = widths[i].clone()
+        narrow = torch.nonzero((base == base.min()) & (base < ceiling)).flatten()
+        lo, hi = 0, narrow.numel() + 1
+        while hi - lo > 1:  # the largest count n of narrow groups raised that still fits
+            mid = (lo + hi) // 2
+            widths[i] = base.clone()
+            widths[i][narrow[:mid]] += 1
+            lo, hi = (mid, hi) if _size_mb(quantizer, unique, widths) <= max_mb else (lo, mid)
+        widths[i] = base.clone()
+        widths[i][narrow[:lo]] += 1
+        if lo < narrow.numel():  # the budget is spent
+            return

@@ -7,8 +7,6 @@ differentiable function of those bits, so ``loss + mu * model_size()`` trades si
 """
 
 import functools
-import math
-import weakref
 
 import torch
 from torch import nn
@@ -16,28 +14,12 @@ from torch import nn
 from diffq_cli.quant import grids
 from diffq_cli.quant.base import BaseQuantizer
 from diffq_cli.quant.noise import FreshNoise, NoisePool
-from diffq_cli.quant.ops import BitsAndUnit, minmax_levels, noisy_weight_and_again, straight_through
+from diffq_cli.quant.ops import minmax_levels, noisy_weight_and_again, straight_through
 from diffq_cli.quant.params import QParam
 from diffq_cli.quant.registry import register
 from diffq_cli.quant.state import HEADER_BITS, group_lengths
+from diffq_cli.quant.widths import MODES, BitsAndUnit, forget_hook, init_value, unit_bounds
 from diffq_cli.units import MIB_BITS
-
-
-def _forget_hook(quantizer, entry):
-    """Gradient hook dropping ``entry`` from the bits cache once a backward runs through it.
-
-    That backward frees the graph, so ``loss.backward(); quantizer.model_size().backward()``
-    must build a new one. Holds the quantizer weakly: no reference cycle through the graph.
-    """
-    ref = weakref.ref(quantizer)
-    token = id(entry)
-
-    def forget(grad):
-        q = ref()
-        if q is not None and q._bits_cache is not None and id(q._bits_cache) == token:
-            q._bits_cache = None
-
-    return forget
 
 
 @register("diffq")
@@ -55,7 +37,9 @@ class DiffQuantizer(BaseQuantizer):
         suffix: name suffix of the registered bit parameters (``weight_diffq``).
         exclude: fnmatch patterns of parameter names (full or short) to keep float.
         detect_bound: quantize a Parameter shared by several modules once.
-        param: "bits" (learn the bits linearly) or "noise" (learn the noise scale in log space).
+        param: how one learned number gives a group's width (``quant/widths.py``): "bits"
+            (a sigmoid over [min_bits, max_bits], the paper's), "noise" (the noise scale in log
+            space) or "linear" (the width itself, clamped: moves ~``lr`` bits per Adam step).
         noise: "gaussian" (std = step / 2) or "uniform" (on [-step/2, step/2]).
         noise_source: "pool" (pre-generated exact noise read at random offsets, fast on CPU) or
             "fresh" (new random numbers for every weight at every step).
@@ -88,8 +72,8 @@ class DiffQuantizer(BaseQuantizer):
         noise_source: str = "pool",
         grid: str = "minmax",
     ):
-        if param not in ("bits", "noise"):
-            raise ValueError(f"param must be 'bits' or 'noise', got {param!r}")
+        if param not in MODES:
+            raise ValueError(f"param must be one of {', '.join(MODES)}; got {param!r}")
         if noise not in ("gaussian", "uniform"):
             raise ValueError(f"noise must be 'gaussian' or 'uniform', got {noise!r}")
         if noise_source not in ("pool", "fresh"):
@@ -125,28 +109,19 @@ class DiffQuantizer(BaseQuantizer):
 
     # ------------------------------------------------------------ bits <-> logits
     def _unit_bounds(self):
-        """log of the noise unit (1 / (2**b - 1)) at max_bits and at min_bits."""
-        return -math.log(2**self.max_bits - 1), -math.log(2**self.min_bits - 1)
+        return unit_bounds(self.min_bits, self.max_bits)
 
     def _init_logit(self) -> float:
-        if self.max_bits == self.min_bits:
-            return 0.0
-        if self.param == "bits":
-            t = (self.init_bits - self.min_bits) / (self.max_bits - self.min_bits)
-        else:
-            lo, hi = self._unit_bounds()
-            t = (-math.log(2**self.init_bits - 1) - lo) / (hi - lo)
-        t = min(max(t, 1e-4), 1 - 1e-4)  # init at a bound would need an infinite logit
-        return math.log(t / (1 - t))
+        return init_value(self.param, self.init_bits, self.min_bits, self.max_bits)
 
     def _bits_and_unit(self, *logits: torch.Tensor):
         """Real bits and noise unit (step for a range of 1) of the groups of ``logits``
         (several tensors are concatenated)."""
-        if self.param == "bits":
+        if self.param != "noise":
             lo, hi = self.min_bits, self.max_bits
         else:
             lo, hi = self._unit_bounds()
-        return BitsAndUnit.apply(lo, hi, self.param == "noise", *logits)
+        return BitsAndUnit.apply(lo, hi, self.param, *logits)
 
     # ------------------------------------------------------------ hooks
     def _prepare(self, qp: QParam) -> None:
@@ -184,15 +159,37 @@ class DiffQuantizer(BaseQuantizer):
         if not reuse and torch.is_grad_enabled():
             self._bits_cache = (key, bits, unit)
             if unit.requires_grad:
-                unit.register_hook(_forget_hook(self, self._bits_cache))
+                unit.register_hook(forget_hook(self, self._bits_cache))
         return bits, unit
 
     def freeze_bits(self, frozen: bool = True) -> None:
         """Training forwards see the truly quantized weights (rounded widths, straight-through
         gradient to the weights) instead of noise: a final phase that trains the weights for
         the rounding the evaluation applies. The widths stop moving only if the bit logits are
-        no longer stepped (the caller leaves them out of its optimizers)."""
+        no longer stepped (no gradient reaches them from a frozen forward; leave
+        ``model_size()`` out of the loss too)."""
         self._frozen = bool(frozen)
+
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer, lr: float = 1e-3, **kwargs):
+        """As ``BaseQuantizer.setup_optimizer``; with ``param="linear"`` each step of
+        ``optimizer`` is followed by a projection of the widths into [min_bits, max_bits] (a
+        width at a bound then moves back at once when the loss asks, instead of after Adam's
+        momentum has carried it far outside)."""
+        super().setup_optimizer(optimizer, lr, **kwargs)
+        if self.param == "linear":
+            self._hooks.append(optimizer.register_step_post_hook(self._project))
+
+    setup_opt = setup_optimizer
+
+    def _project(self, optimizer, args, kwargs) -> None:
+        with torch.no_grad():
+            for qp in self._qparams:
+                qp.bit_param.clamp_(self.min_bits, self.max_bits)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether ``freeze_bits()`` is on."""
+        return self._frozen
 
     def _train_factories(self):
         unique = self._qparams

@@ -150,64 +150,6 @@ def _add_noise(weight, unit, noise, span, group_size: int, mult: float) -> torch
     return out.view(weight.shape).to(weight.dtype)
 
 
-class BitsAndUnit(torch.autograd.Function):
-    """Learned bits and noise unit (``1 / (2**bits - 1)``) of every group from the logits of
-    several parameters at once (concatenated in their order).
-
-    One Function instead of a cat -> sigmoid -> affine -> exp2 -> reciprocal chain: it saves
-    only references to the logit parameters (the chain kept four group-sized tensors alive until
-    the backward) and recomputes the cheap elementwise values there, in place.
-
-    ``param="bits"``: ``bits = lo + (hi - lo) * sigmoid(logit)``; ``param="noise"``: ``log(unit)
-    = lo + (hi - lo) * sigmoid(logit)`` (``lo``, ``hi`` are then the log units).
-
-    Call as ``BitsAndUnit.apply(lo, hi, noise_param, *logits)``.
-    """
-
-    @staticmethod
-    def forward(ctx, lo, hi, noise_param, *logits):
-        flat = torch.cat([x.detach().reshape(-1).float() for x in logits])
-        t = torch.sigmoid(flat)
-        if noise_param:
-            unit = t.mul_(hi - lo).add_(lo).exp_()
-            bits = unit.reciprocal().add_(1).log2_()
-        else:
-            bits = t.mul_(hi - lo).add_(lo)
-            unit = torch.exp2(bits).sub_(1).reciprocal_()
-        ctx.save_for_backward(*logits)  # the parameters themselves: no copy
-        ctx.lo, ctx.hi, ctx.noise_param = lo, hi, noise_param
-        return bits, unit
-
-    @staticmethod
-    def backward(ctx, grad_bits, grad_unit):
-        # In place wherever possible: this runs at the end of the backward, when every weight
-        # gradient is alive, so each group-sized temporary adds to the step's peak memory.
-        logits = ctx.saved_tensors
-        lo, hi = ctx.lo, ctx.hi
-        t = torch.sigmoid(torch.cat([x.reshape(-1).float() for x in logits]))
-        if ctx.noise_param:
-            grad = torch.mul(t, hi - lo).add_(lo).exp_()  # unit
-            # d unit = unit * d(log unit); d bits / d unit = -1 / (ln2 * unit * (unit + 1))
-            if grad_bits is not None:
-                scale = grad.add(1).mul_(math.log(2)).reciprocal_().mul_(grad_bits)
-                grad.mul_(grad_unit).sub_(scale)
-                del scale
-            else:
-                grad.mul_(grad_unit)
-        else:
-            grad = torch.mul(t, hi - lo).add_(lo).exp2_().sub_(1).reciprocal_()  # unit
-            # d unit / d bits = -ln2 * unit * (unit + 1) = -ln2 * (unit + unit**2)
-            grad.addcmul_(grad, grad).mul_(grad_unit).mul_(-math.log(2))
-            if grad_bits is not None:
-                grad.add_(grad_bits)
-        grad.mul_(t)  # d sigmoid = t * (1 - t), times the affine's slope
-        grad.mul_(t.neg_().add_(1)).mul_(hi - lo)
-        sizes = [x.numel() for x in logits]
-        parts = grad.split(sizes)
-        return (None, None, None,
-                *(g.view(x.shape).to(x.dtype) for g, x in zip(parts, logits, strict=True)))
-
-
 def minmax_levels(flat: torch.Tensor, bits: torch.Tensor, group_size: int, qmax=None,
                   narrow: bool = True):
     """True quantization of a flat tensor on its [min, max] range, per group.

@@ -27,7 +27,7 @@ def _float_mb(model) -> float:
 
 def _row(metrics: dict) -> dict:
     keys = ("method", "label", "mu", "target_mb", "accuracy", "delta", "true_mb", "artifact_mb",
-            "compression", "mean_bits", "bits")
+            "compression", "mean_bits", "bits", "moved_fraction")
     return {k: metrics.get(k) for k in keys}
 
 
@@ -211,6 +211,7 @@ def _save_run(job: _Job, run_dir: Path, label, target, result, state, sizes) -> 
     }
     if target is not None:
         metrics["groups_lowered"] = result["fit"].get("lowered", 0)
+    metrics.update(result.get("moved", {}))  # what the widths learned (DiffQ)
     metrics.update(_write_artifact(job, run_dir / "model.th", state, job.recipe, metrics))
     if job.ctx.dist.is_main:
         _draw_bits(run_dir / "bits.svg", state, f"{job.title}, {label}")

@@ -126,7 +126,7 @@ def fit_target(quantizer, target_mb: float | None, reporter) -> dict:
     fit = budget.fit_budget(quantizer, target_mb)
     if fit["lowered"]:
         reporter.note(
-            f"target={target_mb:g}MB: lowered {fit['lowered']} group widths by rounding "
+            f"target={target_mb:g}MiB: lowered {fit['lowered']} group widths by rounding "
             f"{fit['tau']:.3f} bits lower; true size {fit['true_mb']:.3f} MiB"
         )
     return fit

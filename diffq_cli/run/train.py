@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from diffq_cli.errors import TrainingError
 from diffq_cli.fileio import atomic_write, torch_bytes
+from diffq_cli.quant.budget import integer_widths, moved_groups
 from diffq_cli.quant.calibrate import recalibrate_batchnorm
 from diffq_cli.run.loop import Stage, make_stage, run_epoch
 from diffq_cli.run.runlog import float_records, mean_bits, run_log, write_metrics
@@ -41,6 +43,9 @@ class _Run:
     label: str
     history: list
     bits_opt: torch.optim.Optimizer | None = None
+    start_widths: list | None = None  # DiffQ: each group's integer width at the start
+    fit: dict | None = None  # the fit to the size target made when the widths froze
+    frozen_size: torch.Tensor | None = None  # true size once the widths are final
 
 
 def run_label(quant, mu: float | None, target_mb: float | None) -> str:
@@ -60,16 +65,31 @@ def _setup(model, recipe, mu, target_mb, ctx, steps_per_epoch) -> _Run:
     quantizer = build_quantizer(model, recipe.quant)
     # The paper: a separate Adam for the bits. Fused: one kernel for all logits (5x faster on CPU
     # than the per-tensor loop), available for float32 parameters on CPU and CUDA.
-    bits_opt = torch.optim.Adam([{"params": []}], lr=o.bits_lr, fused=True)
-    quantizer.setup_optimizer(bits_opt, lr=o.bits_lr)
-    control = start_control(quantizer, mu, target_mb)
-    label = run_label(recipe.quant, mu, target_mb)
     total = t.epochs * steps_per_epoch
     if t.max_steps is not None:
         total = min(t.max_steps, total)
+    lr = bits_lr(o, total - round(total * t.freeze_bits))
+    bits_opt = torch.optim.Adam([{"params": []}], lr=lr, fused=True)
+    quantizer.setup_optimizer(bits_opt, lr=lr)
+    control = start_control(quantizer, mu, target_mb)
+    label = run_label(recipe.quant, mu, target_mb)
     stage = make_stage(ctx.dist.wrap(model), [optimizer, bits_opt], ctx, recipe, steps_per_epoch,
-                   total)
-    return _Run(model, quantizer, control, stage, label, [], bits_opt)
+                       total)
+    return _Run(model, quantizer, control, stage, label, [], bits_opt,
+                integer_widths(quantizer))
+
+
+MAX_BITS_PER_STEP = 0.1
+
+
+def bits_lr(o, learning_steps: int) -> float:
+    """The bits' learning rate: ``optim.bits_lr``, or with ``optim.bits_travel`` the rate at
+    which a width can travel that many bits over the steps where widths learn (with
+    ``quant.param=linear`` Adam moves a width by about its lr, in bits, per step)."""
+    if o.bits_travel is None:
+        return o.bits_lr
+    # At most a tenth of a bit per step: a few-step run must not jump over whole widths.
+    return min(o.bits_travel / max(learning_steps, 1), MAX_BITS_PER_STEP)
 
 
 def _resume(run: _Run, ckpt_path: Path, ctx) -> None:
@@ -94,6 +114,14 @@ def _size_term(run: _Run, target_mb):
     quantizer, control = run.quantizer, run.control
 
     def add(task):
+        if getattr(quantizer, "frozen", False):  # widths final: no size term, mu stays put
+            if isinstance(run.stage.net, DistributedDataParallel):
+                # DDP reduces gradients in buckets and waits for every parameter it wraps: a
+                # parameter left out of the graph would leave its bucket (weights included)
+                # unreduced. A zero-weighted size keeps the widths in it; they are no longer
+                # in any optimizer, so their (zero) gradients move nothing.
+                return task.float() + 0.0 * quantizer.model_size(), run.frozen_size
+            return task.float(), run.frozen_size
         size = quantizer.model_size()
         loss = task.float() + control.mu * size
         if target_mb is not None:
@@ -119,14 +147,16 @@ def _evaluate(run: _Run, val_loader, recipe, ctx, target_mb, seen_loss, start) -
         "accuracy": acc,
         "true_mb": quantizer.true_model_size(),
         "model_size": float(quantizer.model_size().detach()),
+        **moved_groups(run.start_widths, integer_widths(quantizer)),
         "lr": stage.optimizers[0].param_groups[0]["lr"],
         "seconds": time.time() - start,
     }
     run.history.append(record)
+    mu = f"mu {human(run.control.mu, 'mu')}, " if recipe.quant.method == "diffq" else ""
     ctx.reporter.note(
-        f"{run.label} epoch {stage.epoch}/{recipe.train.epochs} step {stage.step}: mu "
-        f"{human(run.control.mu, 'mu')}, loss {human(record['loss'], 'loss')}, quantized "
-        f"accuracy {human(acc, 'pct')}, true size {human(record['true_mb'], 'mib')}"
+        f"{run.label} epoch {stage.epoch}/{recipe.train.epochs} step {stage.step}: {mu}"
+        f"loss {human(record['loss'], 'loss')}, quantized accuracy {human(acc, 'pct')}, "
+        f"true size {human(record['true_mb'], 'mib')}"
     )
     return record
 
@@ -151,39 +181,63 @@ def _save(run: _Run, ckpt_path: Path, metrics_path: Path, kept: list, mu) -> Non
 
 
 def _freeze_when_due(run: _Run, train, ctx, target_mb) -> None:
-    """For the last ``train.freeze_bits`` of the steps: widths frozen (the bits' optimizer no
-    longer steps) and forwards see true quantization with a straight-through gradient, so the
-    weights train for the rounding the evaluation applies instead of for noise. With a size
-    target and ``train.fill_budget``, the widths are first fitted to the target (raised while
-    they fit, or lowered), so that the weights train for the widths the artifact will have and
-    the run spends its whole budget."""
-    stage = run.stage
+    """For the last ``train.freeze_bits`` of the steps: widths frozen and forwards see true
+    quantization with a straight-through gradient, so the weights train for the rounding the
+    evaluation applies instead of for noise. With a size target the widths are fitted to it
+    first (lowered until they fit; with ``train.fill_budget`` also raised while they fit), so
+    the frozen phase trains the very widths the artifact keeps and nothing changes after it.
+    The widths leave the bits' optimizer; a learned grid's scales stay in it and keep training."""
+    stage, quantizer = run.stage, run.quantizer
     freeze_steps = round(stage.total * train.freeze_bits)
     if (freeze_steps and stage.step >= stage.total - freeze_steps
-            and hasattr(run.quantizer, "freeze_bits") and len(stage.optimizers) > 1):
-        if target_mb is not None and train.fill_budget:
+            and hasattr(quantizer, "freeze_bits") and not quantizer.frozen):
+        if target_mb is not None:
             from diffq_cli.quant.budget import fit_budget
 
-            fit = fit_budget(run.quantizer, target_mb, fill=True)
+            fit = fit_budget(quantizer, target_mb, fill=train.fill_budget)
+            run.fit = fit
             ctx.reporter.note(f"{run.label}: widths fitted to the target: {fit['raised']} "
                               f"raised, {fit['lowered']} lowered, true size "
                               f"{fit['true_mb']:.3f} MiB")
-        run.quantizer.freeze_bits()
-        stage.optimizers = stage.optimizers[:1]
+        quantizer.freeze_bits()
+        _drop_widths(run.bits_opt, quantizer)
+        run.frozen_size = torch.tensor(quantizer.true_model_size())  # logged from now on
         ctx.reporter.note(f"{run.label}: widths frozen at step {stage.step}, last "
                           f"{stage.total - stage.step} steps train through true quantization")
 
 
+def _drop_widths(optimizer, quantizer) -> None:
+    """Takes the widths out of ``optimizer`` (their Adam state too: its momentum would keep
+    moving them); a learned grid's scales stay and keep training."""
+    widths = {id(qp.bit_param) for qp in quantizer._qparams}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) in widths:
+                optimizer.state.pop(p, None)
+                p.grad = None
+        group["params"] = [p for p in group["params"] if id(p) not in widths]
+
+
 def _finish(run: _Run, val_loader, ctx, target_mb, calibrate) -> dict:
-    """Fits the rounding to the size target (re-measuring accuracy if widths were lowered)."""
+    """Checks the size target once more (widths are lowered here only when no frozen phase
+    fitted them; the accuracy is then measured again) and what the widths learned."""
     run.model.eval()
-    fit = fit_target(run.quantizer, target_mb, ctx.reporter)
-    accuracy = run.history[-1]["accuracy"] if run.history and not fit.get("lowered") else None
+    late = fit_target(run.quantizer, target_mb, ctx.reporter)
+    accuracy = run.history[-1]["accuracy"] if run.history and not late.get("lowered") else None
     if accuracy is None:
         calibrate()
         accuracy = ctx.dist.accuracy(run.model, val_loader, ctx.device)
+    fit = late
+    if run.fit:
+        fit = {**run.fit, "lowered": run.fit["lowered"] + late.get("lowered", 0),
+               "true_mb": late.get("true_mb", run.fit["true_mb"])}
+    moved = moved_groups(run.start_widths, integer_widths(run.quantizer))
+    if moved:
+        ctx.reporter.note(f"{run.label}: {moved['groups_moved']} of {moved['groups']} groups "
+                          f"({100 * moved['moved_fraction']:.0f} %) ended at a width other than "
+                          f"their start (mean change {moved['moved_mean_bits']:.2f} bits)")
     return {"quantizer": run.quantizer, "history": run.history, "mu": run.control.mu,
-            "fit": fit, "accuracy": accuracy}
+            "fit": fit, "accuracy": accuracy, "moved": moved}
 
 
 def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) -> dict:

@@ -176,8 +176,30 @@ def test_fill_budget_spends_the_target_before_the_widths_freeze(tmp_path):
                      "--baseline", "none", "train.freeze_bits=0.5", f"train.fill_budget={fill}",
                      "--output", out)
         assert result.exit_code == 0, result.output
-        assert ("widths fitted to the target" in result.stderr) == (fill == "true")
+        raised = re.search(r"widths fitted to the target: [1-9]\d* raised", result.stderr)
+        assert (raised is not None) == (fill == "true"), result.stderr
         (diffq,) = json.loads((out / "summary.json").read_text())["runs"]
         ends[fill] = diffq["true_mb"]
     assert ends["false"] < ends["true"] <= 4.0
     assert ends["true"] > 4.0 * 0.995  # one group's width is a few bytes: the budget is spent
+
+
+def test_widths_fit_at_the_freeze_and_nothing_moves_after_it(tmp_path):
+    """A target run: the widths are fitted to the target when they freeze (half-way here), the
+    frozen epoch trains those very widths (no size term, mu stays put) and the artifact keeps
+    them; the run lands in [0.98 X, X] and says how many widths its learning moved."""
+    out = tmp_path / "run"
+    result = run(CliRunner(), "finetune", *FAST, "--epochs", "2", "--target-mb", "4",
+                 "--baseline", "none", "train.freeze_bits=0.5", "--output", out)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    first, second = [r for r in records if r.get("stage") == "diffq"]
+    assert second["mu"] == first["mu"]  # the controller stopped with the widths
+    (row,) = json.loads((out / "summary.json").read_text())["runs"]
+    assert 0.98 * 4 <= row["true_mb"] <= 4.0
+    assert second["true_mb"] == pytest.approx(row["true_mb"])  # fitted before the frozen epoch
+    assert "widths fitted to the target" in result.stderr
+    assert row["groups"] > 0 and 0 <= row["groups_moved"] <= row["groups"]
+    assert row["moved_fraction"] == pytest.approx(row["groups_moved"] / row["groups"])
+    assert all("moved_fraction" in r for r in (first, second))
+    assert f"{100 * row['moved_fraction']:.0f} % of widths moved" in result.stdout

@@ -564,20 +564,24 @@ def test_model_size_after_a_separate_backward(h, batch):
     assert torch.allclose(net.fc1.weight_diffq.grad, alone.model.fc1.weight_diffq.grad)
 
 
-@pytest.mark.parametrize("param", ["bits", "noise"])
+@pytest.mark.parametrize("param", ["bits", "noise", "linear"])
 def test_bits_and_unit_function_matches_the_plain_chain(param):
     """The fused logits -> (bits, unit) Function gives the autograd chain's values and
     gradients (for either output alone and both together)."""
     import math
 
-    from diffq_cli.quant.ops import BitsAndUnit
+    from diffq_cli.quant.widths import BitsAndUnit
 
-    lo, hi = (2.0, 15.0) if param == "bits" else (-math.log(2**15 - 1), -math.log(3))
+    lo, hi = (-math.log(2**15 - 1), -math.log(3)) if param == "noise" else (2.0, 15.0)
     gen = torch.Generator().manual_seed(0)
     logits = (torch.randn(300, generator=gen) * 3).requires_grad_()
+    if param == "linear":  # widths inside the range (at the bounds the step is projected)
+        logits = (torch.rand(300, generator=gen) * 12 + 2.5).requires_grad_()
     g_bits, g_unit = torch.randn(300, generator=gen), torch.randn(300, generator=gen) * 1e3
 
     def chain(x):
+        if param == "linear":
+            return x.clamp(lo, hi), 1 / (torch.exp2(x.clamp(lo, hi)) - 1)
         t = torch.sigmoid(x)
         if param == "bits":
             bits = lo + (hi - lo) * t
@@ -587,7 +591,7 @@ def test_bits_and_unit_function_matches_the_plain_chain(param):
 
     for weights in ((1, 0), (0, 1), (1, 1)):
         grads = []
-        for fn in (chain, lambda x: BitsAndUnit.apply(lo, hi, param == "noise", x[:100], x[100:])):
+        for fn in (chain, lambda x: BitsAndUnit.apply(lo, hi, param, x[:100], x[100:])):
             bits, unit = fn(logits)
             (weights[0] * (bits * g_bits).sum() + weights[1] * (unit * g_unit).sum()).backward()
             grads.append((bits.detach(), unit.detach(), logits.grad.clone()))
@@ -618,3 +622,36 @@ def test_frozen_bits_train_through_true_quantization():
     quantizer.freeze_bits(False)
     net.train()
     assert not torch.equal(net(x), evaluated)  # noise again
+
+
+def test_linear_widths_move_about_the_learning_rate_per_step_and_stay_in_range():
+    """param="linear": Adam moves a width by about its lr, in bits, at any width (the sigmoid
+    moves one at 3 of [2, 15] bits by 0.92 bit per unit of its logit, less further down)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(32, 32))
+    moved = {}
+    for param in ("linear", "bits"):
+        quantizer = DiffQuantizer(net, group_size=8, min_size=0, init_bits=3, param=param)
+        opt = torch.optim.Adam([{"params": []}], lr=0.05)
+        quantizer.setup_optimizer(opt, lr=0.05)
+        start = quantizer._bits_and_unit(quantizer._qparams[0].bit_param.detach())[0]
+        for _ in range(20):  # the size alone: every width goes down
+            opt.zero_grad()
+            quantizer.model_size().backward()
+            opt.step()
+        end = quantizer._bits_and_unit(quantizer._qparams[0].bit_param.detach())[0]
+        moved[param] = float((start - end).mean())
+        quantizer.detach()
+    assert moved["linear"] == pytest.approx(1.0, abs=0.05)  # 20 steps x 0.05 bits
+    assert moved["bits"] < 0.7
+    # At the floor the width stays at min_bits, and the parameter does not run away below it.
+    quantizer = DiffQuantizer(net, group_size=8, min_size=0, init_bits=2.2, param="linear")
+    opt = torch.optim.Adam([{"params": []}], lr=0.1)
+    quantizer.setup_optimizer(opt, lr=0.1)
+    for _ in range(30):
+        opt.zero_grad()
+        quantizer.model_size().backward()
+        opt.step()
+    qp = quantizer._qparams[0]
+    bits, _ = quantizer._bits_and_unit(qp.bit_param.detach())
+    assert torch.all(bits == 2.0) and torch.all(qp.bit_param == 2.0)  # projected after a step
