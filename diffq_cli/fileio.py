@@ -1,4 +1,5 @@
-"""Writing files safely: atomic replacement, writability checks, ``torch.save`` to bytes.
+"""Writing files safely: atomic replacement, writability checks, ``torch.save`` to bytes, strict
+JSON values.
 
 Every file diffq writes (artifacts, checkpoints, metrics, exports, pictures, caches) goes
 through ``atomic_write``: a crash never leaves half a file.
@@ -6,9 +7,12 @@ through ``atomic_write``: a crash never leaves half a file.
 
 import gzip
 import io
+import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from diffq_cli.errors import InputError
 
@@ -67,3 +71,21 @@ def torch_bytes(obj, compress: bool = False) -> bytes:
     torch.save(obj, buf)
     raw = buf.getvalue()
     return gzip.compress(raw, compresslevel=6, mtime=0) if compress else raw
+
+
+def plain_json(obj: Any) -> Any:
+    """``obj`` as strict JSON values: NaN/inf as null, tuples as lists, paths and tensor
+    scalars as plain values (for ``--json`` documents and ``summary.json``)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): plain_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_json(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return plain_json(obj.item())
+    return str(obj)

@@ -6,9 +6,9 @@ The only module that imports Rich (other modules import this one inside function
   only the results.
 - With ``json_mode`` stdout gets exactly one JSON document, written by :meth:`Reporter.emit_json`;
   the tables are skipped (the JSON carries the same numbers).
-- No colour when ``NO_COLOR`` is set; no colour or animation when the stream is not a TTY
-  (progress bars then do nothing and the caller logs epoch lines with :meth:`Reporter.note`).
-- ``enabled=False`` (DDP ranks other than 0) silences everything.
+- No colour with ``NO_COLOR``, no colour or animation off a TTY (progress bars then do nothing
+  and the caller logs epoch lines with :meth:`Reporter.note`); ``enabled=False`` or
+  :meth:`Reporter.silence` (DDP ranks other than 0) silences everything.
 """
 
 import json
@@ -18,7 +18,6 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -35,6 +34,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from diffq_cli.fileio import plain_json
 from diffq_cli.units import NONE, human
 
 MAX_BITS = BAR_WIDTH = 15  # one character per bit: a layer at 15 bits fills the bar
@@ -49,23 +49,6 @@ def bits_bar(bits: float | None) -> str:
     eighths = round(min(max(bits, 0.0), MAX_BITS) / MAX_BITS * BAR_WIDTH * 8)
     full, rest = divmod(eighths, 8)
     return "█" * full + (_EIGHTHS[rest] if rest else "")
-
-
-def _plain_json(obj: Any) -> Any:
-    """``obj`` with NaN/inf as null, tuples as lists, and paths / tensor scalars as plain values."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): _plain_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain_json(v) for v in obj]
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return _plain_json(obj.item())
-    return str(obj)
 
 
 class _FieldsColumn(ProgressColumn):
@@ -114,6 +97,11 @@ class Reporter:
         if not self.out.is_terminal and "COLUMNS" not in os.environ:
             self.out.width = _PIPE_WIDTH
 
+    def silence(self) -> None:
+        """Prints nothing from now on (a distributed run's ranks other than 0)."""
+        self.enabled = False
+        self.err.quiet = self.out.quiet = True
+
     @property
     def animated(self) -> bool:
         """Whether progress bars are drawn: stderr is a TTY, NO_COLOR unset, not silenced."""
@@ -131,7 +119,7 @@ class Reporter:
     def emit_json(self, obj: Any) -> None:
         """Write ``obj`` to stdout as one JSON document (indent 2); NaN becomes null."""
         if self.enabled:
-            sys.stdout.write(json.dumps(_plain_json(obj), indent=2) + "\n")
+            sys.stdout.write(json.dumps(plain_json(obj), indent=2) + "\n")
             sys.stdout.flush()
 
     @contextmanager

@@ -107,6 +107,12 @@ class BaseQuantizer(SizesAndState, Switching):
     def _prepare(self, qp: QParam) -> None:
         """Creates and registers the learned tensors of ``qp`` (if any)."""
 
+    @property
+    def quantized(self) -> tuple[QParam, ...]:
+        """The quantized parameters (each shared Parameter once), in model order: name,
+        Parameter, groups, and the learned width / scale parameters of each."""
+        return tuple(self._qparams)
+
     def _bit_parameters(self) -> list[nn.Parameter]:
         """Learned quantization parameters (bits or steps, then per-channel scales)."""
         return [p for qp in self._qparams for p in (qp.bit_param, qp.scale_param)

@@ -93,35 +93,6 @@ def set_uniform_bits(quantizer, bits: float) -> None:
             qp.bit_param.fill_(float(logits_for_bits(quantizer, torch.tensor(float(bits)))))
 
 
-def uniform_bits_for(quantizer, target_mb: float) -> float:
-    """Real width at which every group gives a differentiable ``model_size()`` of ``target_mb``.
-
-    Clamped to ``[min_bits, init_bits]``. The logits are restored afterwards.
-    """
-    unique = _check(quantizer)
-    saved = [qp.bit_param.detach().clone() for qp in unique]
-
-    def size(b: float) -> float:
-        set_uniform_bits(quantizer, b)
-        with torch.no_grad():
-            return float(quantizer.model_size().detach())
-
-    try:
-        lo, hi = quantizer.min_bits, quantizer.init_bits
-        if size(hi) <= target_mb:
-            return hi
-        if size(lo) >= target_mb:
-            return lo
-        for _ in range(40):  # the size grows with b (steps at the header widths): bisect
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if size(mid) < target_mb else (lo, mid)
-        return lo
-    finally:
-        with torch.no_grad():
-            for qp, logit in zip(unique, saved, strict=True):
-                qp.bit_param.copy_(logit)
-
-
 def start_at_size(quantizer, target_mb: float) -> float:
     """Sets starting widths whose true size is at most ``target_mb``, with no rounding surprise.
 

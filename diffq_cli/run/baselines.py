@@ -49,7 +49,7 @@ def ptq_rows(model, q, accuracy, bits=PTQ_BITS) -> list[dict]:
             model.eval()  # eval forwards see the truly quantized weights
             rows.append({"method": "ptq", "label": f"{width} bits", "bits": width,
                          "accuracy": accuracy(model), "true_mb": quantizer.true_model_size(),
-                         "mean_bits": float(width) if quantizer._qparams else None})
+                         "mean_bits": float(width) if quantizer.quantized else None})
         finally:
             quantizer.detach()
     return rows

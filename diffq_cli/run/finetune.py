@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffq_cli.config.load import dump_recipe, recipe_to_dict
-from diffq_cli.fileio import atomic_write
+from diffq_cli.fileio import atomic_write, plain_json
 from diffq_cli.files.artifact import save_artifact
 from diffq_cli.run.float_stage import float_start
 from diffq_cli.run.rundir import check_run_dir, output_dir
@@ -129,8 +129,7 @@ def _setup(recipe, reporter, resume: bool, overwrite: bool) -> _Job:
     distributed.check_precision(recipe.train.amp, device)
     dist = distributed.setup(device)
     if not dist.is_main:  # only rank 0 prints
-        reporter.enabled = False
-        reporter.err.quiet = reporter.out.quiet = True
+        reporter.silence()
     torch.manual_seed(recipe.train.seed)
     run_dir = Path(output_dir(recipe))
     check_run_dir(run_dir, resume, overwrite)
@@ -253,7 +252,8 @@ def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
         "seconds": time.time() - started,
     }
     if job.ctx.dist.is_main:
-        atomic_write(job.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        atomic_write(job.run_dir / "summary.json",
+                     json.dumps(plain_json(summary), indent=2).encode())
         from diffq_cli.files.plots import tradeoff_svg
 
         tradeoff_svg(job.run_dir / "tradeoff.svg", rows, job.title)

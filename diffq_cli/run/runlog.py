@@ -29,7 +29,7 @@ def mean_bits(quantizer) -> float | None:
         return None if bits is None else float(bits)
     from diffq_cli.quant.budget import learned_bits
 
-    unique = quantizer._qparams  # shared parameters appear once
+    unique = quantizer.quantized  # shared parameters appear once
     if not unique:
         return None
     total = 0.0

@@ -209,7 +209,7 @@ def _freeze_when_due(run: _Run, train, ctx, target_mb) -> None:
 def _drop_widths(optimizer, quantizer) -> None:
     """Takes the widths out of ``optimizer`` (their Adam state too: its momentum would keep
     moving them); a learned grid's scales stay and keep training."""
-    widths = {id(qp.bit_param) for qp in quantizer._qparams}
+    widths = {id(qp.bit_param) for qp in quantizer.quantized}
     for group in optimizer.param_groups:
         for p in group["params"]:
             if id(p) in widths:

@@ -8,10 +8,8 @@ from diffq_cli.quant.budget import (
     fit_budget,
     learned_bits,
     logits_for_bits,
-    set_uniform_bits,
     size_at_bits,
     size_floor,
-    uniform_bits_for,
 )
 from diffq_cli.quant.state import tensor_bits
 from tests.quant.conftest import make_net
@@ -53,18 +51,6 @@ def test_logits_for_bits_inverts_the_parametrisation(param):
     back, _ = q._bits_and_unit(logits)
     assert torch.allclose(back.double(), bits.double(), atol=1e-3)
     assert torch.equal(torch.round(back), torch.round(bits))  # bounds keep their rounding
-
-
-def test_uniform_bits_for_hits_the_differentiable_size_and_restores_logits():
-    q = _quantizer()
-    before = [qp.bit_param.detach().clone() for qp in q._qparams]
-    target = (size_floor(q) + q.true_model_size()) / 2
-    bits = uniform_bits_for(q, target)
-    assert q.min_bits < bits < q.init_bits
-    assert all(torch.equal(a, qp.bit_param) for a, qp in zip(before, q._qparams, strict=True))
-    set_uniform_bits(q, bits)
-    assert float(q.model_size().detach()) == pytest.approx(target, rel=1e-3)
-    assert uniform_bits_for(q, 1e6) == q.init_bits  # a generous target keeps init_bits
 
 
 def test_fit_budget_rounds_down_the_cheapest_groups_until_it_fits():
