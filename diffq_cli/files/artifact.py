@@ -3,7 +3,7 @@ to rebuild and evaluate the model with no other input.
 
 Layout (plain types only, so ``torch.load(weights_only=True)`` reads it)::
 
-    {"format": "diffq_cli.files.artifact", "version": 2,
+    {"format": "diffq_cli.artifact", "version": 2,
      "state": <the quantized state, entropy-coded: see coding.py>,
      "model": {"name", "source", "num_classes", "in_chans", "input_size"},
      "data": {"dataset", "mean", "std", "input_size", "num_classes", "in_chans"},
@@ -24,7 +24,7 @@ from pathlib import Path
 from diffq_cli.errors import InputError
 from diffq_cli.fileio import atomic_write, torch_bytes
 
-FORMAT = "diffq_cli.files.artifact"
+FORMAT = "diffq_cli.artifact"
 VERSION = 2
 READS = (1, 2)
 GZIP_MAGIC = b"\x1f\x8b"

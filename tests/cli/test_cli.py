@@ -62,7 +62,7 @@ def test_finetune_end_to_end(runner, tmp_path):
     recorded = load_artifact(out / "model.th")["metrics"]["accuracy"]
     assert summary["runs"][0]["accuracy"] == last_epoch["accuracy"] == recorded
     artifact = load_artifact(out / "model.th")  # weights_only=True must accept it
-    assert artifact["format"] == "diffq_cli.files.artifact"
+    assert artifact["format"] == "diffq_cli.artifact"
     assert artifact["model"]["in_chans"] == 1 and artifact["model"]["num_classes"] == 10
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["epoch"] == 1
