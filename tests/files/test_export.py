@@ -16,7 +16,7 @@ from torch import nn
 
 from diffq_cli import LSQ, DiffQuantizer, UniformQuantizer
 from diffq_cli.errors import InputError
-from diffq_cli.files import export
+from diffq_cli.files import formats
 from diffq_cli.files.artifact import read_file, rebuild_model
 from diffq_cli.files.compact import CompactModel, _unpack
 from diffq_cli.files.export import FORMATS, export_artifact
@@ -126,8 +126,8 @@ def test_safetensors_half_dtypes(artifact, tmp_path, dtype, wanted):
 
 
 def test_a_file_that_drifts_fails_the_check(artifact, tmp_path, monkeypatch):
-    writer, runner = export._FORMATS["pt2"]
-    monkeypatch.setitem(export._FORMATS, "pt2", (writer, lambda *args: runner(*args) + 1e-3))
+    writer, runner = formats.WRITERS["pt2"]
+    monkeypatch.setitem(formats.WRITERS, "pt2", (writer, lambda *args: runner(*args) + 1e-3))
     result = export_artifact(artifact["path"], tmp_path / "m.pt2", "pt2")
     assert not result["ok"] and result["max_abs_diff"] == pytest.approx(1e-3, rel=0.01)
     assert export_artifact(artifact["path"], tmp_path / "m.pt2", "pt2", atol=2e-3)["ok"]
