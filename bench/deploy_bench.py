@@ -2,7 +2,7 @@
 process memory after load and during a batch-1 call, latency at batch 1 and 64, and the max abs
 difference from the quantized model (``diffq export``'s own check).
 
-    python bench/deploy_bench.py ARTIFACT [--repeats 50] [--threads 2] [--out DIR]
+    python bench/deploy_bench.py ARTIFACT [--repeats 50] [--threads 1] [--size N] [--out DIR]
 
 Formats: compact, pt2, pt2-int (``--weights int``), onnx, onnx-int (QDQ), onnx-int-folded (the
 same file with onnxruntime told to fold ``DequantizeLinear`` at load:
@@ -124,7 +124,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch / onnxruntime threads (1: steadier on shared cores)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="input size of the timed batches (default: the artifact's)")
     parser.add_argument("--out", type=Path, default=None, help="keep the files here")
     opts = parser.parse_args(argv)
     from diffq_cli.files.artifact import load_artifact
@@ -135,6 +138,7 @@ def main(argv=None):
     out = opts.out or Path(tempfile.mkdtemp(prefix="deploy_bench_"))
     out.mkdir(parents=True, exist_ok=True)
     exported = export_all(opts.artifact, out)
+    size = opts.size or size
     common = {"threads": opts.threads, "size": size, "chans": spec["in_chans"], "spec": spec,
               "repeats": opts.repeats}
     rows = {}

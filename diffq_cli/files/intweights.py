@@ -26,6 +26,7 @@ saved program loads with plain PyTorch and holds a byte (two for int16) per weig
 """
 
 import copy
+import functools
 
 import torch
 from torch import nn
@@ -140,14 +141,19 @@ def int_summary(state: dict, mapped: dict) -> dict:
 def dequantize(q, scale, offset, dtype=torch.float32):
     """``q * scale (+ offset)`` with ``scale``/``offset`` broadcast along dim 0."""
     view = (-1,) + (1,) * (q.dim() - 1) if q.dim() > 1 else ()
-    w = q.to(torch.float32) * (scale.view(view) if view else scale)
+    w = q * (scale.view(view) if view else scale)  # one kernel: promoted to float32 as it reads
     if offset is not None:
         w = w + (offset.view(view) if view else offset)
-    return w.to(dtype)
+    return w if dtype == torch.float32 else w.to(dtype)
 
 
 class IntModel(nn.Module):
     """``model`` with the quantized weights of ``state`` held as integers (module docstring).
+
+    Each module owning such a weight gets buffers ``<name>_q``, ``<name>_s`` (and ``<name>_o``)
+    in its place and a subclass whose ``<name>`` property dequantizes them, so the multiply
+    runs where the layer reads its weight: ``torch.export`` puts it right before the layer,
+    and only one layer's float weight is alive at a time.
 
     Args:
         model: the architecture with the restored weights (a copy is taken; the parameters
@@ -160,33 +166,51 @@ class IntModel(nn.Module):
         super().__init__()
         net = copy.deepcopy(model)
         mapped = int_weights(state) if mapped is None else mapped
-        aliases = {}  # a tied parameter is fed under each of its names
+        aliases = {}  # a tied parameter is replaced under each of its names
         for name, p in net.named_parameters(remove_duplicate=False):
             aliases.setdefault(id(p), []).append(name)
         params = dict(net.named_parameters(remove_duplicate=False))
-        self._plan = []
-        for i, (name, w) in enumerate(mapped.items()):
-            param = params[name]
-            self.register_buffer(f"w{i}_q", w["q"].clone())
-            self.register_buffer(f"w{i}_s", w["scale"].clone())
-            if w["offset"] is not None:
-                self.register_buffer(f"w{i}_o", w["offset"].clone())
-            self._plan.append((i, aliases[id(param)], w["offset"] is not None, param.dtype))
-        for _, names, _, _ in self._plan:
-            for name in names:
-                module, _, attr = name.rpartition(".")
-                net.get_submodule(module)._parameters.pop(attr, None)
+        owners = {}  # module path -> {attribute: integer form}
+        self._names = []
+        for name, w in mapped.items():
+            w = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in w.items()}
+            for alias in aliases[id(params[name])]:
+                module, _, attr = alias.rpartition(".")
+                owners.setdefault(module, {})[attr] = (w, params[name].dtype)
+                self._names.append(alias)
+        for path, attrs in owners.items():
+            _attach(net.get_submodule(path), attrs)
         self.net = net
 
     def weights(self) -> dict:
         """The dequantized weights, by parameter name."""
         out = {}
-        for i, names, has_offset, dtype in self._plan:
-            offset = getattr(self, f"w{i}_o") if has_offset else None
-            w = dequantize(getattr(self, f"w{i}_q"), getattr(self, f"w{i}_s"), offset, dtype)
-            out.update((name, w) for name in names)
+        for name in self._names:
+            module, _, attr = name.rpartition(".")
+            out[name] = getattr(self.net.get_submodule(module), attr)
         return out
 
     def forward(self, x):
-        return torch.func.functional_call(self.net, self.weights(), (x,), strict=False)
+        return self.net(x)
 
+
+def _attach(module: nn.Module, attrs: dict) -> None:
+    """Swaps ``module``'s parameters ``attrs`` for integer buffers and dequantizing properties."""
+    dtypes = {}
+    for attr, (w, dtype) in attrs.items():
+        del module._parameters[attr]
+        module.register_buffer(f"{attr}_q", w["q"])
+        module.register_buffer(f"{attr}_s", w["scale"])
+        if w["offset"] is not None:
+            module.register_buffer(f"{attr}_o", w["offset"])
+        dtypes[attr] = dtype
+    module._int_dtypes = dtypes
+    cls = module.__class__
+    props = {attr: property(functools.partial(_dequantized, attr=attr)) for attr in attrs}
+    module.__class__ = type(f"Int{cls.__name__}", (cls,), props)
+
+
+def _dequantized(module: nn.Module, attr: str) -> torch.Tensor:
+    buffers = module._buffers
+    return dequantize(buffers[f"{attr}_q"], buffers[f"{attr}_s"], buffers.get(f"{attr}_o"),
+                      module._int_dtypes[attr])
