@@ -141,9 +141,11 @@ def int_summary(state: dict, mapped: dict) -> dict:
 def dequantize(q, scale, offset, dtype=torch.float32):
     """``q * scale (+ offset)`` with ``scale``/``offset`` broadcast along dim 0."""
     view = (-1,) + (1,) * (q.dim() - 1) if q.dim() > 1 else ()
-    w = q * (scale.view(view) if view else scale)  # one kernel: promoted to float32 as it reads
+    # A vectorised copy, then an in-place multiply (torch.export keeps ``mul_``): one float
+    # buffer per layer and call; ``q * scale`` (mixed dtypes) runs a slower casting loop.
+    w = q.to(torch.float32).mul_(scale.view(view) if view else scale)
     if offset is not None:
-        w = w + (offset.view(view) if view else offset)
+        w = w.add_(offset.view(view) if view else offset)
     return w if dtype == torch.float32 else w.to(dtype)
 
 
