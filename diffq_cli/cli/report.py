@@ -290,8 +290,7 @@ class Reporter:
                  "true quantized size": human(result.get("true_mb"), "mib"),
                  "export matches the quantized model": check,
                  "weights dtype": result.get("dtype")}
-        if result.get("int"):
-            info = result["int"]
+        if info := result.get("int"):
             dtypes = ", ".join(f"{n} {k}" for k, n in info["tensors"].items()) or "none"
             items["integer weights"] = (f"{dtypes} tensors ({info['near_exact']} near-exact), "
                                         f"{info['float']} kept float")

@@ -42,7 +42,7 @@ def onnx_int_bytes(model, artifact, x, dtype):
                 default=0)
     mapped = {name: w for name, w in int_weights(state).items()
               if opset >= 21 or str(w["q"].dtype) != "torch.int16"}
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))  # any alias a state uses
     graph, done = proto.graph, {}
     for init in list(graph.initializer):
         w = mapped.get(init.name)
