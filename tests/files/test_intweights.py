@@ -3,9 +3,14 @@ weights (exactly on the learned and lsq grids and on single-width min/max rows, 
 ulps on mixed-width rows, else the tensor stays float); the files are a fraction of the float
 ones and match the quantized model."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 from artifact_factory import make_artifact
+from test_export import FRESH
 
 from diffq_cli import LSQ
 from diffq_cli.errors import InputError
@@ -93,6 +98,14 @@ def test_pt2_int_program_is_exact_and_small(artifacts, name, tmp_path):
         torch.testing.assert_close(program(x), model(x), rtol=0, atol=1e-5)
         buffers = dict(program.named_buffers())
     assert any(b.dtype in (torch.int8, torch.uint8) for b in buffers.values())
+    # And in a fresh interpreter where diffq_cli cannot be imported.
+    with torch.no_grad():
+        torch.save({"x": x, "expected": model(x)}, tmp_path / "ref.pt")
+    files = json.dumps([["pt2", result["path"]]])
+    proc = subprocess.run([sys.executable, "-I", "-c", FRESH, str(tmp_path / "ref.pt"), files],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["pt2"] <= 1e-5
 
 
 @pytest.mark.parametrize("name", ["learned", "minmax-2to4"])
