@@ -8,12 +8,15 @@ against the quantized model like every export (``export.py``, ``--atol``).
   scales per output row as buffers, one multiply (plus an add on the ``minmax``/``channel``
   grids) per layer in the graph. Loads with ``torch.export.load(f).module()``.
 - ``onnx``: the float export (``formats``), then each quantized initializer is replaced by its
-  integers and a ``DequantizeLinear`` per output channel (axis 0; ``Add`` of the per-row
-  ``low`` after it on the ``minmax``/``channel`` grids). The exporter folds BatchNorm into the
-  preceding conv's weight, which multiplies each output row by a factor: the factor is
-  measured per row against the restored weight and moved into the scale (and offset), and the
-  result is checked against the folded weight (a few float32 ulps) — a tensor that does not
-  match stays float. int16 needs opset 21; at the exporter's opset 20 such tensors stay float.
+  integers and a ``DequantizeLinear`` per output channel (axis 0, or 1 for a weight the
+  exporter stored transposed, found by value; ``Add`` of the per-row ``low`` after it on the
+  ``minmax``/``channel`` grids). The exporter folds BatchNorm into the preceding conv's weight,
+  which multiplies each output row by a factor: the factor is measured per row against the
+  restored weight and moved into the scale (and offset), and the result is checked against the
+  folded weight (a few float32 ulps) — a tensor that does not match stays float. int16 needs
+  opset 21; at the exporter's opset 20 such tensors stay float. Only weights read by ``Conv``
+  and ``Gemm`` are replaced: onnxruntime turns ``DequantizeLinear`` -> ``MatMul`` into an int8
+  MatMul on dynamically quantized activations (lossy), so MatMul weights stay float.
 """
 
 import numpy as np
@@ -22,6 +25,10 @@ from diffq_cli.files.formats import _onnx_bytes, _program_bytes
 from diffq_cli.files.intweights import IntModel, int_summary, int_weights
 
 _ONNX_INT = {"uint8": 2, "int8": 3, "int16": 5}  # onnx.TensorProto codes
+# onnxruntime (1.32, extended optimisations) rewrites DequantizeLinear -> MatMul into a MatMul
+# on dynamically quantized int8 activations: 4e-3 off on test_vit. Conv and Gemm stay float
+# after a DequantizeLinear; MatMul weights (transformers' linear layers) stay float here.
+_DEQUANTIZED_FOR = {"Conv", "Gemm"}
 _ULPS = 2.0**-20  # allowed error of the refolded scale, relative to the tensor's largest value
 
 
@@ -43,34 +50,51 @@ def onnx_int_bytes(model, artifact, x, dtype):
     mapped = {name: w for name, w in int_weights(state).items()
               if opset >= 21 or str(w["q"].dtype) != "torch.int16"}
     params = dict(model.named_parameters(remove_duplicate=False))  # any alias a state uses
+    restored = {name: params[name].detach().numpy() for name in mapped}
     graph, done = proto.graph, {}
+    users = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, set()).add(node.op_type)
     for init in list(graph.initializer):
-        w = mapped.get(init.name)
-        if w is None or init.name in done:
+        if not users.get(init.name) or not users[init.name] <= _DEQUANTIZED_FOR:
             continue
         folded = numpy_helper.to_array(init)
-        fitted = _fit(w, params[init.name].detach().numpy(), folded)
-        if fitted is None:
-            continue
-        nodes, inits = _dequantize_nodes(init.name, *fitted)
-        graph.initializer.remove(init)
-        graph.initializer.extend(inits)
-        for node in reversed(nodes):
-            graph.node.insert(0, node)
-        done[init.name] = w
+        # By name first; the exporter renames the constants it transforms (a linear layer's
+        # weight becomes a transposed MatMul constant ``val_N``): those are found by value.
+        names = [init.name] if init.name in mapped else [
+            n for n, r in restored.items() if folded.size == r.size and folded.ndim == r.ndim]
+        for name in names:
+            fitted = None if name in done else _fit(mapped[name], restored[name], folded)
+            if fitted is not None:
+                nodes, inits = _dequantize_nodes(init.name, *fitted)
+                graph.initializer.remove(init)
+                graph.initializer.extend(inits)
+                for node in reversed(nodes):
+                    graph.node.insert(0, node)
+                done[name] = mapped[name]
+                break
     return proto.SerializeToString(), int_summary(state, done)
 
 
 def _fit(w: dict, restored: np.ndarray, folded: np.ndarray):
-    """(q, scale, offset, axis) giving ``folded`` (the exporter's initializer) from ``w``, the
-    integer form of ``restored``; None when no per-row factor matches it."""
+    """(q, scale, offset, axis) giving ``folded`` (an initializer of the exporter) from ``w``,
+    the integer form of ``restored``, as is or transposed; None when no factor per output row
+    (a folded BatchNorm) makes them agree to float32 rounding."""
+    if folded.shape == restored.shape:
+        fitted = _fit_rows(w, restored, folded)
+        if fitted is not None:
+            return (*fitted, 0)
+    if folded.ndim == 2 and folded.shape == restored.shape[::-1]:
+        fitted = _fit_rows(w, restored, folded.T)  # a transposed matmul weight
+        if fitted is not None:
+            return fitted[0].T, fitted[1], fitted[2], 1
+    return None
+
+
+def _fit_rows(w: dict, restored: np.ndarray, folded: np.ndarray):
     q, scale = w["q"].numpy(), w["scale"].numpy().astype(np.float64)
     offset = None if w["offset"] is None else w["offset"].numpy().astype(np.float64)
-    axis = 0
-    if folded.shape != restored.shape:
-        if folded.ndim != 2 or folded.shape != restored.shape[::-1]:
-            return None
-        folded, axis = folded.T, 1  # a transposed matmul weight: rows are its columns
     rows = scale.shape[0] if q.ndim > 1 else 1
     r = restored.reshape(rows, -1).astype(np.float64)
     f = folded.reshape(rows, -1).astype(np.float64)
@@ -84,7 +108,7 @@ def _fit(w: dict, restored: np.ndarray, folded: np.ndarray):
     top = float(np.abs(f).max()) if f.size else 0.0
     if f.size and float(np.abs(values - f).max()) > _ULPS * max(top, 1e-30):
         return None
-    return (q.T if axis else q), scale, offset, axis
+    return q, scale, offset
 
 
 def _dequantize_nodes(name: str, q, scale, offset, axis: int):
