@@ -19,15 +19,16 @@ def digits_info(input_size: int = INPUT_SIZE) -> dict:
 
 
 def make_artifact(path, name=MODEL, num_classes=10, in_chans=1, steps=0, seed=0,
-                  metrics=None) -> dict:
+                  metrics=None, **quant) -> dict:
     """Writes an artifact of ``name`` with spread bit widths; returns ``{"path", "true_mb"}``.
 
     Args:
         steps: DiffQ training steps on digits first (0: random weights).
+        quant: more ``DiffQuantizer`` options (``grid``, ``min_bits``, ``max_bits``).
     """
     torch.manual_seed(seed)
     model = create_model(name, num_classes=num_classes, in_chans=in_chans)
-    quantizer = DiffQuantizer(model, group_size=8)
+    quantizer = DiffQuantizer(model, group_size=8, **quant)
     if steps:
         train, _, _ = build_loaders(DataConfig(dataset="digits", input_size=INPUT_SIZE,
                                                batch_size=64), seed=seed)

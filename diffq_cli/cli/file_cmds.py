@@ -140,6 +140,14 @@ def export(
         ),
     ] = None,
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 (safetensors).")] = "fp32",
+    weights: Annotated[
+        str,
+        typer.Option(
+            metavar="float|int",
+            help="int: integer weights with per-channel scales, dequantized in the graph "
+            "(pt2 and onnx; a .pt2 output then means pt2).",
+        ),
+    ] = "float",
     atol: Annotated[
         float, typer.Option(help="Max abs output difference allowed vs the quantized model.")
     ] = 1e-4,
@@ -150,7 +158,8 @@ def export(
 
     reporter = make_reporter(json_out)
     result = export_artifact(
-        file, out, fmt=format, atol=atol, dtype=dtype, activity=reporter.activity
+        file, out, fmt=format, atol=atol, dtype=dtype, activity=reporter.activity,
+        weights=weights,
     )
     if json_out:
         reporter.emit_json({**result, "gate": gate("atol", atol, result["ok"])})

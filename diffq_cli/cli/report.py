@@ -282,6 +282,10 @@ class Reporter:
                  "true quantized size": human(result.get("true_mb"), "mib"),
                  "export matches the quantized model": check,
                  "weights dtype": result.get("dtype")}
+        if info := result.get("int"):
+            dtypes = ", ".join(f"{n} {k}" for k, n in info["tensors"].items()) or "none"
+            items["integer weights"] = (f"{dtypes} tensors ({info['near_exact']} near-exact), "
+                                        f"{info['float']} kept float")
         if result.get("dtype_diff") is not None:
             items[f"outputs moved by rounding to {result.get('dtype')}"] = human(
                 result["dtype_diff"], "diff")

@@ -26,6 +26,10 @@ from the artifact (``max_abs_diff``, gated by ``atol``):
   quantized weights rounded the same way; the rounding's own effect is ``dtype_diff``.
 - ``onnx``: the dequantized graph (``torch.onnx.export``, dynamic batch), with the optional
   extra ``diffq-cli[onnx]``; checked with onnxruntime.
+
+``weights="int"`` (``--weights int``) applies to ``pt2`` and ``onnx`` (and picks ``pt2`` for a
+``.pt2`` output without ``--format``): the quantized weights are stored as integers with one
+scale per output channel and dequantized in the graph (``intweights.py``, ``intformats.py``).
 """
 
 import contextlib
@@ -35,9 +39,11 @@ from diffq_cli.errors import InputError
 from diffq_cli.fileio import atomic_write, check_writable
 from diffq_cli.files.artifact import load_artifact, rebuild_model
 from diffq_cli.files.formats import DTYPES, WRITERS, need_onnx
+from diffq_cli.files.intformats import INT_WRITERS
 from diffq_cli.models.factory import logits as _logits
 
 FORMATS = ("compact", "pt2", "torchscript", "safetensors", "onnx")
+WEIGHTS = ("float", "int")
 _SUFFIX = {"compact": ".compact.pt2", "pt2": ".pt2", "torchscript": ".torchscript.pt",
            "safetensors": ".safetensors", "onnx": ".onnx"}
 # Formats an output name implies ("-o x.onnx"); the first is the one chosen without --format.
@@ -47,7 +53,7 @@ SAMPLES = 8
 
 
 def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
-                    dtype: str = "fp32", activity=None) -> dict:
+                    dtype: str = "fp32", activity=None, weights: str = "float") -> dict:
     """Write ``fmt`` from an artifact, load it back and compare outputs on a sample batch.
 
     Args:
@@ -58,14 +64,18 @@ def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
         atol: largest allowed abs difference between the file's outputs and the quantized
             model's, rebuilt from the artifact (with ``dtype``, its weights rounded to it).
         dtype: weights dtype of ``safetensors``: ``fp32``, ``fp16`` or ``bf16``.
+        weights: ``float`` (dequantized weights) or ``int`` (``pt2`` and ``onnx`` only:
+            integer weights and per-channel scales, dequantized in the graph).
         activity: ``activity(description)`` gives a context manager shown while the file is
             written and checked (``Reporter.activity``), entered once the inputs are checked.
 
     Returns:
         ``{"format", "path", "bytes", "true_mb", "max_abs_diff", "atol", "ok", "dtype",
-        "dtype_diff"}``: ``ok`` is False when ``max_abs_diff`` is above ``atol`` (the CLI
-        exits 1); ``dtype_diff`` is how far rounding the weights to ``dtype`` moved the
-        outputs (None for fp32), for information.
+        "dtype_diff", "weights", "int"}``: ``ok`` is False when ``max_abs_diff`` is above
+        ``atol`` (the CLI exits 1); ``dtype_diff`` is how far rounding the weights to
+        ``dtype`` moved the outputs (None for fp32), for information; ``int``
+        (``weights="int"`` only, else None) counts the tensors per integer dtype, the
+        near-exact ones and those kept float.
 
     Example:
         >>> export_artifact("runs/resnet18-digits-mu0.001/model.th", "model.pt2")["ok"]
@@ -75,7 +85,13 @@ def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
 
     from diffq_cli.quant.summary import summarize_state
 
+    if weights not in WEIGHTS:
+        raise InputError(f"unknown --weights '{weights}'; choose one of: float, int")
+    if weights == "int" and fmt is None and resolve_format(out, None) == "compact":
+        fmt = "pt2"  # compact is already integer (bit-packed): int weights mean a pt2 program
     fmt = resolve_format(out, fmt)
+    if weights == "int" and fmt not in INT_WRITERS:
+        raise InputError(f"--weights int applies to --format pt2 or onnx, not {fmt}")
     if atol < 0:
         raise InputError(f"--atol must be >= 0, got {atol:g}")
     if dtype not in DTYPES:
@@ -84,7 +100,7 @@ def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
         raise InputError(f"--dtype {dtype} applies to --format safetensors only")
     if fmt == "onnx":
         need_onnx()
-    out = _output_path(Path(path), out, fmt)
+    out = _output_path(Path(path), out, fmt, weights)
     check_writable(out, "export")  # before the conversion, not after it
     artifact = load_artifact(path)
     model = rebuild_model(artifact)
@@ -97,12 +113,18 @@ def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
                 rounded = _logits(_rounded(model, DTYPES[dtype])(x))
                 dtype_diff, expected = _max_diff(rounded, expected), rounded
         writer, runner = WRITERS[fmt]
-        atomic_write(out, writer(model, artifact, x, dtype))
+        info = None
+        if weights == "int":
+            data, info = INT_WRITERS[fmt](model, artifact, x, dtype)
+        else:
+            data = writer(model, artifact, x, dtype)
+        atomic_write(out, data)
         with torch.no_grad():
             diff = _max_diff(_logits(runner(out, artifact, x)), expected)
     return {"format": fmt, "path": str(out), "bytes": out.stat().st_size,
             "true_mb": summarize_state(artifact["state"])["true_mb"], "max_abs_diff": diff,
-            "atol": float(atol), "ok": diff <= atol, "dtype": dtype, "dtype_diff": dtype_diff}
+            "atol": float(atol), "ok": diff <= atol, "dtype": dtype, "dtype_diff": dtype_diff,
+            "weights": weights, "int": info}
 
 
 def sample_batch(artifact: dict, n: int = SAMPLES):
@@ -147,8 +169,9 @@ def resolve_format(out, fmt: str | None) -> str:
     return fmt
 
 
-def _output_path(src: Path, out, fmt: str) -> Path:
-    name = src.name.removesuffix(".th").removesuffix(".pt") + _SUFFIX[fmt]
+def _output_path(src: Path, out, fmt: str, weights: str = "float") -> Path:
+    suffix = (".int" if weights == "int" else "") + _SUFFIX[fmt]
+    name = src.name.removesuffix(".th").removesuffix(".pt") + suffix
     if out is None:
         out = src.with_name(name)
     out = Path(out).expanduser()

@@ -98,3 +98,18 @@ def test_export_bad_input(artifact, tmp_path, monkeypatch):
     result = run("export", artifact, "-o", tmp_path / "m.onnx", "--format", "onnx")
     assert result.exit_code == 2
     assert "pip install 'diffq-cli[onnx]'" in one_error_line(result)
+
+
+def test_export_int_weights(artifact, tmp_path):
+    out = tmp_path / "model.pt2"  # a .pt2 output with --weights int: the pt2 program, not compact
+    result = run("export", artifact, "-o", out, "--weights", "int", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["format"] == "pt2" and doc["weights"] == "int" and doc["ok"]
+    assert set(doc["int"]) == {"tensors", "near_exact", "float"}
+    result = run("export", artifact, "-o", out, "--weights", "int")
+    assert result.exit_code == 0 and "integer weights" in result.stdout
+    result = run("export", artifact, "-o", tmp_path / "m.safetensors", "--weights", "int")
+    assert result.exit_code == 2 and "pt2 or onnx" in one_error_line(result)
+    result = run("export", artifact, "-o", out, "--weights", "int4")
+    assert result.exit_code == 2 and "float, int" in one_error_line(result)
