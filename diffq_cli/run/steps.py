@@ -98,3 +98,16 @@ def optimize(loss, optimizers, scaler, grad_clip) -> None:
 def make_scaler(ctx, amp: str):
     """fp16 loss scaling on CUDA; a disabled scaler (a no-op) otherwise."""
     return torch.amp.GradScaler("cuda", enabled=amp == "fp16" and ctx.device.type == "cuda")
+
+
+MAX_BITS_PER_STEP = 0.1
+
+
+def bits_lr(o, learning_steps: int) -> float:
+    """The bits' learning rate: ``optim.bits_lr``, or with ``optim.bits_travel`` the rate at
+    which a width can travel that many bits over the steps where widths learn (with
+    ``quant.param=linear`` Adam moves a width by about its lr, in bits, per step)."""
+    if o.bits_travel is None:
+        return o.bits_lr
+    # At most a tenth of a bit per step: a few-step run must not jump over whole widths.
+    return min(o.bits_travel / max(learning_steps, 1), MAX_BITS_PER_STEP)

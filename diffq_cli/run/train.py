@@ -23,6 +23,7 @@ from diffq_cli.quant.calibrate import recalibrate_batchnorm
 from diffq_cli.run.loop import Stage, make_stage, run_epoch
 from diffq_cli.run.runlog import float_records, mean_bits, run_log, write_metrics
 from diffq_cli.run.steps import (
+    bits_lr,
     build_optimizer,
     build_quantizer,
     rng_state,
@@ -79,25 +80,16 @@ def _setup(model, recipe, mu, target_mb, ctx, steps_per_epoch) -> _Run:
                 integer_widths(quantizer))
 
 
-MAX_BITS_PER_STEP = 0.1
-
-
-def bits_lr(o, learning_steps: int) -> float:
-    """The bits' learning rate: ``optim.bits_lr``, or with ``optim.bits_travel`` the rate at
-    which a width can travel that many bits over the steps where widths learn (with
-    ``quant.param=linear`` Adam moves a width by about its lr, in bits, per step)."""
-    if o.bits_travel is None:
-        return o.bits_lr
-    # At most a tenth of a bit per step: a few-step run must not jump over whole widths.
-    return min(o.bits_travel / max(learning_steps, 1), MAX_BITS_PER_STEP)
-
-
 def _resume(run: _Run, ckpt_path: Path, ctx) -> None:
     ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)
     optimizer, bits_opt = run.stage.optimizers[0], run.bits_opt
     run.model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    bits_opt.load_state_dict(ckpt["bits_optimizer"])
+    saved = ckpt["bits_optimizer"]
+    if sum(len(g["params"]) for g in saved["param_groups"]) < sum(
+            len(g["params"]) for g in bits_opt.param_groups):
+        _drop_widths(bits_opt, run.quantizer)  # saved after the widths froze
+    bits_opt.load_state_dict(saved)
     run.stage.scaler.load_state_dict(ckpt["scaler"])
     run.quantizer.load_noise_state_dict(ckpt["noise"])
     set_rng_state(ckpt["rng"])
