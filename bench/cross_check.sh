@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-TESTS="tests/quant tests/test_format_golden.py tests/test_coding.py tests/test_artifact.py
-       tests/test_artifact_corrupt.py tests/test_evaluate.py tests/test_export.py"
+TESTS="tests/quant tests/files/test_format_golden.py tests/files/test_coding.py
+       tests/files/test_artifact.py tests/files/test_artifact_corrupt.py tests/run/test_evaluate.py
+       tests/files/test_export.py"
 caps="default"
 grep -qw avx2 /proc/cpuinfo && caps="$caps avx2"
 grep -qw avx512f /proc/cpuinfo && caps="$caps avx512"
