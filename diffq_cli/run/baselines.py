@@ -33,26 +33,45 @@ def uniform_size(model, q, bits: int) -> float:
         quantizer.detach()
 
 
-def ptq_rows(model, q, accuracy, bits=PTQ_BITS) -> list[dict]:
+def ptq_rows(model, q, accuracy, bits=PTQ_BITS, calibrate=None) -> list[dict]:
     """Post-training uniform quantization of ``model`` (left unchanged) at each width.
 
     Args:
         model: the starting float model.
-        q: the recipe's ``quant`` section (min_size, float16, exclude).
+        q: the recipe's ``quant`` section (min_size, float16, exclude, grid).
         accuracy: ``accuracy(model) -> percent`` on the validation set.
         bits: widths to measure.
+        calibrate: optional ``calibrate(model)`` run on the quantized model before it is
+            evaluated (``train.bn_recalibrate``: BatchNorm statistics of the quantized weights;
+            a clipped grid shifts each channel's mean, which the float statistics do not know).
+            The model's buffers are restored afterwards.
     """
     rows = []
+    saved = {k: b.detach().clone() for k, b in model.named_buffers()} if calibrate else {}
     for width in bits:
         quantizer = _uniform(model, q, width)
         try:
+            if calibrate is not None:
+                calibrate(model)
             model.eval()  # eval forwards see the truly quantized weights
             rows.append({"method": "ptq", "label": f"{width} bits", "bits": width,
                          "accuracy": accuracy(model), "true_mb": quantizer.true_model_size(),
                          "mean_bits": float(width) if quantizer.quantized else None})
         finally:
             quantizer.detach()
+            for key, b in model.named_buffers():
+                if key in saved:
+                    b.data.copy_(saved[key])
     return rows
+
+
+def bn_calibration(num_batches: int, loader):
+    """``calibrate`` for ``ptq_rows`` from ``train.bn_recalibrate`` (None when it is 0)."""
+    if not num_batches:
+        return None
+    from diffq_cli.quant.calibrate import recalibrate_batchnorm
+
+    return lambda model: recalibrate_batchnorm(model, loader, num_batches)
 
 
 def qat_widths(model, q, sizes: list[float], max_bits: int = 8) -> list[int]:

@@ -96,7 +96,8 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     rows = [{"method": "float", "label": "float32", "accuracy": job.float_acc, "delta": 0.0,
              "true_mb": job.float_mb, "compression": 1.0, "mean_bits": 32.0}]
     if recipe.train.baseline != "none":
-        rows += baselines.ptq_rows(model, recipe.quant, job.accuracy)
+        calibrate = baselines.bn_calibration(recipe.train.bn_recalibrate, job.loaders[0])
+        rows += baselines.ptq_rows(model, recipe.quant, job.accuracy, calibrate=calibrate)
     runs, layers, last = _diffq_runs(job)
     rows += [_row(metrics) for metrics in runs]
     if recipe.train.baseline == "qat":

@@ -68,3 +68,31 @@ def test_verdicts_say_plainly_which_baseline_to_prefer():
     mark_beaten(without_qat)
     assert verdicts(without_qat)[-1] == (
         "Compare with uniform QAT at the same sizes: add --baseline qat.")
+
+
+def test_ptq_rows_recalibrate_batchnorm_and_leave_the_model_as_it_was():
+    """With ``calibrate`` the PTQ rows are measured on BatchNorm statistics of the quantized
+    weights, and the starting model keeps its own statistics afterwards."""
+    import torch
+    from torch import nn
+
+    from diffq_cli.config.schema import QuantConfig
+    from diffq_cli.run.baselines import bn_calibration, ptq_rows
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 3))
+    batches = [(torch.randn(32, 8), torch.zeros(32)) for _ in range(4)]
+    before = {k: b.clone() for k, b in model.named_buffers()}
+    seen = []
+
+    def accuracy(m):
+        seen.append(m[1].running_mean.clone())
+        return 50.0
+
+    q = QuantConfig(min_size=0, grid="learned")
+    rows = ptq_rows(model, q, accuracy, bits=(2,), calibrate=bn_calibration(4, batches))
+    assert rows[0]["accuracy"] == 50.0
+    assert not torch.allclose(seen[0], before["1.running_mean"])  # measured on new statistics
+    for key, b in model.named_buffers():
+        assert torch.equal(b, before[key]), key  # the starting model is unchanged
+    assert bn_calibration(0, batches) is None
