@@ -190,7 +190,8 @@ def test_widths_fit_at_the_freeze_and_nothing_moves_after_it(tmp_path):
     them; the run lands in [0.98 X, X] and says how many widths its learning moved."""
     out = tmp_path / "run"
     result = run(CliRunner(), "finetune", *FAST, "--epochs", "2", "--target-mb", "4",
-                 "--baseline", "none", "train.freeze_bits=0.5", "--output", out)
+                 "--baseline", "none", "train.freeze_bits=0.5", "quant.param=linear",
+                 "optim.bits_travel=3", "train.fill_budget=true", "--output", out)
     assert result.exit_code == 0, result.output
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     first, second = [r for r in records if r.get("stage") == "diffq"]
