@@ -16,6 +16,8 @@ Decoding uses the float16-rounded scales, and so does the evaluation (through th
 ``decode``), so a restored state gives the live evaluation's weights bit for bit.
 """
 
+import math
+
 import torch
 
 GRIDS = ("minmax", "channel", "learned")
@@ -35,9 +37,7 @@ def check_grid(grid: str) -> str:
 
 def rows_of(shape) -> tuple[int, int]:
     """(rows, values per row) of a weight: dim 0 is the channel; a 1-D tensor is one row."""
-    numel = 1
-    for s in shape:
-        numel *= s
+    numel = math.prod(shape)
     rows = shape[0] if len(shape) >= 2 and shape[0] > 0 else 1
     return rows, numel // rows
 
@@ -93,9 +93,7 @@ def channel_dequantize(levels, scales, bits, shape, group_size: int, qmax=None):
 def _channel_steps(scales, bits, shape, group_size: int, qmax):
     """Per value: the row's low end, the step and the largest level of the ``channel`` grid
     (from the float16 ``scales`` as stored, so that encoder and decoder agree exactly)."""
-    numel = 1
-    for s in shape:
-        numel *= s
+    numel = math.prod(shape)
     if qmax is None:
         qmax = torch.pow(2.0, bits.float()) - 1
     qmax_e = per_group(torch.as_tensor(qmax, dtype=torch.float32).expand(bits.shape),

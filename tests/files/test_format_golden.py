@@ -112,6 +112,21 @@ def assert_close_to_stored(live: dict, stored: dict) -> None:
         torch.testing.assert_close(live["floats"][key], value, rtol=1e-6, atol=1e-7)
 
 
+def check_restored_logits(make_model, artifact: dict) -> torch.Tensor:
+    """A zeroed model restored from ``artifact`` gives the logits recorded when the file was
+    written (within float tolerance); returns them."""
+    model = make_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    restore_quantized_state(model, artifact["state"])
+    with torch.no_grad():
+        out = model.eval()(golden_input())
+    expected = torch.tensor(artifact["metrics"]["expected_logits"])
+    torch.testing.assert_close(out, expected, rtol=0, atol=ATOL)
+    return out
+
+
 def _raw(path: Path) -> dict:
     return torch.load(io.BytesIO(gzip.decompress(path.read_bytes())), weights_only=True)
 
@@ -121,16 +136,8 @@ def test_golden_v1_artifact_is_pinned_and_rebuilds():
     assert kind == "artifact" and artifact["version"] == 1
     assert digest(payload(artifact)) == GOLDEN_V1_PAYLOAD
     check_stored_levels("golden_v1.th", artifact["state"])
-    model = golden_model()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-    restore_quantized_state(model, artifact["state"])
-    with torch.no_grad():
-        out = model.eval()(golden_input())
     # Outputs recorded when the file was written, and today's quantizer on the same model.
-    expected = torch.tensor(artifact["metrics"]["expected_logits"])
-    torch.testing.assert_close(out, expected, rtol=0, atol=ATOL)
+    out = check_restored_logits(golden_model, artifact)
     live = golden_model()
     quantizer = golden_diffq(live)
     assert_close_to_stored(quantizer.get_quantized_state(), artifact["state"])
@@ -195,13 +202,6 @@ def test_golden_v2_artifact_loads_and_codes_the_same(name):
     quantizer = make_quantizer(live)
     assert_close_to_stored(quantizer.get_quantized_state(), artifact["state"])
     # ...and today's decoder gives back weights with the outputs recorded when it was written.
-    model = make_model()
+    out = check_restored_logits(make_model, artifact)
     with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-    restore_quantized_state(model, artifact["state"])
-    with torch.no_grad():
-        out = model.eval()(golden_input())
-        expected = torch.tensor(artifact["metrics"]["expected_logits"])
-        torch.testing.assert_close(out, expected, rtol=0, atol=ATOL)
         torch.testing.assert_close(live.eval()(golden_input()), out, rtol=0, atol=ATOL)
