@@ -21,8 +21,15 @@ def size(
     file: FileArg,
     max_mb: Annotated[
         float | None,
-        typer.Option(help="Exit 1 when the file on disk is larger than this (MiB, 2^20 bytes)."),
+        typer.Option(help="Exit 1 when the file on disk (or with --size true, the true "
+                     "quantized size) is larger than this (MiB, 2^20 bytes)."),
     ] = None,
+    size_kind: Annotated[
+        str,
+        typer.Option("--size", metavar="KIND",
+                     help="file (default: bytes on disk) | true (bit-packed size): what "
+                          "--max-mb checks, as `finetune --size`."),
+    ] = "file",
     plot: Annotated[
         Path | None, typer.Option(help="Draw the learned bit widths per layer to this SVG.")
     ] = None,
@@ -40,6 +47,8 @@ def size(
     at_least_1("--top", top)
     if max_mb is not None and max_mb < 0:
         raise InputError(f"--max-mb must be >= 0, got {max_mb:g}")
+    if size_kind not in ("file", "true"):
+        raise InputError(f"--size must be file or true, got {size_kind!r}")
     summary = inspect_file(file)
     if no_layers:
         summary["layers"] = []
@@ -47,9 +56,14 @@ def size(
         summary["layers"] = sorted(summary["layers"], key=lambda r: -(r.get("mb") or 0))[:top]
     from diffq_cli.units import mib
 
-    file_mb = mib(summary["file_bytes"])
-    passed = max_mb is None or file_mb <= max_mb
+    measured = mib(summary["file_bytes"]) if size_kind == "file" else summary.get("true_mb")
+    if max_mb is not None and measured is None:
+        raise InputError(f"{file} has no true quantized size (a float checkpoint); "
+                         "check it with --size file")
+    passed = max_mb is None or measured <= max_mb
     summary["gate"] = gate("max_mb", max_mb, passed)
+    if summary["gate"]:
+        summary["gate"]["size"] = size_kind
     if plot is not None:
         _plot_bits(file, plot)
     reporter = make_reporter(json_out)
@@ -61,7 +75,8 @@ def size(
             title = "Per layer" if top is None else f"Largest {len(summary['layers'])} layers"
             reporter.layer_table(summary["layers"], title)
     if not passed:
-        raise GateError(f"{file} is {file_mb:.3f} MiB, over --max-mb {max_mb:g} MiB")
+        what = "" if size_kind == "file" else " (true size)"
+        raise GateError(f"{file} is {measured:.3f} MiB{what}, over --max-mb {max_mb:g} MiB")
 
 
 def _plot_bits(file: Path, plot: Path) -> None:

@@ -115,8 +115,16 @@ def finetune(
         list[float] | None,
         typer.Option(
             "--target-mb",
-            help="Size budget in MiB (2^20 bytes, true size); mu adapts to meet it. Repeatable; "
-            "exclusive with --mu.",
+            help="Size budget in MiB (2^20 bytes; true size, or the file with --size file); mu "
+            "adapts to meet it. Repeatable; exclusive with --mu.",
+        ),
+    ] = None,
+    size: Annotated[
+        str | None,
+        typer.Option(
+            "--size", metavar="KIND",
+            help=_h("true (bit-packed, default) | file (the entropy-coded model.th): what "
+                    "--target-mb aims at and the table compares.", "train.target_size"),
         ),
     ] = None,
     baseline: Annotated[
@@ -188,6 +196,7 @@ def finetune(
         "data.download": download,
         "train.mu": list(mu) if mu else None,
         "train.target_mb": list(target_mb) if target_mb else None,
+        "train.target_size": size,
         "train.baseline": baseline,
         "train.epochs": epochs,
         "train.float_epochs": float_epochs,

@@ -119,8 +119,6 @@ class QuantConfig(_Section):
     exclude: tuple[str, ...] = ()
 
     def _validate(self) -> None:
-        # Each method's own constraints, checked here so that a bad value fails at load time,
-        # before any model or data is built.
         if self.method == "lsq" and (self.bits != int(self.bits) or self.bits < 2):
             raise InputError(
                 "recipe key 'quant.bits' must be a whole number between 2 and 15 for "
@@ -159,10 +157,9 @@ class TrainConfig(_Section):
 
     section: ClassVar = "train"
     choices: ClassVar = {"amp": ("none", "bf16", "fp16"), "baseline": ("none", "ptq", "qat"),
-                         "logger": ("none", "tensorboard")}
+                         "logger": ("none", "tensorboard"), "target_size": ("true", "file")}
     bounds: ClassVar = {"epochs": _GE1, "max_steps": _GE1, "log_every": _GE1, "seed": _GE0,
-                        "float_epochs": _GE0, "freeze_bits": (0, 1, False),
-                        "bn_recalibrate": _GE0}
+                        "float_epochs": _GE0, "freeze_bits": (0, 1, False), "bn_recalibrate": _GE0}
     epochs: int = 3
     float_epochs: int = 0
     max_steps: int | None = None
@@ -171,6 +168,7 @@ class TrainConfig(_Section):
     bn_recalibrate: int = 0  # batches re-estimating BatchNorm statistics on quantized weights
     mu: tuple[float, ...] | None = None  # None and no target: DEFAULT_MU
     target_mb: tuple[float, ...] = ()
+    target_size: str = "true"  # what --target-mb and the comparisons measure: true | file
     baseline: str = "ptq"
     seed: int = 0
     log_every: int = 10
@@ -228,6 +226,8 @@ _WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a s
 
 def _scalar(value: Any, tp: type) -> Any:
     """``value`` as ``tp``, or ``_BAD``. YAML 1.1 reads ``1e-3`` as a string, hence str -> float."""
+    if isinstance(value, bool) and tp is str:  # YAML reads `target_size: true` as a bool
+        return str(value).lower()
     if isinstance(value, bool) or tp is bool:
         return value if isinstance(value, bool) and tp is bool else _BAD
     if tp is int and isinstance(value, (int, float)) and float(value).is_integer():

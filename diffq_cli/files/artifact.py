@@ -51,6 +51,13 @@ def save_artifact(path, state: dict, model: dict, data: dict, recipe: dict, metr
     Returns:
         Its size in bytes.
     """
+    blob = artifact_bytes(state, model, data, recipe, metrics)
+    atomic_write(path, blob)
+    return len(blob)
+
+
+def artifact_bytes(state: dict, model: dict, data: dict, recipe: dict, metrics: dict) -> bytes:
+    """The bytes ``save_artifact`` writes (also: the size a state's file would have)."""
     from diffq_cli.files.coding import encode_state
 
     obj = {
@@ -63,9 +70,7 @@ def save_artifact(path, state: dict, model: dict, data: dict, recipe: dict, metr
         "metrics": metrics,
         "versions": versions(),
     }
-    blob = torch_bytes(obj, compress=True)
-    atomic_write(path, blob)
-    return len(blob)
+    return torch_bytes(obj, compress=True)
 
 
 def read_file(path) -> tuple[str, dict]:

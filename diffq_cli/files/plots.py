@@ -45,8 +45,9 @@ def _save(fig, path) -> None:
     atomic_write(Path(path), buf.getvalue().encode())
 
 
-def tradeoff_svg(path, rows: list[dict], title: str = "") -> None:
-    """Accuracy against true size (log axis), one series per method.
+def tradeoff_svg(path, rows: list[dict], title: str = "", key: str = "true_mb") -> None:
+    """Accuracy against true size (log axis; ``key="artifact_mb"``: the file), one series per
+    method.
 
     Args:
         path: the SVG file to write.
@@ -60,25 +61,25 @@ def tradeoff_svg(path, rows: list[dict], title: str = "") -> None:
     methods = list(dict.fromkeys([*_STYLE, *(r.get("method") for r in rows)]))
     for method in methods:
         points = sorted((r for r in rows if r.get("method") == method
-                         and r.get("true_mb") and r.get("accuracy") is not None),
-                        key=lambda r: r["true_mb"])
+                         and r.get(key) and r.get("accuracy") is not None),
+                        key=lambda r: r[key])
         if not points:
             continue
         name, marker, line = _STYLE.get(method, (str(method), "D", "none"))
-        (series,) = ax.plot([r["true_mb"] for r in points], [r["accuracy"] for r in points],
+        (series,) = ax.plot([r[key] for r in points], [r["accuracy"] for r in points],
                             marker=marker, linestyle=line, label=name,
                             markersize=8 if method != "float" else 12)
         series.set_gid(method)
         for i, r in enumerate(points):
             if r.get("collapsed"):
-                ax.plot([r["true_mb"]], [r["accuracy"]], marker="x", color="red",
+                ax.plot([r[key]], [r["accuracy"]], marker="x", color="red",
                         markersize=10, linestyle="none")[0].set_gid(f"collapsed-{method}-{i}")
             if method in ("diffq", "qat", "lsq", "ptq"):
-                ax.annotate(str(r.get("label", "")), (r["true_mb"], r["accuracy"]),
+                ax.annotate(str(r.get("label", "")), (r[key], r["accuracy"]),
                             textcoords="offset points", xytext=(5, 5), fontsize=7,
                             color=series.get_color())
     ax.set_xscale("log")
-    ax.set_xlabel("true size (MiB, log scale)")
+    ax.set_xlabel(f"{'file' if key == 'artifact_mb' else 'true'} size (MiB, log scale)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title or "size / accuracy trade-off")
     ax.grid(True, which="both", alpha=0.3)

@@ -13,6 +13,7 @@ These helpers read the quantizer's groups directly (same package) and change onl
 logits, so ``_true_bits``, ``get_quantized_state()`` and evaluation all see the new widths.
 """
 
+import functools
 
 import torch
 
@@ -40,21 +41,22 @@ def _size_mb(quantizer, unique, widths) -> float:
     return total / MIB_BITS
 
 
-def size_at_bits(quantizer, bits: float) -> float:
-    """True size in MB if every group had the real-valued width ``bits`` (before extra_bits).
+def size_at_bits(quantizer, bits: float, sizer=None) -> float:
+    """True size in MB if every group had the real-valued width ``bits`` (before extra_bits);
+    ``sizer``: as in ``start_at_size``.
 
     Example:
         >>> floor = size_at_bits(quantizer, quantizer.min_bits)   # the smallest reachable size
     """
     unique = _check(quantizer)
-    width = _int_bits(torch.tensor(float(bits) + quantizer.extra_bits))
-    return _size_mb(quantizer, unique, [width.expand(qp.n_groups) for qp in unique])
+    width = int(_int_bits(torch.tensor(float(bits) + quantizer.extra_bits)))
+    return (sizer or functools.partial(_size_mb, quantizer))(unique, _full(unique, width))
 
 
-def size_floor(quantizer) -> float:
-    """Smallest true size in MB the quantizer can reach: every group at ``min_bits``."""
+def size_floor(quantizer, sizer=None) -> float:
+    """Smallest size in MB the quantizer can reach: every group at ``min_bits``."""
     _check(quantizer)
-    return size_at_bits(quantizer, quantizer.min_bits)
+    return size_at_bits(quantizer, quantizer.min_bits, sizer)
 
 
 def learned_bits(quantizer) -> list[torch.Tensor]:
@@ -93,7 +95,7 @@ def set_uniform_bits(quantizer, bits: float) -> None:
             qp.bit_param.fill_(float(logits_for_bits(quantizer, torch.tensor(float(bits)))))
 
 
-def start_at_size(quantizer, target_mb: float) -> float:
+def start_at_size(quantizer, target_mb: float, sizer=None) -> float:
     """Sets starting widths whose true size is at most ``target_mb``, with no rounding surprise.
 
     Every group gets an integer width ``k`` or ``k + 1``: the smallest tensors (first and last
@@ -101,21 +103,24 @@ def start_at_size(quantizer, target_mb: float) -> float:
     get ``k + 1`` while the size allows. Real bits sit exactly on those integers (``min_bits +
     0.3`` at the bottom, where an exact bound would freeze the logit), so the training noise
     matches what rounding will give. Keeps ``init_bits`` when that already fits. Returns the
-    resulting true size in MB.
+    resulting true size in MB. ``sizer(unique, widths) -> MiB``: the size to fit (default the
+    true size; ``coded.CodedTables.widths_mb`` for the file).
     """
     unique = _check(quantizer)
+    size_mb = sizer or functools.partial(_size_mb, quantizer)
     low = int(_int_bits(torch.tensor(quantizer.min_bits + quantizer.extra_bits)))
     high = int(_int_bits(torch.tensor(quantizer.init_bits + quantizer.extra_bits)))
-    if size_at_bits(quantizer, quantizer.init_bits) <= target_mb:
-        return size_at_bits(quantizer, quantizer.init_bits)
+    if size_mb(unique, _full(unique, high)) <= target_mb:
+        set_uniform_bits(quantizer, quantizer.init_bits)
+        return quantizer.true_model_size()
     k = low
-    while k + 1 < high and _uniform_mb(quantizer, unique, k + 1) <= target_mb:
+    while k + 1 < high and size_mb(unique, _full(unique, k + 1)) <= target_mb:
         k += 1
-    widths = _full(unique, {qp.name: k for qp in unique})
+    widths = _full(unique, k)
     order = sorted(range(len(unique)), key=lambda i: unique[i].numel)  # smallest tensors first
     for i in order:
         widths[i] = widths[i] + 1
-        if _size_mb(quantizer, unique, widths) <= target_mb:
+        if size_mb(unique, widths) <= target_mb:
             continue
         # This tensor does not fit whole at k + 1: its first n groups do (bisection on n,
         # the size grows with n), so the start spends the budget instead of stopping short.
@@ -124,7 +129,7 @@ def start_at_size(quantizer, target_mb: float) -> float:
             mid = (lo + hi) // 2
             widths[i] = torch.full_like(widths[i], k)
             widths[i][:mid] += 1
-            lo, hi = (mid, hi) if _size_mb(quantizer, unique, widths) <= target_mb else (lo, mid)
+            lo, hi = (mid, hi) if size_mb(unique, widths) <= target_mb else (lo, mid)
         widths[i] = torch.full_like(widths[i], k)
         widths[i][:lo] += 1
         break
@@ -163,15 +168,11 @@ def moved_groups(start: list | None, now: list | None) -> dict:
             "moved_mean_bits": float(diff.double().mean()) if groups else 0.0}
 
 
-def _full(unique, widths: dict) -> list[torch.Tensor]:
-    return [torch.full((qp.n_groups,), widths[qp.name], dtype=torch.int64) for qp in unique]
+def _full(unique, width: int) -> list[torch.Tensor]:
+    return [torch.full((qp.n_groups,), width, dtype=torch.int64) for qp in unique]
 
 
-def _uniform_mb(quantizer, unique, width: int) -> float:
-    return _size_mb(quantizer, unique, _full(unique, {qp.name: width for qp in unique}))
-
-
-def fit_budget(quantizer, max_mb: float, fill: bool = False) -> dict:
+def fit_budget(quantizer, max_mb: float, fill: bool = False, sizer=None) -> dict:
     """Lowers integer widths, cheapest groups first, until ``true_model_size() <= max_mb``;
     with ``fill``, also raises them while the size still fits when it is under ``max_mb``.
 
@@ -183,9 +184,11 @@ def fit_budget(quantizer, max_mb: float, fill: bool = False) -> dict:
     Returns:
         ``{"fits", "true_mb", "lowered" (groups lowered), "raised" (groups raised), "tau"
         (bits shifted down; negative when raised)}``; ``fits`` is False only when even the
-        floor (every group at ``min_bits``) is over ``max_mb``.
+        floor (every group at ``min_bits``) is over ``max_mb``. ``sizer``: as in
+        ``start_at_size`` (``true_mb`` stays the true size).
     """
     unique = _check(quantizer)
+    size_mb = sizer or functools.partial(_size_mb, quantizer)
     real = learned_bits(quantizer)
     # Lowest and highest width a group can have: min_bits / max_bits as the quantizer rounds.
     floor = int(_int_bits(torch.tensor(quantizer.min_bits + quantizer.extra_bits)))
@@ -195,7 +198,7 @@ def fit_budget(quantizer, max_mb: float, fill: bool = False) -> dict:
         return [_int_bits(b - tau).clamp(floor, ceiling) for b in real]
 
     def size(tau: float) -> float:
-        return _size_mb(quantizer, unique, widths(tau))
+        return size_mb(unique, widths(tau))
 
     before = size(0.0)
     if before <= max_mb and not fill:
@@ -212,7 +215,7 @@ def fit_budget(quantizer, max_mb: float, fill: bool = False) -> dict:
         lo, hi = (lo, mid) if size(mid) <= max_mb else (mid, hi)
     final = widths(hi)
     if fill and before <= max_mb:
-        _top_up(quantizer, unique, final, max_mb, ceiling)
+        _top_up(size_mb, unique, final, max_mb, ceiling)
     lowered = raised = 0
     with torch.no_grad():
         for qp, old, new in zip(unique, widths(0.0), final, strict=True):
@@ -225,11 +228,11 @@ def fit_budget(quantizer, max_mb: float, fill: bool = False) -> dict:
                 logits = logits_for_bits(quantizer, target).to(qp.bit_param.device)
                 qp.bit_param[changed.to(qp.bit_param.device)] = logits[changed]
     true_mb = quantizer.true_model_size()
-    return {"fits": true_mb <= max_mb, "true_mb": true_mb, "lowered": lowered, "raised": raised,
-            "tau": hi}
+    return {"fits": size(hi) <= max_mb, "true_mb": true_mb, "lowered": lowered,
+            "raised": raised, "tau": hi}
 
 
-def _top_up(quantizer, unique, widths: list, max_mb: float, ceiling: int) -> None:
+def _top_up(size_mb, unique, widths: list, max_mb: float, ceiling: int) -> None:
     """Spends what a shift of all widths leaves of the budget: groups tied at one real width
     move together under a shift, so the last raise may not fit whole. Raises, tensor by tensor
     (smallest first), as many of its narrowest groups by one bit as still fit (in place)."""
@@ -241,7 +244,7 @@ def _top_up(quantizer, unique, widths: list, max_mb: float, ceiling: int) -> Non
             mid = (lo + hi) // 2
             widths[i] = base.clone()
             widths[i][narrow[:mid]] += 1
-            lo, hi = (mid, hi) if _size_mb(quantizer, unique, widths) <= max_mb else (lo, mid)
+            lo, hi = (mid, hi) if size_mb(unique, widths) <= max_mb else (lo, mid)
         widths[i] = base.clone()
         widths[i][narrow[:lo]] += 1
         if lo < narrow.numel():  # the budget is spent

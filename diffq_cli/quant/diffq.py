@@ -13,6 +13,7 @@ from torch import nn
 
 from diffq_cli.quant import grids
 from diffq_cli.quant.base import BaseQuantizer
+from diffq_cli.quant.coded import CodedTables
 from diffq_cli.quant.noise import FreshNoise, NoisePool
 from diffq_cli.quant.ops import minmax_levels, noisy_weight_and_again, straight_through
 from diffq_cli.quant.params import QParam
@@ -90,22 +91,15 @@ class DiffQuantizer(BaseQuantizer):
         self.grid = grids.check_grid(grid)
         self._bits_cache = None
         self._shape_cache = None
+        self._tables = None  # coded.CodedTables, for model_size(file=True)
         self._frozen = False
         super().__init__(model, min_size, float16, exclude, detect_bound, group_size)
         self._noise = self._make_noise()
 
     def _config(self) -> dict:
-        return {
-            **super()._config(),
-            "min_bits": self.min_bits,
-            "max_bits": self.max_bits,
-            "init_bits": self.init_bits,
-            "extra_bits": self.extra_bits,
-            "param": self.param,
-            "noise": self.noise,
-            "noise_source": self.noise_source,
-            "grid": self.grid,
-        }
+        keys = ("min_bits", "max_bits", "init_bits", "extra_bits", "param", "noise",
+                "noise_source", "grid")
+        return {**super()._config(), **{k: getattr(self, k) for k in keys}}
 
     # ------------------------------------------------------------ bits <-> logits
     def _unit_bounds(self):
@@ -251,22 +245,30 @@ class DiffQuantizer(BaseQuantizer):
         bits, _ = self._bits_and_unit(qp.bit_param.detach())
         return torch.clamp(torch.round(bits + self.extra_bits), 1, 15).to(torch.int64)
 
-    def _encode(self, qp: QParam) -> dict:
-        bits = self._true_bits(qp)
+    def _encode(self, qp: QParam, bits: torch.Tensor | None = None) -> dict:
+        bits = self._true_bits(qp) if bits is None else bits
         if self.grid != "minmax":
             return grids.encode(self.grid, qp, bits, alpha=qp.scale_param)
         levels, low, high, _ = minmax_levels(qp.param.reshape(-1), bits, qp.group_size)
         return {"scheme": "minmax", "levels": levels, "bits": bits, "low": low, "high": high}
 
     # ------------------------------------------------------------ size
-    def model_size(self, exact: bool = False) -> torch.Tensor:
+    def refresh_file_tables(self) -> CodedTables:
+        """Measures again each tensor's coded bits per weight at each width (the weights
+        moved): what ``model_size(file=True)`` interpolates. Returns the tables."""
+        self._tables = CodedTables(self).refresh()
+        return self._tables
+
+    def model_size(self, exact: bool = False, file: bool = False) -> torch.Tensor:
         """Differentiable size in MB: learned bits of every weight, headers, kept floats.
 
         Args:
             exact: use the rounded bits of true quantization (not differentiable).
+            file: the entropy-coded file's size instead (``coded.py``; its tables are measured
+                on the first call and by ``refresh_file_tables()``).
         """
         if exact:
-            return torch.tensor(self.true_model_size())
+            return torch.tensor(self.file_model_size() if file else self.true_model_size())
         unique = self._qparams
         if not unique:
             return torch.tensor(self._float_bits() / MIB_BITS)
@@ -281,6 +283,10 @@ class DiffQuantizer(BaseQuantizer):
             self._shape_cache = (key, lengths.float(), groups)
             self._group_counts = [qp.n_groups for qp in unique]
         _, lengths, groups = self._shape_cache
+        if file:
+            if self._tables is None:
+                self.refresh_file_tables()
+            return self._tables.size_bits(bits + self.extra_bits, groups, lengths) / MIB_BITS
         payload = torch.dot(bits, lengths)
         # Per tensor: min/max (64 bits) + header (8) + each group's width in bits_bits bits,
         # bits_bits = bits needed for round(max bits) - min_bits. One fused multi-tensor max

@@ -154,9 +154,12 @@ class LSQ(BaseQuantizer):
             "offset": -low,
         }
 
-    def model_size(self, exact: bool = False) -> torch.Tensor:
+    def model_size(self, exact: bool = False, file: bool = False) -> torch.Tensor:
         """Size in MiB: ``bits`` per weight plus a header per tensor (no gradient: LSQ learns
-        steps, not widths; ``exact`` changes nothing since the widths are whole already)."""
+        steps, not widths; ``exact`` changes nothing since the widths are whole already); with
+        ``file``, the coded file's estimate."""
+        if file:
+            return torch.tensor(self.file_model_size())
         total = self._float_bits() + sum(
             self.bits * qp.numel + HEADER_BITS + self._side_bits(qp) for qp in self._qparams
         )

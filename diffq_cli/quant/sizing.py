@@ -24,14 +24,22 @@ class SizesAndState:
                                               self._side_bits(qp))[1]
         return total / MIB_BITS
 
-    def model_size(self, exact: bool = False) -> torch.Tensor:
+    def model_size(self, exact: bool = False, file: bool = False) -> torch.Tensor:
         """Size in MiB as a 0-d tensor, usable in a loss. Here (fixed widths) it is the true
         size and carries no gradient; DiffQ overrides it with a differentiable estimate.
 
         Args:
             exact: use the rounded widths of true quantization (the same here).
+            file: the entropy-coded file's estimated size (``file_model_size()``) instead.
         """
-        return torch.tensor(self.true_model_size())
+        return torch.tensor(self.file_model_size() if file else self.true_model_size())
+
+    def file_model_size(self) -> float:
+        """Estimated MiB of the entropy-coded artifact of the state now (what ``diffq size``
+        reports as the file), counted from the levels without coding them (``coded.py``)."""
+        from diffq_cli.quant.coded import file_bits
+
+        return file_bits(self) / MIB_BITS
 
     def packed_model_size(self) -> float:
         """MB of the tensors in ``get_quantized_state()`` (what ``torch.save`` stores)."""

@@ -85,8 +85,11 @@ class UniformQuantizer(BaseQuantizer):
             for qp in self._qparams
         ]
 
-    def model_size(self, exact: bool = False) -> torch.Tensor:
-        """Size in MB with ``bits`` per weight (fractional bits counted as they are)."""
+    def model_size(self, exact: bool = False, file: bool = False) -> torch.Tensor:
+        """Size in MB with ``bits`` per weight (fractional bits counted as they are); with
+        ``file``, the coded file's estimate."""
+        if file:
+            return torch.tensor(self.file_model_size())
         bits = self._width if exact else self.bits
         total = self._float_bits() + sum(bits * qp.numel + HEADER_BITS + self._side_bits(qp)
                                          for qp in self._qparams)

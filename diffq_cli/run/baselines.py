@@ -24,16 +24,17 @@ def _uniform(model, q, bits: int, qat: bool = False):
                             exclude=list(q.exclude), grid=q.grid)
 
 
-def uniform_size(model, q, bits: int) -> float:
-    """True size in MB of ``model`` under uniform ``bits``-bit quantization."""
+def uniform_size(model, q, bits: int, file: bool = False) -> float:
+    """True size in MB of ``model`` under uniform ``bits``-bit quantization (with ``file``:
+    the estimated size of its entropy-coded file)."""
     quantizer = _uniform(model, q, bits)
     try:
-        return quantizer.true_model_size()
+        return quantizer.file_model_size() if file else quantizer.true_model_size()
     finally:
         quantizer.detach()
 
 
-def ptq_rows(model, q, accuracy, bits=PTQ_BITS, calibrate=None) -> list[dict]:
+def ptq_rows(model, q, accuracy, bits=PTQ_BITS, calibrate=None, file_mb=None) -> list[dict]:
     """Post-training uniform quantization of ``model`` (left unchanged) at each width.
 
     Args:
@@ -45,6 +46,8 @@ def ptq_rows(model, q, accuracy, bits=PTQ_BITS, calibrate=None) -> list[dict]:
             evaluated (``train.bn_recalibrate``: BatchNorm statistics of the quantized weights;
             a clipped grid shifts each channel's mean, which the float statistics do not know).
             The model's buffers are restored afterwards.
+        file_mb: optional ``file_mb(quantizer) -> MiB``, the size its artifact would have
+            (``artifact_mb`` of each row; compared by ``--size file``).
     """
     rows = []
     saved = {k: b.detach().clone() for k, b in model.named_buffers()} if calibrate else {}
@@ -57,6 +60,8 @@ def ptq_rows(model, q, accuracy, bits=PTQ_BITS, calibrate=None) -> list[dict]:
             rows.append({"method": "ptq", "label": f"{width} bits", "bits": width,
                          "accuracy": accuracy(model), "true_mb": quantizer.true_model_size(),
                          "mean_bits": float(width) if quantizer.quantized else None})
+            if file_mb is not None:
+                rows[-1]["artifact_mb"] = file_mb(quantizer)
         finally:
             quantizer.detach()
             for key, b in model.named_buffers():
@@ -74,9 +79,11 @@ def bn_calibration(num_batches: int, loader):
     return lambda model: recalibrate_batchnorm(model, loader, num_batches)
 
 
-def qat_widths(model, q, sizes: list[float], max_bits: int = 8) -> list[int]:
-    """For each DiffQ true size, the uniform width (1..max_bits) whose size is nearest."""
-    table = {bits: uniform_size(model, q, bits) for bits in range(1, max_bits + 1)}
+def qat_widths(model, q, sizes: list[float], max_bits: int = 8, file: bool = False
+               ) -> list[int]:
+    """For each DiffQ true size (``file``: file size), the uniform width (1..max_bits) whose
+    size is nearest (``file``: as the starting model's coded file would be)."""
+    table = {bits: uniform_size(model, q, bits, file) for bits in range(1, max_bits + 1)}
     out = []
     for size in sizes:
         width = min(table, key=lambda b: (abs(table[b] - size), b))
@@ -92,51 +99,52 @@ def qat_recipe(recipe, bits: int):
     return dataclasses.replace(recipe, quant=quant, train=train)
 
 
-def _measured(row: dict) -> bool:
-    return row.get("true_mb") is not None and row.get("accuracy") is not None
+def _measured(row: dict, key: str) -> bool:
+    return row.get(key) is not None and row.get("accuracy") is not None
 
 
-def _better_within(row: dict, candidates: list[dict], slack: float) -> list[dict]:
+def _better_within(row: dict, candidates: list[dict], slack: float, key: str) -> list[dict]:
     """The measured ``candidates`` (other than ``row``) at most ``slack`` larger than ``row``
-    and more accurate."""
+    (by ``key``: ``true_mb``, or ``artifact_mb`` for the file) and more accurate."""
     return [other for other in candidates
-            if other is not row and _measured(other)
-            and other["true_mb"] <= row["true_mb"] * (1 + slack)
+            if other is not row and _measured(other, key)
+            and other[key] <= row[key] * (1 + slack)
             and other["accuracy"] > row["accuracy"]]
 
 
-def mark_best(rows: list[dict], tolerance: float = 0.02) -> None:
+def mark_best(rows: list[dict], tolerance: float = 0.02, key: str = "true_mb") -> None:
     """Sets ``row["best"]``: no other row at the same or a smaller size is more accurate.
 
     "The same size" allows ``tolerance`` (2 %): a row 1 % larger but more accurate still beats
-    it. The marked rows are the Pareto front of accuracy against true size; a collapsed row
-    (chance level) is never marked, even when nothing is smaller.
+    it. The marked rows are the Pareto front of accuracy against true size (``key``: the size
+    compared, ``artifact_mb`` for the file); a collapsed row (chance level) is never marked,
+    even when nothing is smaller.
     """
     for row in rows:
-        row["best"] = (_measured(row) and not row.get("collapsed")
-                       and not _better_within(row, rows, tolerance))
+        row["best"] = (_measured(row, key) and not row.get("collapsed")
+                       and not _better_within(row, rows, tolerance, key))
 
 
 BASELINES = ("ptq", "qat", "lsq")
 _NAMES = {"ptq": "post-training uniform quantization", "qat": "uniform QAT", "lsq": "LSQ"}
 
 
-def _smallest_better_baseline(row: dict, rows: list[dict], slack: float):
+def _smallest_better_baseline(row: dict, rows: list[dict], slack: float, key: str):
     """The smallest (then most accurate) baseline row at most ``slack`` larger than ``row``
     and more accurate; rows of collapsed runs never count."""
     baselines = [r for r in rows if r.get("method") in BASELINES and not r.get("collapsed")]
-    better = _better_within(row, baselines, slack) if _measured(row) else []
-    return min(better, key=lambda o: (o["true_mb"], -o["accuracy"]), default=None)
+    better = _better_within(row, baselines, slack, key) if _measured(row, key) else []
+    return min(better, key=lambda o: (o[key], -o["accuracy"]), default=None)
 
 
-def mark_beaten(rows: list[dict], tolerance: float = 0.02) -> None:
+def mark_beaten(rows: list[dict], tolerance: float = 0.02, key: str = "true_mb") -> None:
     """Sets ``row["beaten_by"]`` on every DiffQ row: the baseline row at the same or a smaller
     size (``tolerance`` as in ``mark_best``) that is more accurate, the smallest such one (then
     the most accurate), or None when no baseline beats it. Rows of collapsed runs never beat
     anything."""
     for row in rows:
         if row.get("method") == "diffq":
-            best = _smallest_better_baseline(row, rows, tolerance)
+            best = _smallest_better_baseline(row, rows, tolerance, key)
             row["beaten_by"] = None if best is None else f"{best['method']} {best['label']}"
 
 
@@ -148,36 +156,40 @@ def _where(row: dict) -> str:
 NEARLY = 0.10  # the verdict names a more accurate baseline at most 10 % larger
 
 
-def verdicts(rows: list[dict]) -> list[str]:
+def verdicts(rows: list[dict], key: str = "true_mb") -> list[str]:
     """One plain sentence per DiffQ row (after ``mark_beaten``): which baseline beats it, or
     that none at its size does (and which more accurate one is at most 10 % larger); and a
-    hint when uniform QAT was not run to compare."""
+    hint when uniform QAT was not run to compare. ``key``: the size compared (``artifact_mb``:
+    the file, named so in the sentences)."""
     from diffq_cli.units import human
+
+    def size(r: dict) -> str:
+        return ("file " if key == "artifact_mb" else "") + human(r[key], "mib")
 
     by_name = {f"{r['method']} {r['label']}": r for r in rows}
     lines = []
     for row in rows:
         if row.get("method") != "diffq" or row.get("accuracy") is None:
             continue
-        head = (f"DiffQ {row['label']} ({human(row['true_mb'], 'mib')}, "
+        head = (f"DiffQ {row['label']} ({size(row)}, "
                 f"{human(row['accuracy'], 'pct')})")
         rival = by_name.get(row.get("beaten_by") or "")
         if rival is None:
             line = f"{head}: no baseline at this size or smaller is more accurate"
             # Not beaten, so any such baseline is more than 2 % larger: the trade a user with a
             # little room in the budget would want to know about.
-            near = _smallest_better_baseline(row, rows, NEARLY)
+            near = _smallest_better_baseline(row, rows, NEARLY, key)
             if near is not None:
-                larger = (near["true_mb"] / row["true_mb"] - 1) * 100
+                larger = (near[key] / row[key] - 1) * 100
                 line += (f"; {_NAMES[near['method']]} at {near['label']} is {larger:.0f} % larger "
-                         f"({human(near['true_mb'], 'mib')}) and more accurate "
+                         f"({size(near)}) and more accurate "
                          f"({human(near['accuracy'], 'pct')}){_where(near)}")
             lines.append(line + ".")
         else:
             lines.append(
                 f"{head}: {_NAMES[rival['method']]} at {rival['label']} is "
-                f"{'smaller' if rival['true_mb'] < row['true_mb'] else 'about as small'} "
-                f"({human(rival['true_mb'], 'mib')}) and more accurate "
+                f"{'smaller' if rival[key] < row[key] else 'about as small'} "
+                f"({size(rival)}) and more accurate "
                 f"({human(rival['accuracy'], 'pct')}); prefer it for this size{_where(rival)}.")
     if lines and not any(r.get("method") == "qat" for r in rows):
         lines.append("Compare with uniform QAT at the same sizes: add --baseline qat.")

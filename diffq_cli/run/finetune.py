@@ -5,13 +5,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffq_cli.config.load import dump_recipe, recipe_to_dict
+from diffq_cli.config.load import dump_recipe
 from diffq_cli.fileio import atomic_write, plain_json
-from diffq_cli.files.artifact import save_artifact
 from diffq_cli.run.float_stage import float_start
+from diffq_cli.run.outputs import file_mb_of, row_of, save_run, write_artifact
 from diffq_cli.run.rundir import check_run_dir, output_dir
 from diffq_cli.run.targets import check_targets
-from diffq_cli.units import compression, human, mib
+from diffq_cli.units import human, mib
 
 
 class RunContext:
@@ -19,16 +19,11 @@ class RunContext:
 
     def __init__(self, device, reporter, dist, resume: bool):
         self.device, self.reporter, self.dist, self.resume = device, reporter, dist, resume
+        self.file_mb = None  # quantizer -> MiB of the artifact it would make (outputs.py)
 
 
 def _float_mb(model) -> float:
     return mib(sum(p.numel() for p in model.parameters()) * 4)
-
-
-def _row(metrics: dict) -> dict:
-    keys = ("method", "label", "mu", "target_mb", "accuracy", "delta", "true_mb", "artifact_mb",
-            "compression", "mean_bits", "bits", "moved_fraction")
-    return {k: metrics.get(k) for k in keys}
 
 
 @dataclass
@@ -95,11 +90,13 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     model = _start(job)
     rows = [{"method": "float", "label": "float32", "accuracy": job.float_acc, "delta": 0.0,
              "true_mb": job.float_mb, "compression": 1.0, "mean_bits": 32.0}]
+    file = recipe.train.target_size == "file"
     if recipe.train.baseline != "none":
         calibrate = baselines.bn_calibration(recipe.train.bn_recalibrate, job.loaders[0])
-        rows += baselines.ptq_rows(model, recipe.quant, job.accuracy, calibrate=calibrate)
+        rows += baselines.ptq_rows(model, recipe.quant, job.accuracy, calibrate=calibrate,
+                                   file_mb=job.ctx.file_mb if file else None)
     runs, layers, last = _diffq_runs(job)
-    rows += [_row(metrics) for metrics in runs]
+    rows += [row_of(metrics) for metrics in runs]
     if recipe.train.baseline == "qat":
         rows += _qat_rows(job, runs)
     summary = _summarize(job, runs, rows, started)
@@ -111,11 +108,12 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
         reporter.verdicts(summary["verdicts"])
         reporter.layer_table(layers, f"Bits per quantized layer ({last})")
     job.ctx.dist.close()
-    missed = [r for r in runs if r["target_mb"] is not None and r["true_mb"] > r["target_mb"]]
+    key, kind = ("artifact_mb", "file") if file else ("true_mb", "true size")
+    missed = [r for r in runs if r["target_mb"] is not None and r[key] > r["target_mb"]]
     if missed:
         raise GateError("; ".join(
-            f"target {r['target_mb']:g} MiB missed by {r['true_mb'] - r['target_mb']:.4f} MiB "
-            f"(true size {r['true_mb']:.4f} MiB)" for r in missed))
+            f"target {r['target_mb']:g} MiB missed by {r[key] - r['target_mb']:.4f} MiB "
+            f"({kind} {r[key]:.4f} MiB)" for r in missed))
     return summary
 
 
@@ -148,6 +146,7 @@ def _start(job: _Job):
     for note in getattr(model, "diffq_notes", []):
         reporter.note(note)
     job.model_spec = dict(model.diffq_spec)
+    job.ctx.file_mb = file_mb_of(job)
     if t.target_mb:
         check_targets(model, recipe, reporter)  # before any training
     # The run directory appears only once data, model and targets are known good: a run that
@@ -177,7 +176,7 @@ def _diffq_runs(job: _Job) -> tuple[list, list, str]:
     plans = [(None, x) for x in t.target_mb] or [(mu, None) for mu in t.mu]
     runs, layers, last = [], [], ""
     for mu, target in plans:
-        label = run_label(job.recipe.quant, mu, target)
+        label = run_label(job.recipe.quant, mu, target, t.target_size)
         sub = f"mu{mu:g}" if target is None else f"target{target:g}MiB"
         run_dir = job.run_dir if len(plans) == 1 else job.run_dir / sub
         if job.ctx.dist.is_main:
@@ -187,47 +186,11 @@ def _diffq_runs(job: _Job) -> tuple[list, list, str]:
         quantizer = result["quantizer"]
         state = quantizer.get_quantized_state()
         sizes = summarize_state(state)
-        runs.append(_save_run(job, run_dir, label, target, result, state, sizes))
+        runs.append(save_run(job, run_dir, label, target, result, state, sizes))
         layers = [row for row in sizes["layers"] if row["name"] in state["quantized"]]
         last = label
         quantizer.detach()
     return runs, layers, last
-
-
-def _save_run(job: _Job, run_dir: Path, label, target, result, state, sizes) -> dict:
-    """The run's artifact and bits picture; its metrics (as in summary.json)."""
-    quantizer = result["quantizer"]
-    metrics = {
-        "method": {"uniform": "qat"}.get(job.recipe.quant.method, job.recipe.quant.method),
-        "label": label,
-        "mu": result["mu"],
-        "target_mb": target,
-        "float_accuracy": job.float_acc,
-        "accuracy": result["accuracy"],
-        "float_mb": job.float_mb,
-        "true_mb": quantizer.true_model_size(),
-        "mean_bits": sizes["mean_bits"],
-        "epochs": len(result["history"]),
-    }
-    if target is not None:
-        metrics["groups_lowered"] = result["fit"].get("lowered", 0)
-    metrics.update(result.get("moved", {}))  # what the widths learned (DiffQ)
-    metrics.update(_write_artifact(job, run_dir / "model.th", state, job.recipe, metrics))
-    if job.ctx.dist.is_main:
-        _draw_bits(run_dir / "bits.svg", state, f"{job.title}, {label}")
-    metrics["delta"] = result["accuracy"] - job.float_acc
-    return metrics
-
-
-def _write_artifact(job: _Job, path: Path, state: dict, recipe, metrics: dict) -> dict:
-    """Saves a run's artifact (the main process only) and returns the fields that describe
-    it in the run's row: path, size and compression."""
-    nbytes = 0
-    if job.ctx.dist.is_main:
-        nbytes = save_artifact(path, state, job.model_spec, job.info, recipe_to_dict(recipe),
-                               metrics)
-    return {"artifact": str(path), "artifact_mb": mib(nbytes), "artifact_bytes": nbytes,
-            "compression": compression(job.float_mb, mib(nbytes))}
 
 
 def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
@@ -238,8 +201,11 @@ def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
     for row in rows:
         row["delta"] = None if row.get("accuracy") is None else row["accuracy"] - job.float_acc
         row["collapsed"] = baselines.collapsed(row.get("accuracy"), classes)
-    baselines.mark_best(rows)
-    baselines.mark_beaten(rows)
+    key = "artifact_mb" if job.recipe.train.target_size == "file" else "true_mb"
+    if key == "artifact_mb":  # the float row's file: its float32 weights
+        rows[0]["artifact_mb"] = job.float_mb
+    baselines.mark_best(rows, key=key)
+    baselines.mark_beaten(rows, key=key)
     summary = {
         "recipe": job.recipe.name,
         "model": job.recipe.model.name,
@@ -249,7 +215,8 @@ def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
         "runs": runs,
         "baselines": [r for r in rows if r["method"] in ("ptq", "qat")],
         "table": rows,
-        "verdicts": baselines.verdicts(rows),
+        "size": "file" if key == "artifact_mb" else "true",
+        "verdicts": baselines.verdicts(rows, key=key),
         "seconds": time.time() - started,
     }
     if job.ctx.dist.is_main:
@@ -257,7 +224,7 @@ def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
                      json.dumps(plain_json(summary), indent=2).encode())
         from diffq_cli.files.plots import tradeoff_svg
 
-        tradeoff_svg(job.run_dir / "tradeoff.svg", rows, job.title)
+        tradeoff_svg(job.run_dir / "tradeoff.svg", rows, job.title, key=key)
     for row in rows:
         if row["collapsed"]:
             job.reporter.warn(
@@ -266,20 +233,15 @@ def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
     return summary
 
 
-def _draw_bits(path: Path, state: dict, title: str) -> None:
-    from diffq_cli.files.plots import bits_svg
-
-    if state["quantized"]:
-        bits_svg(path, state, title)
-
-
 def _qat_rows(job: _Job, runs: list) -> list:
     """Uniform QAT at the width nearest each DiffQ result's true size, same epochs."""
     from diffq_cli.run import baselines
     from diffq_cli.run.train import train_one
 
+    file = job.recipe.train.target_size == "file"
     widths = baselines.qat_widths(job.fresh_model(job.start_weights), job.recipe.quant,
-                                  [r["true_mb"] for r in runs])
+                                  [r["artifact_mb" if file else "true_mb"] for r in runs],
+                                  file=file)
     rows = []
     for bits in widths:
         recipe = baselines.qat_recipe(job.recipe, bits)
@@ -292,7 +254,7 @@ def _qat_rows(job: _Job, runs: list) -> list:
         # Its own artifact, like a DiffQ run's: comparable file size, and usable as is
         # (eval, export) when the verdict says to prefer it.
         metrics = {**row, "float_accuracy": job.float_acc, "float_mb": job.float_mb}
-        row.update(_write_artifact(job, job.run_dir / f"qat{bits}" / "model.th",
+        row.update(write_artifact(job, job.run_dir / f"qat{bits}" / "model.th",
                                    quantizer.get_quantized_state(), recipe, metrics))
         rows.append(row)
         quantizer.detach()

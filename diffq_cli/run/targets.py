@@ -38,6 +38,12 @@ MU_START = 1.0  # MB units: the scale at which the default recipe's bits start t
 MU_MIN, MU_MAX = 1e-5, 1e4
 KP, KI = 4.0, 0.5  # proportional and integral gains on the relative size error (log mu units)
 CALIBRATE_EVERY = 10  # steps between measurements of the true size
+# A file target: the coded tables aim at FILE_AIM of it, then the real file is measured and the
+# aim corrected until the file is in [FILE_FLOOR, 1] of the target. The margin is for the
+# frozen phase: training through true quantization moved resnet18's file up ~2 % (digits).
+FILE_AIM = 0.965
+FILE_FLOOR = 0.95
+FILE_ROUNDS = 4
 
 
 class MuController:
@@ -105,41 +111,108 @@ class FixedMu:
         self.mu = state["mu"]
 
 
-def start_control(quantizer, mu: float, target_mb: float | None):
-    """A fixed mu, or (with a target) the controller, every group starting at the aimed size."""
+def file_sizer(quantizer, file: bool):
+    """What the budget helpers fit: None (the true size) or, aiming at the file, the coded
+    size at integer widths from tables measured on the weights now (``quant/coded.py``)."""
+    return quantizer.refresh_file_tables().widths_mb if file else None
+
+
+def start_control(quantizer, mu: float, target_mb: float | None, file: bool = False):
+    """A fixed mu, or (with a target) the controller, every group starting at the aimed size
+    (the true size, or with ``file`` the entropy-coded file's)."""
     if target_mb is None:
         return FixedMu(mu)
     from diffq_cli.quant.budget import start_at_size
 
     control = MuController(target_mb)
-    start_at_size(quantizer, control.aim_mb)  # start at the budget (see the module docstring)
+    start_at_size(quantizer, control.aim_mb, file_sizer(quantizer, file))
     return control
 
 
-def fit_target(quantizer, target_mb: float | None, reporter) -> dict:
-    """With a target, lowers the widths that cost least until the true size fits
-    (``quant.budget.fit_budget``); says how many groups it lowered."""
-    if target_mb is None:
-        return {}
-    from diffq_cli.quant import budget
+def size_term(run, target_mb, file: bool = False):
+    """``add_terms`` of the DiffQ stage (``run``: train.py's ``_Run``): the size penalty (the
+    true size, or with ``file`` the coded file's, see ``quant/coded.py``) and the controller's
+    dual step. Every ``CALIBRATE_EVERY`` steps the controller learns how far the penalty is from
+    the size it aims at; aiming at the file, the coded tables are measured again first."""
+    from torch.nn.parallel import DistributedDataParallel
 
-    fit = budget.fit_budget(quantizer, target_mb)
-    if fit["lowered"]:
-        reporter.note(
-            f"target={target_mb:g}MiB: lowered {fit['lowered']} group widths by rounding "
-            f"{fit['tau']:.3f} bits lower; true size {fit['true_mb']:.3f} MiB"
-        )
+    quantizer, control = run.quantizer, run.control
+
+    def add(task):
+        if getattr(quantizer, "frozen", False):  # widths final: no size term, mu stays put
+            if isinstance(run.stage.net, DistributedDataParallel):
+                # DDP reduces gradients in buckets and waits for every parameter it wraps: a
+                # parameter left out of the graph would leave its bucket (weights included)
+                # unreduced. A zero-weighted size keeps the widths in it; they are no longer
+                # in any optimizer, so their (zero) gradients move nothing.
+                return task.float() + 0.0 * quantizer.model_size(), run.frozen_size
+            return task.float(), run.frozen_size
+        due = target_mb is not None and run.stage.step % CALIBRATE_EVERY == 0
+        if due and file:
+            quantizer.refresh_file_tables()
+        size = quantizer.model_size(file=file)
+        loss = task.float() + control.mu * size
+        if target_mb is not None:
+            if due:
+                now = quantizer.file_model_size() if file else quantizer.true_model_size()
+                control.calibrate(float(size.detach()), now)
+            control.update(float(size.detach()))  # dual ascent on mu
+        return loss, size
+
+    return add
+
+
+def fit_widths(quantizer, target_mb: float, fill: bool = False, file_mb=None) -> dict:
+    """Fits the integer widths to a target (``quant.budget.fit_budget``): the true size; or,
+    given ``file_mb() -> MiB`` (the real file of the state now), the file: the coded tables
+    aim below it (``FILE_AIM`` with ``fill``, where training follows; just under it when only
+    lowering what is over), the coder measures, and the aim is corrected (a few rounds) until
+    the file fits (and, with ``fill``, is over ``FILE_FLOOR`` of the target)."""
+    from diffq_cli.quant.budget import fit_budget
+
+    if file_mb is None:
+        return fit_budget(quantizer, target_mb, fill=fill)
+    real = file_mb()
+    fit = {"fits": real <= target_mb, "true_mb": quantizer.true_model_size(), "file_mb": real,
+           "lowered": 0, "raised": 0, "tau": 0.0}
+    if fit["fits"] and not fill:
+        return fit
+    sizer, share = file_sizer(quantizer, True), FILE_AIM if fill else 0.995
+    aim = target_mb * share
+    for _ in range(FILE_ROUNDS):
+        fit = fit_budget(quantizer, aim, fill=fill, sizer=sizer)
+        real = file_mb()
+        fit.update(file_mb=real, fits=real <= target_mb)
+        if real <= target_mb and (not fill or real >= target_mb * FILE_FLOOR):
+            break
+        aim *= target_mb * share / real
     return fit
 
 
-def size_bounds(model, recipe) -> tuple[float, float]:
-    """(floor, size at init_bits) in MB: every group at min_bits / init_bits, plus the floats."""
+def fit_target(quantizer, target_mb: float | None, reporter, file_mb=None, label=None) -> dict:
+    """With a target, lowers the widths that cost least until the size fits (``fit_widths``);
+    says how many groups it lowered."""
+    if target_mb is None:
+        return {}
+    fit = fit_widths(quantizer, target_mb, file_mb=file_mb)
+    if fit["lowered"]:
+        what = (f"file {fit['file_mb']:.3f} MiB" if "file_mb" in fit
+                else f"true size {fit['true_mb']:.3f} MiB")
+        reporter.note(f"{label or f'target={target_mb:g}MiB'}: lowered {fit['lowered']} group "
+                      f"widths by rounding {fit['tau']:.3f} bits lower; {what}")
+    return fit
+
+
+def size_bounds(model, recipe, file: bool = False) -> tuple[float, float]:
+    """(floor, size at init_bits) in MB: every group at min_bits / init_bits, plus the floats
+    (with ``file``: the coded file's estimated size)."""
     from diffq_cli.quant.budget import size_at_bits, size_floor
     from diffq_cli.run.steps import build_quantizer
 
     quantizer = build_quantizer(model, recipe.quant)
     try:
-        return size_floor(quantizer), size_at_bits(quantizer, quantizer.init_bits)
+        sizer = file_sizer(quantizer, file)
+        return size_floor(quantizer, sizer), size_at_bits(quantizer, quantizer.init_bits, sizer)
     finally:
         quantizer.detach()
 
@@ -148,14 +221,15 @@ def check_targets(model, recipe, reporter) -> None:
     """Exit 2 before any training when a target is below the reachable floor."""
     from diffq_cli.errors import InputError
 
-    floor, at_init = size_bounds(model, recipe)
-    q, low = recipe.quant, min(recipe.train.target_mb)
+    file = recipe.train.target_size == "file"
+    floor, at_init = size_bounds(model, recipe, file)
+    q, low, kind = recipe.quant, min(recipe.train.target_mb), "file " if file else ""
     if low < floor:
         raise InputError(
-            f"--target-mb {low:g} is below the smallest reachable size {floor:.3f} MiB (every "
-            f"group at quant.min_bits={q.min_bits}, plus the tensors kept in float); "
+            f"--target-mb {low:g} is below the smallest reachable {kind}size {floor:.3f} MiB "
+            f"(every group at quant.min_bits={q.min_bits}, plus the tensors kept in float); "
             f"{at_init:.3f} MiB at quant.init_bits={q.init_bits}. Raise the target, or lower "
             "quant.min_bits / quant.min_size (fewer float tensors)"
         )
-    reporter.note(f"size targets: floor {floor:.3f} MiB (min_bits={q.min_bits}), "
+    reporter.note(f"size targets{' (file)' if file else ''}: floor {floor:.3f} MiB (min_bits={q.min_bits}), "
                   f"{at_init:.3f} MiB at init_bits={q.init_bits}")

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from diffq_cli.errors import TrainingError
 from diffq_cli.fileio import atomic_write, torch_bytes
@@ -29,7 +28,7 @@ from diffq_cli.run.steps import (
     rng_state,
     set_rng_state,
 )
-from diffq_cli.run.targets import CALIBRATE_EVERY, fit_target, start_control
+from diffq_cli.run.targets import fit_target, fit_widths, size_term, start_control
 from diffq_cli.units import human
 
 
@@ -49,13 +48,20 @@ class _Run:
     frozen_size: torch.Tensor | None = None  # true size once the widths are final
 
 
-def run_label(quant, mu: float | None, target_mb: float | None) -> str:
+def run_label(quant, mu: float | None, target_mb: float | None, size: str = "true") -> str:
     """How a run is named in the table, the logs and ``summary.json``: by its size target or mu
-    for DiffQ (``target=4MiB``, ``mu=0.001``), by its width for the fixed-width methods
-    (``4 bits``; the method is its own column)."""
+    for DiffQ (``target=4MiB``, ``file=2MiB`` aiming at the file, ``mu=0.001``), by its
+    width for the fixed-width methods (``4 bits``; the method is its own column)."""
     if quant.method != "diffq":
         return f"{quant.bits:g} bits"
-    return f"mu={mu:g}" if target_mb is None else f"target={target_mb:g}MiB"
+    if target_mb is None:
+        return f"mu={mu:g}"
+    return f"{'file' if size == 'file' else 'target'}={target_mb:g}MiB"
+
+
+def _aims_file(recipe) -> bool:
+    """Whether DiffQ's size penalty and target are the coded file's (``--size file``)."""
+    return recipe.train.target_size == "file" and recipe.quant.method == "diffq"
 
 
 def _setup(model, recipe, mu, target_mb, ctx, steps_per_epoch) -> _Run:
@@ -72,8 +78,8 @@ def _setup(model, recipe, mu, target_mb, ctx, steps_per_epoch) -> _Run:
     lr = bits_lr(o, total - round(total * t.freeze_bits))
     bits_opt = torch.optim.Adam([{"params": []}], lr=lr, fused=True)
     quantizer.setup_optimizer(bits_opt, lr=lr)
-    control = start_control(quantizer, mu, target_mb)
-    label = run_label(recipe.quant, mu, target_mb)
+    control = start_control(quantizer, mu, target_mb, _aims_file(recipe))
+    label = run_label(recipe.quant, mu, target_mb, t.target_size)
     stage = make_stage(ctx.dist.wrap(model), [optimizer, bits_opt], ctx, recipe, steps_per_epoch,
                        total)
     return _Run(model, quantizer, control, stage, label, [], bits_opt,
@@ -101,30 +107,6 @@ def _resume(run: _Run, ckpt_path: Path, ctx) -> None:
     )
 
 
-def _size_term(run: _Run, target_mb):
-    """``add_terms`` of the DiffQ stage: the size penalty, and the controller's dual step."""
-    quantizer, control = run.quantizer, run.control
-
-    def add(task):
-        if getattr(quantizer, "frozen", False):  # widths final: no size term, mu stays put
-            if isinstance(run.stage.net, DistributedDataParallel):
-                # DDP reduces gradients in buckets and waits for every parameter it wraps: a
-                # parameter left out of the graph would leave its bucket (weights included)
-                # unreduced. A zero-weighted size keeps the widths in it; they are no longer
-                # in any optimizer, so their (zero) gradients move nothing.
-                return task.float() + 0.0 * quantizer.model_size(), run.frozen_size
-            return task.float(), run.frozen_size
-        size = quantizer.model_size()
-        loss = task.float() + control.mu * size
-        if target_mb is not None:
-            if run.stage.step % CALIBRATE_EVERY == 0:
-                control.calibrate(float(size.detach()), quantizer.true_model_size())
-            control.update(float(size.detach()))  # dual ascent on mu
-        return loss, size
-
-    return add
-
-
 def _evaluate(run: _Run, val_loader, recipe, ctx, target_mb, seen_loss, start) -> dict:
     """The epoch's line of ``metrics.jsonl``, with the quantized accuracy on all ranks."""
     quantizer, stage = run.quantizer, run.stage
@@ -138,7 +120,8 @@ def _evaluate(run: _Run, val_loader, recipe, ctx, target_mb, seen_loss, start) -
         "loss": seen_loss,
         "accuracy": acc,
         "true_mb": quantizer.true_model_size(),
-        "model_size": float(quantizer.model_size().detach()),
+        "model_size": float(quantizer.model_size(file=_aims_file(recipe)).detach()),
+        **({"file_mb": quantizer.file_model_size()} if _aims_file(recipe) else {}),
         **moved_groups(run.start_widths, integer_widths(quantizer)),
         "lr": stage.optimizers[0].param_groups[0]["lr"],
         "seconds": time.time() - start,
@@ -184,18 +167,30 @@ def _freeze_when_due(run: _Run, train, ctx, target_mb) -> None:
     if (freeze_steps and stage.step >= stage.total - freeze_steps
             and hasattr(quantizer, "freeze_bits") and not quantizer.frozen):
         if target_mb is not None:
-            from diffq_cli.quant.budget import fit_budget
-
-            fit = fit_budget(quantizer, target_mb, fill=train.fill_budget)
+            # A file target is always filled: the coded size moves with the weights, so the
+            # start's margin cannot be trusted to hold, and a file budget is there to be used.
+            file_mb = _file_mb(run, train, ctx)
+            fit = fit_widths(quantizer, target_mb, train.fill_budget or file_mb is not None,
+                             file_mb)
             run.fit = fit
+            size = (f"file {fit['file_mb']:.3f} MiB" if "file_mb" in fit
+                    else f"true size {fit['true_mb']:.3f} MiB")
             ctx.reporter.note(f"{run.label}: widths fitted to the target: {fit['raised']} "
-                              f"raised, {fit['lowered']} lowered, true size "
-                              f"{fit['true_mb']:.3f} MiB")
+                              f"raised, {fit['lowered']} lowered, {size}")
         quantizer.freeze_bits()
         _drop_widths(run.bits_opt, quantizer)
         run.frozen_size = torch.tensor(quantizer.true_model_size())  # logged from now on
         ctx.reporter.note(f"{run.label}: widths frozen at step {stage.step}, last "
                           f"{stage.total - stage.step} steps train through true quantization")
+
+
+def _file_mb(run: _Run, train, ctx):
+    """Aiming at the file: ``() -> MiB`` of the artifact the state now would be written to
+    (``ctx.file_mb``, set by the finetune, or the quantizer's estimate); else None."""
+    if train.target_size != "file" or not hasattr(run.quantizer, "refresh_file_tables"):
+        return None
+    measure = getattr(ctx, "file_mb", None)
+    return (lambda: measure(run.quantizer)) if measure else run.quantizer.file_model_size
 
 
 def _drop_widths(optimizer, quantizer) -> None:
@@ -210,19 +205,19 @@ def _drop_widths(optimizer, quantizer) -> None:
         group["params"] = [p for p in group["params"] if id(p) not in widths]
 
 
-def _finish(run: _Run, val_loader, ctx, target_mb, calibrate) -> dict:
+def _finish(run: _Run, val_loader, ctx, target_mb, calibrate, train) -> dict:
     """Checks the size target once more (widths are lowered here only when no frozen phase
     fitted them; the accuracy is then measured again) and what the widths learned."""
     run.model.eval()
-    late = fit_target(run.quantizer, target_mb, ctx.reporter)
+    late = fit_target(run.quantizer, target_mb, ctx.reporter, _file_mb(run, train, ctx),
+                      run.label)
     accuracy = run.history[-1]["accuracy"] if run.history and not late.get("lowered") else None
     if accuracy is None:
         calibrate()
         accuracy = ctx.dist.accuracy(run.model, val_loader, ctx.device)
     fit = late
     if run.fit:
-        fit = {**run.fit, "lowered": run.fit["lowered"] + late.get("lowered", 0),
-               "true_mb": late.get("true_mb", run.fit["true_mb"])}
+        fit = {**run.fit, **late, "lowered": run.fit["lowered"] + late.get("lowered", 0)}
     moved = moved_groups(run.start_widths, integer_widths(run.quantizer))
     if moved:
         ctx.reporter.note(f"{run.label}: {moved['groups_moved']} of {moved['groups']} groups "
@@ -254,7 +249,7 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
 
     stage, t = run.stage, recipe.train
     log = run_log(ctx, run.label, t, stage.total, run_dir)
-    add_terms = _size_term(run, target_mb)
+    add_terms = size_term(run, target_mb, _aims_file(recipe))
     bits = functools.partial(mean_bits, run.quantizer)
     # train.bn_recalibrate: BatchNorm statistics of the quantized model, before each evaluation
     calibrate = functools.partial(recalibrate_batchnorm, run.model, train_loader,
@@ -285,6 +280,6 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
                     _save(run, ckpt_path, metrics_path, kept, mu)
         finally:
             log.close()  # flushes TensorBoard scalars even when a step fails
-    return _finish(run, val_loader, ctx, target_mb, calibrate)
+    return _finish(run, val_loader, ctx, target_mb, calibrate, t)
 
 

@@ -118,10 +118,23 @@ def test_print_config_checks_the_model_name():
 def test_size_gate_in_json(artifact):
     failed = run("size", artifact, "--json", "--max-mb", "0.001")
     assert failed.exit_code == 1
-    assert json.loads(failed.stdout)["gate"] == {"max_mb": 0.001, "passed": False}
+    assert json.loads(failed.stdout)["gate"] == {"max_mb": 0.001, "passed": False,
+                                                  "size": "file"}
     passed = json.loads(run("size", artifact, "--json", "--max-mb", "100").stdout)
-    assert passed["gate"] == {"max_mb": 100.0, "passed": True}
+    assert passed["gate"] == {"max_mb": 100.0, "passed": True, "size": "file"}
     assert json.loads(run("size", artifact, "--json").stdout)["gate"] is None
+
+
+def test_size_gate_on_the_true_size(artifact):
+    doc = json.loads(run("size", artifact, "--json").stdout)
+    true_mb, file_mb = doc["true_mb"], doc["file_bytes"] / 2**20
+    between = (true_mb + file_mb) / 2  # the file fits under it, the true size does not
+    assert true_mb > file_mb
+    assert run("size", artifact, "--max-mb", str(between)).exit_code == 0
+    failed = run("size", artifact, "--max-mb", str(between), "--size", "true")
+    assert failed.exit_code == 1 and "(true size), over --max-mb" in one_error_line(failed)
+    bad = run("size", artifact, "--size", "coded")
+    assert bad.exit_code == 2 and "--size must be file or true" in one_error_line(bad)
 
 
 def test_eval_options_and_gate_in_json(artifact):

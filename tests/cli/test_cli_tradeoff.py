@@ -137,10 +137,12 @@ def test_a_missed_budget_exits_1_saying_by_how_much(tmp_path, monkeypatch):
     # fix: one step cannot bring a 4 MB target back.
     from diffq_cli.quant import budget
 
-    monkeypatch.setattr(budget, "start_at_size", lambda q, mb: budget.set_uniform_bits(q, 2.85))
+    monkeypatch.setattr(budget, "start_at_size",
+                        lambda q, mb, sizer=None: budget.set_uniform_bits(q, 2.85))
     monkeypatch.setattr(budget, "fit_budget",
-                        lambda q, mb, fill=False: {"fits": False, "lowered": 0, "raised": 0,
-                                                   "true_mb": 0.0, "tau": 0.0})
+                        lambda q, mb, fill=False, sizer=None: {"fits": False, "lowered": 0,
+                                                               "raised": 0, "true_mb": 0.0,
+                                                               "tau": 0.0})
     out = tmp_path / "miss"
     result = run(CliRunner(), "finetune", *FAST, "--max-steps", "1", "--target-mb", "4",
                  "--baseline", "none", "--output", out)
