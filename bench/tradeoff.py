@@ -116,7 +116,7 @@ def main() -> None:
         rows.append({"method": "qat" if method == "uniform" else "lsq",
                      "label": f"{bits} bits", "bits": bits, "accuracy": run["accuracy"],
                      "true_mb": run["true_mb"], "artifact_mb": run["artifact_mb"],
-                     "mean_bits": float(bits)})
+                     "file_estimate_mb": run.get("file_estimate_mb"), "mean_bits": float(bits)})
         save(rows, first)
     classes = first["runs"][0].get("num_classes", 10) if first["runs"] else 10
     for row in rows:

@@ -12,7 +12,8 @@ from diffq_cli.units import compression, mib
 
 def row_of(metrics: dict) -> dict:
     keys = ("method", "label", "mu", "target_mb", "accuracy", "delta", "true_mb", "artifact_mb",
-            "compression", "mean_bits", "bits", "moved_fraction")
+            "compression", "mean_bits", "bits", "moved_fraction", "file_estimate_mb",
+            "file_table_mb")
     return {k: metrics.get(k) for k in keys}
 
 
@@ -34,6 +35,12 @@ def save_run(job, run_dir: Path, label, target, result, state, sizes) -> dict:
     if target is not None:
         metrics["groups_lowered"] = result["fit"].get("lowered", 0)
     metrics.update(result.get("moved", {}))  # what the widths learned (DiffQ)
+    # The coded file's size as estimated from the levels (quant/coded.py), beside the real one
+    # written below: how well --size file can aim.
+    metrics["file_estimate_mb"] = quantizer.file_model_size()
+    if hasattr(quantizer, "refresh_file_tables"):  # DiffQ: the differentiable estimate too
+        quantizer.refresh_file_tables()
+        metrics["file_table_mb"] = float(quantizer.model_size(file=True).detach())
     metrics.update(write_artifact(job, run_dir / "model.th", state, job.recipe, metrics))
     if job.ctx.dist.is_main:
         draw_bits(run_dir / "bits.svg", state, f"{job.title}, {label}")

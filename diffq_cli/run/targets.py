@@ -231,5 +231,5 @@ def check_targets(model, recipe, reporter) -> None:
             f"{at_init:.3f} MiB at quant.init_bits={q.init_bits}. Raise the target, or lower "
             "quant.min_bits / quant.min_size (fewer float tensors)"
         )
-    reporter.note(f"size targets{' (file)' if file else ''}: floor {floor:.3f} MiB (min_bits={q.min_bits}), "
-                  f"{at_init:.3f} MiB at init_bits={q.init_bits}")
+    reporter.note(f"size targets{' (file)' if file else ''}: floor {floor:.3f} MiB "
+                  f"(min_bits={q.min_bits}), {at_init:.3f} MiB at init_bits={q.init_bits}")

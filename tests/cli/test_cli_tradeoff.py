@@ -206,3 +206,30 @@ def test_widths_fit_at_the_freeze_and_nothing_moves_after_it(tmp_path):
     assert row["moved_fraction"] == pytest.approx(row["groups_moved"] / row["groups"])
     assert all("moved_fraction" in r for r in (first, second))
     assert f"{100 * row['moved_fraction']:.0f} % of widths moved" in result.stdout
+
+
+def test_file_targets_land_their_artifacts_just_under_each_target(tmp_path):
+    out = tmp_path / "file"
+    result = run(CliRunner(), "finetune", *FAST, "--max-steps", "3", "--target-mb", "2",
+                 "--target-mb", "1.6", "--size", "file", "--baseline", "qat", "--output", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["size"] == "file" and "size targets (file): floor" in result.stderr
+    for target, diffq in zip((2.0, 1.6), summary["runs"], strict=True):
+        path = out / f"target{target:g}MiB" / "model.th"
+        size = json.loads(run(CliRunner(), "size", path, "--json").stdout)
+        assert 0.95 * target <= size["file_bytes"] / 2**20 <= target  # on disk, in MiB
+        assert diffq["label"] == f"file={target:g}MiB" and diffq["true_mb"] > target
+    # The verdicts compare file against file (the QAT rows' artifacts too).
+    assert all("(file " in line for line in summary["verdicts"] if line.startswith("DiffQ"))
+    qat = [r for r in summary["table"] if r["method"] == "qat"]
+    assert qat and all(r["artifact_mb"] for r in qat)
+    assert "file size (MiB" in (out / "tradeoff.svg").read_text()
+
+
+def test_a_file_target_under_the_coded_floor_is_refused_before_training(tmp_path):
+    result = run(CliRunner(), "finetune", *FAST, "--target-mb", "0.5", "--size", "file",
+                 "--output", tmp_path / "x")
+    assert result.exit_code == 2
+    assert "below the smallest reachable file size" in result.stderr
+    assert not (tmp_path / "x").exists()

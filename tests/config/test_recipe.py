@@ -116,6 +116,8 @@ def test_precedence_recipe_then_flags_then_overrides():
     ("model.pretrained=maybe", "'model.pretrained' expects true or false"),
     ("model=resnet18", "'model' is a section"),
     ("train.device=gpu", "'train.device' must be auto, cpu"),
+    ("train.target_size=coded", "'train.target_size' must be one of true, file"),
+    ("train.target_size=false", "'train.target_size' must be one of true, file; got 'false'"),
     ("optim.lr", "must have the form key=value"),
     ("=1", "must have the form key=value"),
 ])
@@ -124,6 +126,13 @@ def test_bad_overrides_raise_one_line_input_errors(override, message):
         load_recipe(overrides=[override])
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_target_size_reads_yaml_true_as_the_word():
+    # YAML 1.1 reads `target_size: true` (as recipes/default.yaml writes it) as a boolean.
+    assert load_recipe("default").train.target_size == "true"
+    assert load_recipe(overrides=["train.target_size=true"]).train.target_size == "true"
+    assert load_recipe(overrides=["train.target_size=file"]).train.target_size == "file"
 
 
 def test_bad_flag_type():
