@@ -7,6 +7,7 @@ from pathlib import Path
 
 from diffq_cli.config.load import recipe_to_dict
 from diffq_cli.files.artifact import artifact_bytes, save_artifact
+from diffq_cli.quant.budget import integer_widths
 from diffq_cli.units import compression, mib
 
 
@@ -38,9 +39,10 @@ def save_run(job, run_dir: Path, label, target, result, state, sizes) -> dict:
     # The coded file's size as estimated from the levels (quant/coded.py), beside the real one
     # written below: how well --size file can aim.
     metrics["file_estimate_mb"] = quantizer.file_model_size()
-    if hasattr(quantizer, "refresh_file_tables"):  # DiffQ: the differentiable estimate too
-        quantizer.refresh_file_tables()
-        metrics["file_table_mb"] = float(quantizer.model_size(file=True).detach())
+    if hasattr(quantizer, "refresh_file_tables"):  # DiffQ: the tables' estimate too, at the
+        tables = quantizer.refresh_file_tables()  # integer widths the file holds
+        metrics["file_table_mb"] = tables.widths_mb(quantizer.quantized,
+                                                    integer_widths(quantizer))
     metrics.update(write_artifact(job, run_dir / "model.th", state, job.recipe, metrics))
     if job.ctx.dist.is_main:
         draw_bits(run_dir / "bits.svg", state, f"{job.title}, {label}")

@@ -40,9 +40,10 @@ KP, KI = 4.0, 0.5  # proportional and integral gains on the relative size error 
 CALIBRATE_EVERY = 10  # steps between measurements of the true size
 # A file target: the coded tables aim at FILE_AIM of it, then the real file is measured and the
 # aim corrected until the file is in [FILE_FLOOR, 1] of the target. The margin is for the
-# frozen phase: training through true quantization moved resnet18's file up ~2 % (digits).
-FILE_AIM = 0.965
-FILE_FLOOR = 0.95
+# frozen phase: training through true quantization moved resnet18's file by 0.3-2 % (digits);
+# a file still over the target after it is lowered just under it (``fit_target``).
+FILE_AIM = 0.98
+FILE_FLOOR = 0.96
 FILE_ROUNDS = 4
 
 
