@@ -4,8 +4,9 @@ difference from the quantized model (``diffq export``'s own check).
 
     python bench/deploy_bench.py ARTIFACT [--repeats 50] [--threads 1] [--size N] [--out DIR]
 
-Formats: compact, pt2, pt2-int (``--weights int``), onnx, onnx-int (QDQ), onnx-int-folded (the
-same file with onnxruntime told to fold ``DequantizeLinear`` at load:
+Formats: compact, pt2, pt2-int (``--weights int``), onnx, onnx-int (integers cast and scaled,
+folded by onnxruntime at load), onnx-qdq (``--weights qdq``: ``DequantizeLinear``),
+onnx-qdq-folded (the same file with onnxruntime told to fold ``DequantizeLinear`` at load:
 ``session.disable_quant_qdq=1``), safetensors (``load_state_dict`` into the model built by
 name). Load time and memory: a fresh subprocess per format (its peak resident set, ``VmHWM``;
 ``ru_maxrss`` would include the parent's, which Linux carries over exec; the growth over the
@@ -27,8 +28,8 @@ import tempfile
 from pathlib import Path
 
 KINDS = {"compact": ("compact", "float"), "pt2": ("pt2", "float"), "pt2-int": ("pt2", "int"),
-         "onnx": ("onnx", "float"), "onnx-int": ("onnx", "int"),
-         "onnx-int-folded": ("onnx", "int"), "safetensors": ("safetensors", "float")}
+         "onnx": ("onnx", "float"), "onnx-int": ("onnx", "int"), "onnx-qdq": ("onnx", "qdq"),
+         "onnx-qdq-folded": ("onnx", "qdq"), "safetensors": ("safetensors", "float")}
 
 WORKER = r"""
 import json, resource, sys, time
@@ -53,7 +54,7 @@ def load(kind, path):
         opts.intra_op_num_threads = args["threads"]
         # No spinning between calls: the interleaved latency run shares the cores with torch.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if kind == "onnx-int-folded":
+        if kind == "onnx-qdq-folded":
             opts.add_session_config_entry("session.disable_quant_qdq", "1")
         s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         return lambda x: torch.from_numpy(s.run(None, {"x": x.numpy()})[0])
@@ -107,11 +108,11 @@ def export_all(artifact: Path, out: Path) -> dict:
 
     results = {}
     for kind, (fmt, weights) in KINDS.items():
-        if kind == "onnx-int-folded":
-            results[kind] = dict(results["onnx-int"])
+        if kind == "onnx-qdq-folded":
+            results[kind] = dict(results["onnx-qdq"])
             continue
         suffix = {"compact": ".compact.pt2", "pt2": ".pt2", "onnx": ".onnx",
-                  "safetensors": ".safetensors"}[kind.removesuffix("-int")]
+                  "safetensors": ".safetensors"}[kind.removesuffix("-int").removesuffix("-qdq")]
         path = out / f"{kind}{suffix}"
         results[kind] = export_artifact(artifact, path, fmt=fmt, weights=weights)
     return results
@@ -171,7 +172,7 @@ def main(argv=None):
               f"{m['call_mb']:.0f} (+{m['call_mb'] - m['base_mb']:.0f}) | +{m['now_mb']:.0f} | "
               f"{t['ms1']:.2f} | {t['ms64']:.1f} | {u['ms1']:.2f} / {u['ms64']:.1f} | "
               f"{r['max_abs_diff']:.1e} |")
-    ints = {k: exported[k]["int"] for k in ("pt2-int", "onnx-int")}
+    ints = {k: exported[k]["int"] for k in ("pt2-int", "onnx-int", "onnx-qdq")}
     print(f"\ninteger tensors: {json.dumps(ints)}")
 
 

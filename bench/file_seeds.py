@@ -20,13 +20,22 @@ D = sys.argv[1] if len(sys.argv) > 1 else "bench/out/filefm"
 G = sys.argv[2] if len(sys.argv) > 2 else "bench/out/gridfm"
 cells = defaultdict(dict)  # (method, bits) -> seed -> row
 estimates = []  # rows with a written file and its estimates
-for path in sorted(glob.glob(f"{D}/*-b*-s*.json")):
-    kind, b, s = re.match(r".*/(\w+)-b(\d)-s(\d)\.json", path).groups()
-    for r in json.load(open(path))["rows"]:
-        if r["method"] == "diffq":
-            cells[(f"diffq-{kind}", int(b))][int(s)] = r
+# One call per (kind, bits, seed): {kind}-b{b}-s{s}.json (bench/file_fm.sh); or one call per
+# (kind, seed) with DiffQ at the 2/3/4-bit targets in that order: {kind}-s{s}.json
+# (bench/file_digits.sh), whose "true" calls also hold QAT and LSQ at 2/3/4 bits.
+for path in sorted(glob.glob(f"{D}/*-s*.json")):
+    m = re.match(r".*/(\w+?)(?:-b(\d))?-s(\d)\.json", path)
+    kind, one, s = m.group(1), m.group(2), int(m.group(3))
+    rows = json.load(open(path))["rows"]
+    diffq = [r for r in rows if r["method"] == "diffq"]
+    bits = [int(one)] if one else [2, 3, 4]
+    for b, r in zip(bits, sorted(diffq, key=lambda r: r["target_mb"]), strict=True):
+        cells[(f"diffq-{kind}", b)][s] = r
+    for r in rows:
         if r.get("artifact_mb") and r.get("file_estimate_mb"):
-            estimates.append((r["method"], r["label"], int(s), r))
+            estimates.append((r["method"], r["label"], s, r))
+        if not one and r["method"] in ("qat", "lsq"):
+            cells[(r["method"], r["bits"])][s] = r
 for path in sorted(glob.glob(f"{G}/minmax-b*-s*.json")):
     b, s = (int(x) for x in re.match(r".*/minmax-b(\d)-s(\d)\.json", path).groups())
     for r in json.load(open(path))["rows"]:
@@ -40,9 +49,9 @@ def ms(v):
 
 NAMES = {"diffq-file": "DiffQ, --size file", "diffq-true": "DiffQ, true-size target",
          "qat": "uniform QAT", "lsq": "LSQ"}
-L = ["resnet18 / Fashion-MNIST (3,200 train, all 10,000 val), one float model (77.66 %), 1 epoch "
-     "(50 steps) per method, seeds 0-2. File target = the file size of QAT's b-bit artifact; "
-     "true target = the true size of uniform b bits.\n",
+L = [f"{D}: one float model, same steps per method, seeds 0-2. File target = the file size of "
+     "QAT's b-bit artifact (at least DiffQ's floor); true target = the true size of uniform b "
+     "bits.\n",
      "| b | method | target MiB | file MiB | true MiB | mean bits | accuracy % (mean ± sd) "
      "| per seed | file − true-aimed, paired |", "|---|---|---|---|---|---|---|---|---|"]
 for b in (2, 3, 4):

@@ -34,16 +34,20 @@ if variant != "float":
         q = diffq.DiffQuantizer(model, group_size=8)
     else:
         from diffq_cli import DiffQuantizer
-        q = DiffQuantizer(model, group_size=8, noise_source=variant)
+        kwargs = {"learned": {"grid": "learned"}, "file": {}}.get(variant,
+                                                                 {"noise_source": variant})
+        q = DiffQuantizer(model, group_size=8, **kwargs)
     bits_opt = torch.optim.Adam([{"params": []}], fused=True)
     q.setup_optimizer(bits_opt, lr=1e-3)
 model.train()
-for _ in range(steps):
+for i in range(steps):
     opt.zero_grad()
     loss = nn.functional.cross_entropy(model(x), y)
     if q is not None:
         bits_opt.zero_grad()
-        loss = loss + 1e-3 * q.model_size()
+        if variant == "file" and i % 10 == 0:  # --size file: tables measured every 10 steps
+            q.refresh_file_tables()
+        loss = loss + 1e-3 * q.model_size(file=variant == "file")
     loss.backward()
     opt.step()
     if bits_opt is not None:
@@ -70,7 +74,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)  # +-20 MiB per process
     parser.add_argument("--reference", action="store_true", help="also the reference DiffQ")
     args = parser.parse_args()
-    variants = ["float", "pool", "fresh"] + (["reference"] if args.reference else [])
+    variants = ["float", "pool", "fresh", "learned", "file"] + (
+        ["reference"] if args.reference else [])
     rows = {v: peak(v, args.steps, args.repeats) for v in variants}
     base, weights = rows["float"]
     mib = 2**20

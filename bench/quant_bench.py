@@ -83,8 +83,10 @@ def small_cnn():
 
 
 # ------------------------------------------------------------------------------------- P1
-def make_step(model, quantizer, x, y, mu=1e-3):
-    """One training step: main SGD on the weights, fused Adam on the bits (if any)."""
+def make_step(model, quantizer, x, y, mu=1e-3, file=False):
+    """One training step: main SGD on the weights, fused Adam on the bits (if any); ``file``:
+    the size penalty is the coded file's (``--size file``; its tables refreshed every 10
+    steps, as the finetune loop does)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     bits_opt = None
     if quantizer is not None:
@@ -93,13 +95,17 @@ def make_step(model, quantizer, x, y, mu=1e-3):
         bits_opt = torch.optim.Adam([{"params": []}], fused=True)
         q.setup_optimizer(bits_opt, lr=1e-3)
     model.train()
+    count = [0]
 
     def step():
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
         if quantizer is not None:
             bits_opt.zero_grad()
-            loss = loss + mu * q.model_size()
+            if file and count[0] % 10 == 0:
+                q.refresh_file_tables()
+            count[0] += 1
+            loss = loss + mu * (q.model_size(file=True) if file else q.model_size())
         loss.backward()
         opt.step()
         if bits_opt is not None:
@@ -115,10 +121,13 @@ def bench_p1(ref, steps: int, warmup: int) -> dict:
         "float": None,
         "pool": lambda m: DiffQuantizer(m, group_size=8),
         "fresh": lambda m: DiffQuantizer(m, group_size=8, noise_source="fresh"),
+        "learned": lambda m: DiffQuantizer(m, group_size=8, grid="learned"),
+        "file": lambda m: DiffQuantizer(m, group_size=8),
     }
     if ref is not None:
         variants["reference"] = lambda m: ref.DiffQuantizer(m, group_size=8)
-    steps_fn = {name: make_step(resnet18(), q, x, y) for name, q in variants.items()}
+    steps_fn = {name: make_step(resnet18(), q, x, y, file=name == "file")
+                for name, q in variants.items()}
     times = {name: [] for name in variants}
     for i in range(warmup + steps):  # interleaved, so load changes hit every variant alike
         for name, fn in steps_fn.items():

@@ -158,9 +158,10 @@ def export(
     weights: Annotated[
         str,
         typer.Option(
-            metavar="float|int",
+            metavar="float|int|qdq",
             help="int: integer weights with per-channel scales, dequantized in the graph "
-            "(pt2 and onnx; a .pt2 output then means pt2).",
+            "(pt2 and onnx; a .pt2 output then means pt2). qdq: onnx with DequantizeLinear "
+            "nodes, for int8 runtimes.",
         ),
     ] = "float",
     atol: Annotated[

@@ -43,7 +43,7 @@ from diffq_cli.files.intformats import INT_WRITERS
 from diffq_cli.models.factory import logits as _logits
 
 FORMATS = ("compact", "pt2", "torchscript", "safetensors", "onnx")
-WEIGHTS = ("float", "int")
+WEIGHTS = ("float", "int", "qdq")
 _SUFFIX = {"compact": ".compact.pt2", "pt2": ".pt2", "torchscript": ".torchscript.pt",
            "safetensors": ".safetensors", "onnx": ".onnx"}
 # Formats an output name implies ("-o x.onnx"); the first is the one chosen without --format.
@@ -86,12 +86,14 @@ def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
     from diffq_cli.quant.summary import summarize_state
 
     if weights not in WEIGHTS:
-        raise InputError(f"unknown --weights '{weights}'; choose one of: float, int")
+        raise InputError(f"unknown --weights '{weights}'; choose one of: float, int, qdq")
     if weights == "int" and fmt is None and resolve_format(out, None) == "compact":
         fmt = "pt2"  # compact is already integer (bit-packed): int weights mean a pt2 program
     fmt = resolve_format(out, fmt)
     if weights == "int" and fmt not in INT_WRITERS:
         raise InputError(f"--weights int applies to --format pt2 or onnx, not {fmt}")
+    if weights == "qdq" and fmt != "onnx":
+        raise InputError(f"--weights qdq applies to --format onnx (an .onnx output), not {fmt}")
     if atol < 0:
         raise InputError(f"--atol must be >= 0, got {atol:g}")
     if dtype not in DTYPES:
@@ -114,8 +116,8 @@ def export_artifact(path, out=None, fmt: str | None = None, atol: float = 1e-4,
                 dtype_diff, expected = _max_diff(rounded, expected), rounded
         writer, runner = WRITERS[fmt]
         info = None
-        if weights == "int":
-            data, info = INT_WRITERS[fmt](model, artifact, x, dtype)
+        if weights != "float":
+            data, info = INT_WRITERS[fmt](model, artifact, x, dtype, qdq=weights == "qdq")
         else:
             data = writer(model, artifact, x, dtype)
         atomic_write(out, data)
@@ -170,7 +172,7 @@ def resolve_format(out, fmt: str | None) -> str:
 
 
 def _output_path(src: Path, out, fmt: str, weights: str = "float") -> Path:
-    suffix = (".int" if weights == "int" else "") + _SUFFIX[fmt]
+    suffix = ("" if weights == "float" else f".{weights}") + _SUFFIX[fmt]
     name = src.name.removesuffix(".th").removesuffix(".pt") + suffix
     if out is None:
         out = src.with_name(name)

@@ -7,16 +7,23 @@ against the quantized model like every export (``export.py``, ``--atol``).
 - ``pt2``: ``torch.export`` of ``intweights.IntModel``: int8 (uint8 / int16) levels and float32
   scales per output row as buffers, one multiply (plus an add on the ``minmax``/``channel``
   grids) per layer in the graph. Loads with ``torch.export.load(f).module()``.
-- ``onnx``: the float export (``formats``), then each quantized initializer is replaced by its
-  integers and a ``DequantizeLinear`` per output channel (axis 0, or 1 for a weight the
-  exporter stored transposed, found by value; ``Add`` of the per-row ``low`` after it on the
-  ``minmax``/``channel`` grids). The exporter folds BatchNorm into the preceding conv's weight,
+- ``onnx``: the float export (``formats``), then each quantized initializer read by ``Conv``,
+  ``Gemm`` or ``MatMul`` is replaced by its integers, a ``Cast`` to float and a ``Mul`` by the
+  scales per output channel (axis 0, or 1 for a weight the exporter stored transposed, found by
+  value; ``Add`` of the per-row ``low`` after it on the ``minmax``/``channel`` grids).
+  onnxruntime folds these constants into one float weight when the session loads: exact, float
+  speed, the file keeps the integers. ``qdq=True`` (``--weights qdq``) writes a
+  ``DequantizeLinear`` per output channel instead for the weights of ``Conv`` and ``Gemm``, the
+  form int8 runtimes (TensorRT, onnxruntime's QDQ kernels) recognise; onnxruntime's CPU session
+  runs it on every call (2.5x the float latency on resnet18) unless told to fold it
+  (``session.disable_quant_qdq=1``). The exporter folds BatchNorm into the preceding conv's weight,
   which multiplies each output row by a factor: the factor is measured per row against the
   restored weight and moved into the scale (and offset), and the result is checked against the
   folded weight (a few float32 ulps) — a tensor that does not match stays float. int16 needs
-  opset 21; at the exporter's opset 20 such tensors stay float. Only weights read by ``Conv``
-  and ``Gemm`` are replaced: onnxruntime turns ``DequantizeLinear`` -> ``MatMul`` into an int8
-  MatMul on dynamically quantized activations (lossy), so MatMul weights stay float.
+  opset 21; at the exporter's opset 20 such tensors stay float. ``MatMul`` weights
+  (transformers' linear layers) keep the ``Cast``/``Mul`` form with ``qdq`` too: onnxruntime
+  turns ``DequantizeLinear`` -> ``MatMul`` into an int8 MatMul on dynamically quantized
+  activations (lossy: 4e-3 off on test_vit).
 """
 
 import numpy as np
@@ -27,19 +34,20 @@ from diffq_cli.files.intweights import IntModel, int_summary, int_weights
 _ONNX_INT = {"uint8": 2, "int8": 3, "int16": 5}  # onnx.TensorProto codes
 # onnxruntime (1.32, extended optimisations) rewrites DequantizeLinear -> MatMul into a MatMul
 # on dynamically quantized int8 activations: 4e-3 off on test_vit. Conv and Gemm stay float
-# after a DequantizeLinear; MatMul weights (transformers' linear layers) stay float here.
+# after a DequantizeLinear, so only their weights get one (qdq); MatMul weights get Cast/Mul.
 _DEQUANTIZED_FOR = {"Conv", "Gemm"}
+_CAST_FOR = {"MatMul"}
 _ULPS = 2.0**-20  # allowed error of the refolded scale, relative to the tensor's largest value
 
 
-def pt2_int_bytes(model, artifact, x, dtype):
+def pt2_int_bytes(model, artifact, x, dtype, qdq=False):
     state = artifact["state"]
     mapped = int_weights(state)
     data = _program_bytes(IntModel(model, state, mapped).eval(), x, ("nn_module_stack",))
     return data, int_summary(state, mapped)
 
 
-def onnx_int_bytes(model, artifact, x, dtype):
+def onnx_int_bytes(model, artifact, x, dtype, qdq=False):
     import onnx
     from onnx import numpy_helper
 
@@ -57,8 +65,10 @@ def onnx_int_bytes(model, artifact, x, dtype):
         for name in node.input:
             users.setdefault(name, set()).add(node.op_type)
     for init in list(graph.initializer):
-        if not users.get(init.name) or not users[init.name] <= _DEQUANTIZED_FOR:
+        readers = users.get(init.name)
+        if not readers or not readers <= _DEQUANTIZED_FOR | _CAST_FOR:
             continue
+        cast = not (qdq and readers <= _DEQUANTIZED_FOR)
         folded = numpy_helper.to_array(init)
         # By name first; the exporter renames the constants it transforms (a linear layer's
         # weight becomes a transposed MatMul constant ``val_N``): those are found by value.
@@ -67,7 +77,7 @@ def onnx_int_bytes(model, artifact, x, dtype):
         for name in names:
             fitted = None if name in done else _fit(mapped[name], restored[name], folded)
             if fitted is not None:
-                nodes, inits = _dequantize_nodes(init.name, *fitted)
+                nodes, inits = _dequantize_nodes(init.name, *fitted, cast=cast)
                 graph.initializer.remove(init)
                 graph.initializer.extend(inits)
                 for node in reversed(nodes):
@@ -111,23 +121,34 @@ def _fit_rows(w: dict, restored: np.ndarray, folded: np.ndarray):
     return q, scale, offset
 
 
-def _dequantize_nodes(name: str, q, scale, offset, axis: int):
-    """``DequantizeLinear`` (+ ``Add``) nodes writing ``name`` and their initializers."""
-    from onnx import helper, numpy_helper
+def _dequantize_nodes(name: str, q, scale, offset, axis: int, cast: bool = False):
+    """``DequantizeLinear`` (or, with ``cast``, ``Cast`` + ``Mul``) (+ ``Add``) nodes writing
+    ``name`` and their initializers."""
+    from onnx import TensorProto, helper, numpy_helper
 
     per_tensor = q.ndim < 2
-    inits = [numpy_helper.from_array(np.ascontiguousarray(q), f"{name}__q"),
-             numpy_helper.from_array(scale[0] if per_tensor else scale, f"{name}__scale")]
-    zero = np.zeros((), dtype=q.dtype) if per_tensor else np.zeros(scale.shape, dtype=q.dtype)
-    inits.append(numpy_helper.from_array(zero, f"{name}__zero"))
+    shape = [1] * q.ndim
+    shape[axis if not per_tensor else 0] = -1
+    inits = [numpy_helper.from_array(np.ascontiguousarray(q), f"{name}__q")]
     target = name if offset is None else f"{name}__scaled"
-    attrs = {} if per_tensor else {"axis": axis}
-    nodes = [helper.make_node("DequantizeLinear", [f"{name}__q", f"{name}__scale",
-                                                   f"{name}__zero"], [target],
-                              name=f"{name}__dequantize", **attrs)]
+    if cast:  # broadcast per output row along ``axis``
+        row = scale[0] if per_tensor else np.ascontiguousarray(scale.reshape(shape))
+        inits.append(numpy_helper.from_array(row, f"{name}__scale"))
+        nodes = [helper.make_node("Cast", [f"{name}__q"], [f"{name}__float"],
+                                  to=TensorProto.FLOAT, name=f"{name}__cast"),
+                 helper.make_node("Mul", [f"{name}__float", f"{name}__scale"], [target],
+                                  name=f"{name}__dequantize")]
+    else:
+        inits.append(numpy_helper.from_array(scale[0] if per_tensor else scale,
+                                             f"{name}__scale"))
+        zero = (np.zeros((), dtype=q.dtype) if per_tensor
+                else np.zeros(scale.shape, dtype=q.dtype))
+        inits.append(numpy_helper.from_array(zero, f"{name}__zero"))
+        attrs = {} if per_tensor else {"axis": axis}
+        nodes = [helper.make_node("DequantizeLinear", [f"{name}__q", f"{name}__scale",
+                                                       f"{name}__zero"], [target],
+                                  name=f"{name}__dequantize", **attrs)]
     if offset is not None:
-        shape = [1] * q.ndim
-        shape[axis if not per_tensor else 0] = -1
         low = offset[0] if per_tensor else offset.reshape(shape)
         inits.append(numpy_helper.from_array(np.ascontiguousarray(low), f"{name}__low"))
         nodes.append(helper.make_node("Add", [target, f"{name}__low"], [name],

@@ -184,7 +184,9 @@ def fit_budget(quantizer, max_mb: float, fill: bool = False, sizer=None) -> dict
     Returns:
         ``{"fits", "true_mb", "lowered" (groups lowered), "raised" (groups raised), "tau"
         (bits shifted down; negative when raised)}``; ``fits`` is False only when even the
-        floor (every group at ``min_bits``) is over ``max_mb``. ``sizer``: as in
+        floor (every group at ``min_bits``) is over ``max_mb``: every group is then lowered to
+        it (a file target whose floor moved up in training; a true-size floor is checked
+        before any training). ``sizer``: as in
         ``start_at_size`` (``true_mb`` stays the true size).
     """
     unique = _check(quantizer)
@@ -206,9 +208,9 @@ def fit_budget(quantizer, max_mb: float, fill: bool = False, sizer=None) -> dict
     # Under the budget (fill): the most negative shift that still fits; over it: the smallest
     # positive one. +-16 bits moves every group to its floor / ceiling.
     lo, hi = (-16.0, 0.0) if before <= max_mb else (0.0, 16.0)
-    if size(hi) > max_mb:  # even the floor is over
-        return {"fits": False, "true_mb": size(hi), "lowered": 0, "raised": 0, "tau": hi}
-    if size(lo) <= max_mb:  # even the ceiling fits
+    if size(hi) > max_mb:  # even the floor is over: the floor is as close as it gets
+        lo = hi
+    elif size(lo) <= max_mb:  # even the ceiling fits
         hi = lo
     while hi - lo > 1e-6:  # invariant: size(lo) > max_mb >= size(hi)
         mid = (lo + hi) / 2

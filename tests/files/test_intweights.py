@@ -109,21 +109,31 @@ def test_pt2_int_program_is_exact_and_small(artifacts, name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["learned", "minmax-2to4"])
-def test_onnx_int_is_qdq_and_small(artifacts, name, tmp_path):
+@pytest.mark.parametrize("weights", ["int", "qdq"])
+def test_onnx_int_weights_are_small_and_in_the_form_asked(artifacts, name, weights, tmp_path):
     pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     path = artifacts[name]
-    result = export_artifact(path, tmp_path / "m.onnx", weights="int")
+    result = export_artifact(path, tmp_path / "m.onnx", weights=weights)
     float_file = export_artifact(path, tmp_path / "f.onnx")
     assert result["format"] == "onnx" and result["ok"] and result["max_abs_diff"] <= 1e-4
-    assert result["int"]["float"] == 0
+    assert result["int"]["float"] == 0 and result["weights"] == weights
     assert result["bytes"] < 0.35 * float_file["bytes"]
     graph = onnx.load(result["path"]).graph
-    dequantize = [n for n in graph.node if n.op_type == "DequantizeLinear"]
-    assert len(dequantize) == sum(result["int"]["tensors"].values())
+    ops = [n.op_type for n in graph.node]
+    ints = sum(result["int"]["tensors"].values())
+    if weights == "qdq":  # the conv weights: the form int8 runtimes recognise
+        assert ops.count("DequantizeLinear") == ints
+    else:  # integers cast and scaled: onnxruntime folds them into float weights at load
+        assert "DequantizeLinear" not in ops and ops.count("Cast") == ints
     kinds = {i.data_type for i in graph.initializer if i.name.endswith("__q")}
     assert kinds <= {onnx.TensorProto.INT8, onnx.TensorProto.UINT8} and kinds
+
+
+def test_qdq_is_for_onnx_only(artifacts, tmp_path):
+    with pytest.raises(InputError, match="applies to --format onnx"):
+        export_artifact(artifacts["learned"], tmp_path / "m.pt2", "pt2", weights="qdq")
 
 
 def test_int_weights_bad_inputs(artifacts, tmp_path):
@@ -132,5 +142,27 @@ def test_int_weights_bad_inputs(artifacts, tmp_path):
         export_artifact(path, tmp_path / "m.safetensors", weights="int")
     with pytest.raises(InputError, match="pt2 or onnx"):
         export_artifact(path, tmp_path / "m.pt2", "compact", weights="int")
-    with pytest.raises(InputError, match="float, int"):
+    with pytest.raises(InputError, match="float, int, qdq"):
         export_artifact(path, tmp_path / "m.pt2", weights="int8")
+
+
+def test_a_transformers_linear_weights_are_integers_in_onnx_too(tmp_path):
+    # MatMul weights: Cast + Mul, never DequantizeLinear (onnxruntime would run that MatMul on
+    # dynamically quantized activations), so the file is small and still exact.
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    path = make_artifact(tmp_path / "vit.th", name="test_vit", grid="learned", max_bits=8)["path"]
+    for weights in ("int", "qdq"):
+        result = export_artifact(path, tmp_path / f"{weights}.onnx", weights=weights)
+        # 25 weights are integers; pos_embed stays float (the exporter adds it to the class
+        # token into one constant that only an Add reads).
+        assert result["ok"] and result["int"]["float"] == 1 and result["int"]["tensors"]
+        graph = onnx.load(result["path"]).graph
+        readers = {n.input[1] for n in graph.node if n.op_type == "MatMul"}
+        casts = {n.output[0] for n in graph.node if n.op_type == "Cast"}
+        scaled = {n.output[0] for n in graph.node
+                  if n.op_type == "Mul" and n.input[0] in casts}
+        assert readers & scaled  # some linear layer reads a cast-and-scaled integer weight
+        assert not any(n.op_type == "DequantizeLinear" and n.output[0] in readers
+                       for n in graph.node)

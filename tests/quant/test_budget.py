@@ -83,8 +83,9 @@ def test_fit_budget_leaves_a_fitting_model_alone_and_reports_an_impossible_budge
         "fits": True, "true_mb": pytest.approx(q.true_model_size()), "lowered": 0, "raised": 0,
         "tau": 0.0}
     assert all(torch.equal(a, qp.bit_param) for a, qp in zip(logits, q._qparams, strict=True))
-    fit = fit_budget(q, size_floor(q) / 2)
+    fit = fit_budget(q, size_floor(q) / 2)  # impossible: the floor is the nearest
     assert not fit["fits"] and fit["true_mb"] == pytest.approx(size_floor(q))
+    assert q.true_model_size() == pytest.approx(size_floor(q))
 
 
 def test_fit_budget_fill_raises_the_groups_nearest_their_threshold_while_it_fits():
