@@ -1,5 +1,6 @@
 # diffq developer entry points. `make test` and `make demo` work on a fresh clone: they create
-# .venv and install the package (with the dev extra) first when needed. The demo passes
+# .venv and install the package (with the dev and onnx extras: the ONNX exports are tested) first
+# when needed. The demo passes
 # --overwrite so that running it again replaces its previous run directory.
 PY ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,onnx]'
 	touch $(STAMP)
 
 install: $(STAMP)
