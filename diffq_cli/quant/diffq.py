@@ -14,6 +14,7 @@ from torch import nn
 from diffq_cli.quant import grids
 from diffq_cli.quant.base import BaseQuantizer
 from diffq_cli.quant.coded import CodedTables
+from diffq_cli.quant.gridnoise import learned_noisy_and_again
 from diffq_cli.quant.noise import FreshNoise, NoisePool
 from diffq_cli.quant.ops import minmax_levels, noisy_weight_and_again, straight_through
 from diffq_cli.quant.params import QParam
@@ -214,11 +215,10 @@ class DiffQuantizer(BaseQuantizer):
         ]
 
     def _grid_noisy(self, qp: QParam, bits, unit, noise, mult: float):
-        """(noisy training weight on a per-channel grid, no recompute function)."""
+        """(noisy training weight on a per-channel grid, its recompute function or None)."""
         if self.grid == "learned":
-            alpha = grids.per_row(qp.scale_param.exp(), qp.param.shape)
-            bits_e = grids.per_group(bits, qp.numel, qp.group_size)
-            return grids.learned_noisy(qp.param, alpha, bits_e, noise, mult), None
+            return learned_noisy_and_again(qp.param, qp.scale_param.exp(), bits, noise,
+                                           qp.group_size, mult)
         unit_e = grids.per_group(unit, qp.numel, qp.group_size)
         return grids.channel_noisy(qp.param, unit_e, noise, mult), None
 

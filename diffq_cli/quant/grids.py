@@ -133,16 +133,6 @@ def learned_fake(weight, alpha_e, half_e):
     return (q * step).view(weight.shape).to(weight.dtype)
 
 
-def learned_noisy(weight, alpha_e, bits_e, noise, mult: float):
-    """DiffQ's training weight on a learned grid: the weight clamped to the range that true
-    quantization keeps (``[-alpha, alpha - step]``) plus noise scaled by the same step,
-    ``step = alpha * 2**(1 - b)``; gradients reach the weight, ``alpha`` and the bits."""
-    step = alpha_e * torch.exp2(1 - bits_e)
-    w = weight.reshape(-1).float()
-    clamped = torch.maximum(torch.minimum(w, alpha_e - step), -alpha_e)
-    return torch.addcmul(clamped, noise, step, value=mult).view(weight.shape).to(weight.dtype)
-
-
 def channel_noisy(weight, unit_e, noise, mult: float):
     """DiffQ's training weight on per-row min/max ranges: ``w + noise * unit * span_row``."""
     w = weight.reshape(-1).float()
