@@ -22,19 +22,32 @@ import torch
 from diffq_cli.quant.grids import per_group, per_row, rows_of
 
 
-def _step_and_range(weight, alpha, bits, group_size: int):
-    """Per element: the weight as float32, ``alpha``, ``2**(1 - b)`` and the step."""
+def _parts(weight, alpha, bits, group_size: int):
+    """(weight as float32, alpha, 2**(1 - b), step), broadcastable against each other.
+
+    When a row holds whole groups (most layers), the weight is viewed as (rows, groups per row,
+    group_size) and alpha, the scale and the step stay one value per row or group: no
+    weight-sized copy. Otherwise (a row length that is not a multiple of the group size, e.g. a
+    first conv on one input channel) they are expanded to one value per element."""
     w = weight.detach().reshape(-1).float()
-    alpha_e = per_row(alpha.detach().float(), weight.shape)
-    scale = torch.exp2(1 - per_group(bits.detach().float(), w.numel(), group_size))
-    return w, alpha_e, scale, alpha_e * scale
+    rows, cols = rows_of(weight.shape)
+    alpha, bits = alpha.detach().float(), bits.detach().float()
+    if cols % group_size == 0:
+        w = w.view(rows, cols // group_size, group_size)
+        alpha = alpha.view(rows, 1, 1)
+        scale = torch.exp2(1 - bits).view(rows, cols // group_size, 1)
+    else:
+        alpha = per_row(alpha, weight.shape)
+        scale = torch.exp2(1 - per_group(bits, w.numel(), group_size))
+    return w, alpha, scale, alpha * scale
 
 
 def _noisy(weight, alpha, bits, noise, group_size: int, mult: float) -> torch.Tensor:
-    w, alpha_e, _, step = _step_and_range(weight, alpha, bits, group_size)
-    out = torch.minimum(w, alpha_e - step)
-    torch.maximum(out, alpha_e.neg_(), out=out)
-    return out.addcmul_(noise, step, value=mult).view(weight.shape).to(weight.dtype)
+    w, alpha, _, step = _parts(weight, alpha, bits, group_size)
+    out = torch.minimum(w, alpha - step)
+    torch.maximum(out, -alpha, out=out)
+    return out.addcmul_(noise.view_as(out), step, value=mult).view(weight.shape).to(
+        weight.dtype)
 
 
 class LearnedNoisy(torch.autograd.Function):
@@ -51,32 +64,41 @@ class LearnedNoisy(torch.autograd.Function):
     def backward(ctx, grad):
         weight, alpha, bits, noise = ctx.saved_tensors
         gs, mult = ctx.group_size, ctx.mult
-        # One weight-sized temporary at a time where possible: this runs per layer, inside
-        # the backward, where the other layers' activations are still alive.
-        w, alpha_e, scale, step = _step_and_range(weight, alpha, bits, gs)
-        g = grad.reshape(-1).float()
-        top = w >= alpha_e - step
-        bottom = w <= alpha_e.neg_()  # alpha_e is not needed after this
-        del alpha_e
-        grad_w = grad_alpha = grad_bits = None
+        w, alpha_b, scale, step = _parts(weight, alpha, bits, gs)
+        g = grad.reshape(w.shape).float()
+        top = w >= alpha_b - step
+        bottom = w <= -alpha_b
+        grad_w = None
         if ctx.needs_input_grad[0]:
             grad_w = g.masked_fill(top | bottom, 0).view(weight.shape).to(weight.dtype)
-        dstep = torch.mul(g, noise).mul_(mult)
-        dstep[top] -= g[top]  # the clipped weights are few: indexing beats a dense product
-        if ctx.needs_input_grad[1]:
-            edge = scale.mul_(dstep)  # scale is not needed after this
-            edge[top] += g[top]
-            edge[bottom] -= g[bottom]
-            grad_alpha = edge.view(rows_of(weight.shape)[0], -1).sum(1).to(alpha.dtype)
-            del edge, scale
-        if ctx.needs_input_grad[2]:
-            per_weight = dstep.mul_(step).mul_(-math.log(2.0))
-            full = w.numel() // gs
-            sums = [per_weight[: full * gs].view(full, gs).sum(1)]
-            if w.numel() > full * gs:
-                sums.append(per_weight[full * gs:].sum().view(1))
-            grad_bits = torch.cat(sums).to(bits.dtype)
-        return grad_w, grad_alpha, grad_bits, None, None, None
+        noise = noise.view(w.shape)
+        if w.dim() == 3:  # whole groups per row: every sum is over the last axis
+            on_top = g.masked_fill(~top, 0).sum(-1, keepdim=True)
+            dstep = (g * noise).sum(-1, keepdim=True).mul_(mult).sub_(on_top)
+            edge = on_top.sub_(g.masked_fill(~bottom, 0).sum(-1, keepdim=True))
+            grad_alpha = edge.add_(dstep * scale).sum((1, 2))
+            grad_bits = dstep.mul_(step).mul_(-math.log(2.0)).reshape(-1)
+        else:
+            grad_alpha, grad_bits = _flat_grads(g, noise, top, bottom, scale, step, gs, mult,
+                                                rows_of(weight.shape)[0])
+        return grad_w, grad_alpha.to(alpha.dtype), grad_bits.to(bits.dtype), None, None, None
+
+
+def _flat_grads(g, noise, top, bottom, scale, step, gs: int, mult: float, rows: int):
+    """(d/dalpha per row, d/db per group) from per-element values (rows not made of whole
+    groups)."""
+    dstep = torch.mul(g, noise).mul_(mult)
+    dstep[top] -= g[top]  # the clipped weights are few: indexing beats a dense product
+    edge = scale.mul(dstep)
+    edge[top] += g[top]
+    edge[bottom] -= g[bottom]
+    grad_alpha = edge.view(rows, -1).sum(1)
+    per_weight = dstep.mul_(step).mul_(-math.log(2.0))
+    full = g.numel() // gs
+    sums = [per_weight[: full * gs].view(full, gs).sum(1)]
+    if g.numel() > full * gs:
+        sums.append(per_weight[full * gs:].sum().view(1))
+    return grad_alpha, torch.cat(sums)
 
 
 def learned_noisy_and_again(weight, alpha, bits, noise, group_size: int, mult: float):
