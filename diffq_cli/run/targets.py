@@ -148,8 +148,8 @@ def size_term(run, target_mb, file: bool = False):
                 # in any optimizer, so their (zero) gradients move nothing.
                 return task.float() + 0.0 * quantizer.model_size(), run.frozen_size
             return task.float(), run.frozen_size
-        due = target_mb is not None and run.stage.step % CALIBRATE_EVERY == 0
-        if due and file:
+        due = run.stage.step % CALIBRATE_EVERY == 0
+        if due and file:  # with --mu too: the tables follow the weights
             quantizer.refresh_file_tables()
         size = quantizer.model_size(file=file)
         loss = task.float() + control.mu * size

@@ -233,3 +233,18 @@ def test_a_file_target_under_the_coded_floor_is_refused_before_training(tmp_path
     assert result.exit_code == 2
     assert "below the smallest reachable file size" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_mu_run_can_price_the_file(tmp_path):
+    out = tmp_path / "mu"
+    result = run(CliRunner(), "finetune", *FAST, "--max-steps", "2", "--mu", "1e-3", "--size",
+                 "file", "--output", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    (diffq,) = summary["runs"]
+    assert summary["size"] == "file" and diffq["label"] == "mu=0.001"
+    # The penalty was the file's: the logged size is the coded estimate, not the true size.
+    record = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert record["model_size"] == pytest.approx(record["file_mb"], rel=0.05)
+    assert record["file_mb"] < 0.9 * record["true_mb"]
+    assert record["file_mb"] == pytest.approx(diffq["file_estimate_mb"], rel=0.05)
