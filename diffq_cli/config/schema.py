@@ -1,8 +1,7 @@
 """The recipe's schema: frozen dataclasses, one per section, that coerce and validate every
 value when built (a mistake is a one-line :class:`~diffq_cli.errors.InputError` naming the key).
-
-``recipe.py`` reads YAML files and overrides into these; ``recipes/default.yaml`` documents
-every key. No YAML and no torch here: importing the schema is cheap.
+``load.py`` reads YAML files and overrides into these; ``recipes/default.yaml`` documents every
+key. No YAML and no torch here: importing the schema is cheap.
 """
 
 import dataclasses
@@ -157,18 +156,20 @@ class TrainConfig(_Section):
 
     section: ClassVar = "train"
     choices: ClassVar = {"amp": ("none", "bf16", "fp16"), "baseline": ("none", "ptq", "qat"),
-                         "logger": ("none", "tensorboard"), "target_size": ("true", "file")}
+                         "logger": ("none", "tensorboard"), "target_size": ("true", "file"),
+                         "start_widths": ("size", "fisher")}
     bounds: ClassVar = {"epochs": _GE1, "max_steps": _GE1, "log_every": _GE1, "seed": _GE0,
                         "float_epochs": _GE0, "freeze_bits": (0, 1, False), "bn_recalibrate": _GE0}
     epochs: int = 3
     float_epochs: int = 0
     max_steps: int | None = None
     freeze_bits: float = 0.0  # last fraction of DiffQ's steps: widths frozen, true quantization
-    fill_budget: bool = False  # with a size target: widths fitted to it when they freeze
+    fill_budget: bool = False  # with a size target: widths raised to it too when they freeze
     bn_recalibrate: int = 0  # batches re-estimating BatchNorm statistics on quantized weights
     mu: tuple[float, ...] | None = None  # None and no target: DEFAULT_MU
     target_mb: tuple[float, ...] = ()
     target_size: str = "true"  # what --target-mb and the comparisons measure: true | file
+    start_widths: str = "fisher"  # with a target: fisher (loss per bit) | size (small first)
     baseline: str = "ptq"
     seed: int = 0
     log_every: int = 10
@@ -226,10 +227,9 @@ _WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a s
 
 def _scalar(value: Any, tp: type) -> Any:
     """``value`` as ``tp``, or ``_BAD``. YAML 1.1 reads ``1e-3`` as a string, hence str -> float."""
-    if isinstance(value, bool) and tp is str:  # YAML reads `target_size: true` as a bool
-        return str(value).lower()
-    if isinstance(value, bool) or tp is bool:
-        return value if isinstance(value, bool) and tp is bool else _BAD
+    if isinstance(value, bool) or tp is bool:  # a YAML `true` for a word (target_size): "true"
+        ok = isinstance(value, bool) and tp in (bool, str)
+        return _BAD if not ok else value if tp is bool else str(value).lower()
     if tp is int and isinstance(value, (int, float)) and float(value).is_integer():
         return int(value)
     if tp is float and isinstance(value, (int, float, str)):

@@ -95,7 +95,7 @@ def set_uniform_bits(quantizer, bits: float) -> None:
             qp.bit_param.fill_(float(logits_for_bits(quantizer, torch.tensor(float(bits)))))
 
 
-def start_at_size(quantizer, target_mb: float, sizer=None) -> float:
+def start_at_size(quantizer, target_mb: float, sizer=None, sensitivity=None) -> float:
     """Sets starting widths whose true size is at most ``target_mb``, with no rounding surprise.
 
     Every group gets an integer width ``k`` or ``k + 1``: the smallest tensors (first and last
@@ -104,7 +104,9 @@ def start_at_size(quantizer, target_mb: float, sizer=None) -> float:
     0.3`` at the bottom, where an exact bound would freeze the logit), so the training noise
     matches what rounding will give. Keeps ``init_bits`` when that already fits. Returns the
     resulting true size in MB. ``sizer(unique, widths) -> MiB``: the size to fit (default the
-    true size; ``coded.CodedTables.widths_mb`` for the file).
+    true size; ``coded.CodedTables.widths_mb`` for the file). ``sensitivity`` ({name: loss
+    increase per unit of quantization noise variance, e.g. the summed squared gradients times
+    the squared range}): widths per tensor by expected loss per bit instead (``_by_sensitivity``).
     """
     unique = _check(quantizer)
     size_mb = sizer or functools.partial(_size_mb, quantizer)
@@ -113,24 +115,29 @@ def start_at_size(quantizer, target_mb: float, sizer=None) -> float:
     if size_mb(unique, _full(unique, high)) <= target_mb:
         set_uniform_bits(quantizer, quantizer.init_bits)
         return quantizer.true_model_size()
-    k = low
-    while k + 1 < high and size_mb(unique, _full(unique, k + 1)) <= target_mb:
-        k += 1
-    widths = _full(unique, k)
-    order = sorted(range(len(unique)), key=lambda i: unique[i].numel)  # smallest tensors first
+    if sensitivity is not None:
+        widths, order = _by_sensitivity(unique, sensitivity, size_mb, target_mb, low, high)
+        k = None
+    else:
+        k = low
+        while k + 1 < high and size_mb(unique, _full(unique, k + 1)) <= target_mb:
+            k += 1
+        widths = _full(unique, k)
+        order = sorted(range(len(unique)), key=lambda i: unique[i].numel)  # smallest first
     for i in order:
-        widths[i] = widths[i] + 1
-        if size_mb(unique, widths) <= target_mb:
+        base = widths[i].clone()
+        widths[i] = base + 1
+        if k is not None and size_mb(unique, widths) <= target_mb:
             continue
-        # This tensor does not fit whole at k + 1: its first n groups do (bisection on n,
+        # This tensor does not fit whole one bit wider: its first n groups do (bisection on n,
         # the size grows with n), so the start spends the budget instead of stopping short.
         lo, hi = 0, unique[i].n_groups
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            widths[i] = torch.full_like(widths[i], k)
+            widths[i] = base.clone()
             widths[i][:mid] += 1
             lo, hi = (mid, hi) if size_mb(unique, widths) <= target_mb else (lo, mid)
-        widths[i] = torch.full_like(widths[i], k)
+        widths[i] = base.clone()
         widths[i][:lo] += 1
         break
     for qp, width in zip(unique, widths, strict=True):
@@ -166,6 +173,32 @@ def moved_groups(start: list | None, now: list | None) -> dict:
     return {"groups": groups, "groups_moved": moved,
             "moved_fraction": moved / groups if groups else 0.0,
             "moved_mean_bits": float(diff.double().mean()) if groups else 0.0}
+
+
+def _by_sensitivity(unique, sensitivity: dict, size_mb, target_mb: float, low: int,
+                    high: int):
+    """Whole-tensor widths by expected loss per bit, greedily: every tensor at ``low``, then
+    the tensor whose next bit removes the most loss per stored bit gets it, while the size
+    fits. One more bit divides a tensor's noise variance by 4, so its gain is
+    ``sensitivity * 4**-b * 3/4`` for ``numel`` bits (the noise-variance model of HAWQ-style
+    allocation). Returns the widths and, first, the tensor that would have been raised next
+    (the start then widens as many of its groups as still fit)."""
+    widths = _full(unique, low)
+    now = [low] * len(unique)
+
+    def gain(i: int) -> float:
+        return sensitivity.get(unique[i].name, 0.0) * 4.0 ** -now[i] / unique[i].numel
+
+    while True:
+        open_ = [i for i in range(len(unique)) if now[i] < high]
+        if not open_:
+            return widths, []
+        best = max(open_, key=gain)
+        widths[best] = widths[best] + 1
+        if size_mb(unique, widths) > target_mb:
+            widths[best] = widths[best] - 1
+            return widths, [best]
+        now[best] += 1
 
 
 def _full(unique, width: int) -> list[torch.Tensor]:

@@ -118,15 +118,17 @@ def file_sizer(quantizer, file: bool):
     return quantizer.refresh_file_tables().widths_mb if file else None
 
 
-def start_control(quantizer, mu: float, target_mb: float | None, file: bool = False):
+def start_control(quantizer, mu: float, target_mb: float | None, file: bool = False,
+                  sensitivity: dict | None = None):
     """A fixed mu, or (with a target) the controller, every group starting at the aimed size
-    (the true size, or with ``file`` the entropy-coded file's)."""
+    (the true size, or with ``file`` the entropy-coded file's; with ``sensitivity``, widths
+    per tensor by expected loss per bit, ``run/sensitivity.py``)."""
     if target_mb is None:
         return FixedMu(mu)
     from diffq_cli.quant.budget import start_at_size
 
     control = MuController(target_mb)
-    start_at_size(quantizer, control.aim_mb, file_sizer(quantizer, file))
+    start_at_size(quantizer, control.aim_mb, file_sizer(quantizer, file), sensitivity)
     return control
 
 

@@ -21,6 +21,7 @@ from diffq_cli.quant.budget import integer_widths, moved_groups
 from diffq_cli.quant.calibrate import recalibrate_batchnorm
 from diffq_cli.run.loop import Stage, make_stage, run_epoch
 from diffq_cli.run.runlog import float_records, mean_bits, run_log, write_metrics
+from diffq_cli.run.sensitivity import tensor_sensitivity
 from diffq_cli.run.steps import (
     bits_lr,
     build_optimizer,
@@ -30,6 +31,8 @@ from diffq_cli.run.steps import (
 )
 from diffq_cli.run.targets import fit_target, fit_widths, size_term, start_control
 from diffq_cli.units import human
+
+SENSITIVITY_BATCHES = 8  # batches of squared gradients for train.start_widths: fisher
 
 
 @dataclass
@@ -64,8 +67,14 @@ def _aims_file(recipe) -> bool:
     return recipe.train.target_size == "file" and recipe.quant.method == "diffq"
 
 
-def _setup(model, recipe, mu, target_mb, ctx, steps_per_epoch) -> _Run:
+def _setup(model, recipe, mu, target_mb, ctx, loader) -> _Run:
     o, t = recipe.optim, recipe.train
+    steps_per_epoch = len(loader)
+    sensitivity = None
+    if target_mb is not None and t.start_widths == "fisher":  # on the float model, first
+        names = [n for n, _ in model.named_parameters()]
+        sensitivity = tensor_sensitivity(model, names, loader, SENSITIVITY_BATCHES, ctx,
+                                         t.channels_last)
     # Order matters: the main optimizer exists before the quantizer adds the bit parameters,
     # and DDP wraps the model after both (it must see the bit parameters as its own).
     optimizer = build_optimizer(model.parameters(), o)
@@ -78,7 +87,7 @@ def _setup(model, recipe, mu, target_mb, ctx, steps_per_epoch) -> _Run:
     lr = bits_lr(o, total - round(total * t.freeze_bits))
     bits_opt = torch.optim.Adam([{"params": []}], lr=lr, fused=True)
     quantizer.setup_optimizer(bits_opt, lr=lr)
-    control = start_control(quantizer, mu, target_mb, _aims_file(recipe))
+    control = start_control(quantizer, mu, target_mb, _aims_file(recipe), sensitivity)
     label = run_label(recipe.quant, mu, target_mb, t.target_size)
     stage = make_stage(ctx.dist.wrap(model), [optimizer, bits_opt], ctx, recipe, steps_per_epoch,
                        total)
@@ -241,7 +250,7 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
             rounding is made to fit (``diffq_cli.run.targets``, ``quant.budget``).
     """
     train_loader, val_loader = loaders
-    run = _setup(model, recipe, mu, target_mb, ctx, len(train_loader))
+    run = _setup(model, recipe, mu, target_mb, ctx, train_loader)
     ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
     kept = float_records(metrics_path)  # the float stage's epochs stay in the file
     if ctx.resume and ctx.dist.agree(ckpt_path.exists(), str(ckpt_path)):  # every rank loads

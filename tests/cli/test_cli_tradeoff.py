@@ -248,3 +248,15 @@ def test_a_mu_run_can_price_the_file(tmp_path):
     assert record["model_size"] == pytest.approx(record["file_mb"], rel=0.05)
     assert record["file_mb"] < 0.9 * record["true_mb"]
     assert record["file_mb"] == pytest.approx(diffq["file_estimate_mb"], rel=0.05)
+
+
+def test_a_fisher_start_fits_the_target_and_mixes_layer_widths(tmp_path):
+    out = tmp_path / "fisher"
+    result = run(CliRunner(), "finetune", *FAST, "--max-steps", "2", "--target-mb", "4",
+                 "train.start_widths=fisher", "--baseline", "none", "--output", out, "--json")
+    assert result.exit_code == 0, result.output
+    (diffq,) = json.loads(result.stdout)["runs"]
+    assert 0.95 * 4 <= diffq["true_mb"] <= 4
+    size = json.loads(run(CliRunner(), "size", out / "model.th", "--json").stdout)
+    means = {round(layer["bits_mean"]) for layer in size["layers"] if layer.get("bits_mean")}
+    assert len(means) >= 2  # widths chosen per tensor, not one width everywhere

@@ -157,3 +157,20 @@ def test_moved_groups_counts_the_widths_that_left_their_start():
                      "moved_mean_bits": pytest.approx(3 / total)}
     assert integer_widths(UniformQuantizer(make_net(), bits=4)) is None
     assert moved_groups(None, None) == {}
+
+
+def test_start_at_size_by_sensitivity_gives_the_sensitive_tensor_the_bits():
+    from diffq_cli.quant.budget import integer_widths, start_at_size
+
+    q = _quantizer(min_size=1e-4)
+    names = [qp.name for qp in q._qparams]
+    target = size_at_bits(q, 3)  # room for 3 bits everywhere
+    # One tensor a thousand times more sensitive than the others: it gets wider, the rest
+    # pay for it, and the budget is spent.
+    sensitivity = {n: 1.0 for n in names}
+    sensitivity[names[0]] = 1000.0
+    assert start_at_size(q, target, sensitivity=sensitivity) <= target
+    widths = {qp.name: w for qp, w in zip(q._qparams, integer_widths(q), strict=True)}
+    assert float(widths[names[0]].float().mean()) > 3
+    assert min(float(widths[n].float().mean()) for n in names[1:]) < 3
+    assert q.true_model_size() > 0.97 * target
