@@ -31,7 +31,9 @@ def test_target_run_ends_within_budget_and_reports_mu(aimed):
     assert size["true_mb"] == pytest.approx(diffq["true_mb"])  # the artifact holds that size
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert records and all(r["target_mb"] == 4.0 and r["mu"] > 0 for r in records)
-    assert all(0 < r["model_size"] < 4.0 * 1.05 for r in records)
+    # The logged penalty counts widths at the floor as min_bits + 0.3 (the sigmoid's start
+    # there) and every width's worst-case header: above the true size, by under 10 %.
+    assert all(0 < r["model_size"] < 4.0 * 1.1 for r in records)
     assert "target=4MiB" in result.stdout and "size targets: floor" in result.stderr
 
 
@@ -138,7 +140,8 @@ def test_a_missed_budget_exits_1_saying_by_how_much(tmp_path, monkeypatch):
     from diffq_cli.quant import budget
 
     monkeypatch.setattr(budget, "start_at_size",
-                        lambda q, mb, sizer=None: budget.set_uniform_bits(q, 2.85))
+                        lambda q, mb, sizer=None, sensitivity=None:
+                        budget.set_uniform_bits(q, 2.85))
     monkeypatch.setattr(budget, "fit_budget",
                         lambda q, mb, fill=False, sizer=None: {"fits": False, "lowered": 0,
                                                                "raised": 0, "true_mb": 0.0,
