@@ -69,6 +69,12 @@ class _Job:
         return self.ctx.dist.accuracy(net, self.loaders[1], self.ctx.device)
 
     @property
+    def size_key(self) -> str:
+        """The rows' size that targets, marks and verdicts go by: the file's with
+        ``--size file``, else the true size."""
+        return "artifact_mb" if self.recipe.train.target_size == "file" else "true_mb"
+
+    @property
     def title(self) -> str:
         return f"{self.recipe.model.name} on {self.info['dataset']}"
 
@@ -90,7 +96,7 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     model = _start(job)
     rows = [{"method": "float", "label": "float32", "accuracy": job.float_acc, "delta": 0.0,
              "true_mb": job.float_mb, "compression": 1.0, "mean_bits": 32.0}]
-    file = recipe.train.target_size == "file"
+    file = job.size_key == "artifact_mb"
     if recipe.train.baseline != "none":
         calibrate = baselines.bn_calibration(recipe.train.bn_recalibrate, job.loaders[0])
         rows += baselines.ptq_rows(model, recipe.quant, job.accuracy, calibrate=calibrate,
@@ -108,7 +114,7 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
         reporter.verdicts(summary["verdicts"])
         reporter.layer_table(layers, f"Bits per quantized layer ({last})")
     job.ctx.dist.close()
-    key, kind = ("artifact_mb", "file") if file else ("true_mb", "true size")
+    key, kind = job.size_key, "file" if file else "true size"
     missed = [r for r in runs if r["target_mb"] is not None and r[key] > r["target_mb"]]
     if missed:
         raise GateError("; ".join(
@@ -201,7 +207,7 @@ def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
     for row in rows:
         row["delta"] = None if row.get("accuracy") is None else row["accuracy"] - job.float_acc
         row["collapsed"] = baselines.collapsed(row.get("accuracy"), classes)
-    key = "artifact_mb" if job.recipe.train.target_size == "file" else "true_mb"
+    key = job.size_key
     if key == "artifact_mb":  # the float row's file: its float32 weights
         rows[0]["artifact_mb"] = job.float_mb
     baselines.mark_best(rows, key=key)
@@ -238,10 +244,9 @@ def _qat_rows(job: _Job, runs: list) -> list:
     from diffq_cli.run import baselines
     from diffq_cli.run.train import train_one
 
-    file = job.recipe.train.target_size == "file"
     widths = baselines.qat_widths(job.fresh_model(job.start_weights), job.recipe.quant,
-                                  [r["artifact_mb" if file else "true_mb"] for r in runs],
-                                  file=file)
+                                  [r[job.size_key] for r in runs],
+                                  file=job.size_key == "artifact_mb")
     rows = []
     for bits in widths:
         recipe = baselines.qat_recipe(job.recipe, bits)

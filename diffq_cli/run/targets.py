@@ -175,11 +175,11 @@ def fit_widths(quantizer, target_mb: float, fill: bool = False, file_mb=None) ->
 
     if file_mb is None:
         return fit_budget(quantizer, target_mb, fill=fill)
-    real = file_mb()
-    fit = {"fits": real <= target_mb, "true_mb": quantizer.true_model_size(), "file_mb": real,
-           "lowered": 0, "raised": 0, "tau": 0.0}
-    if fit["fits"] and not fill:
-        return fit
+    if not fill:  # only lowering what is over: a file that fits stays as it is
+        real = file_mb()
+        if real <= target_mb:
+            return {"fits": True, "true_mb": quantizer.true_model_size(), "file_mb": real,
+                    "lowered": 0, "raised": 0, "tau": 0.0}
     sizer, share = file_sizer(quantizer, True), FILE_AIM if fill else 0.995
     aim = target_mb * share
     for _ in range(FILE_ROUNDS):

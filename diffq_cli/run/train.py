@@ -164,7 +164,7 @@ def _save(run: _Run, ckpt_path: Path, metrics_path: Path, kept: list, mu) -> Non
     atomic_write(ckpt_path, torch_bytes(checkpoint))
 
 
-def _freeze_when_due(run: _Run, train, ctx, target_mb) -> None:
+def _freeze_when_due(run: _Run, recipe, ctx, target_mb) -> None:
     """For the last ``train.freeze_bits`` of the steps: widths frozen and forwards see true
     quantization with a straight-through gradient, so the weights train for the rounding the
     evaluation applies instead of for noise. With a size target the widths are fitted to it
@@ -172,13 +172,14 @@ def _freeze_when_due(run: _Run, train, ctx, target_mb) -> None:
     the frozen phase trains the very widths the artifact keeps and nothing changes after it.
     The widths leave the bits' optimizer; a learned grid's scales stay in it and keep training."""
     stage, quantizer = run.stage, run.quantizer
+    train = recipe.train
     freeze_steps = round(stage.total * train.freeze_bits)
     if (freeze_steps and stage.step >= stage.total - freeze_steps
             and hasattr(quantizer, "freeze_bits") and not quantizer.frozen):
         if target_mb is not None:
             # A file target is always filled: the coded size moves with the weights, so the
             # start's margin cannot be trusted to hold, and a file budget is there to be used.
-            file_mb = _file_mb(run, train, ctx)
+            file_mb = _file_mb(run, recipe, ctx)
             fit = fit_widths(quantizer, target_mb, train.fill_budget or file_mb is not None,
                              file_mb)
             run.fit = fit
@@ -193,10 +194,10 @@ def _freeze_when_due(run: _Run, train, ctx, target_mb) -> None:
                           f"{stage.total - stage.step} steps train through true quantization")
 
 
-def _file_mb(run: _Run, train, ctx):
+def _file_mb(run: _Run, recipe, ctx):
     """Aiming at the file: ``() -> MiB`` of the artifact the state now would be written to
     (``ctx.file_mb``, set by the finetune, or the quantizer's estimate); else None."""
-    if train.target_size != "file" or not hasattr(run.quantizer, "refresh_file_tables"):
+    if not _aims_file(recipe):
         return None
     measure = getattr(ctx, "file_mb", None)
     return (lambda: measure(run.quantizer)) if measure else run.quantizer.file_model_size
@@ -214,11 +215,11 @@ def _drop_widths(optimizer, quantizer) -> None:
         group["params"] = [p for p in group["params"] if id(p) not in widths]
 
 
-def _finish(run: _Run, val_loader, ctx, target_mb, calibrate, train) -> dict:
+def _finish(run: _Run, val_loader, ctx, target_mb, calibrate, recipe) -> dict:
     """Checks the size target once more (widths are lowered here only when no frozen phase
     fitted them; the accuracy is then measured again) and what the widths learned."""
     run.model.eval()
-    late = fit_target(run.quantizer, target_mb, ctx.reporter, _file_mb(run, train, ctx),
+    late = fit_target(run.quantizer, target_mb, ctx.reporter, _file_mb(run, recipe, ctx),
                       run.label)
     accuracy = run.history[-1]["accuracy"] if run.history and not late.get("lowered") else None
     if accuracy is None:
@@ -270,14 +271,14 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
             f"The last good checkpoint is kept in {ckpt_path}"
         )
 
-    _freeze_when_due(run, t, ctx, target_mb)  # a resumed run may be in that phase
+    _freeze_when_due(run, recipe, ctx, target_mb)  # a resumed run may be in that phase
     with ctx.reporter.progress(stage.total - stage.step, run.label) as bar:
 
         def on_step(value, n, size):
             bar.update(loss=f"{value:.3f}")
             log.step(stage.step, value, stage.optimizers[0].param_groups[0]["lr"], n,
                      size=size, bits=bits)
-            _freeze_when_due(run, t, ctx, target_mb)
+            _freeze_when_due(run, recipe, ctx, target_mb)
 
         try:
             while stage.epoch < t.epochs and stage.step < stage.total:
@@ -289,6 +290,6 @@ def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) ->
                     _save(run, ckpt_path, metrics_path, kept, mu)
         finally:
             log.close()  # flushes TensorBoard scalars even when a step fails
-    return _finish(run, val_loader, ctx, target_mb, calibrate, t)
+    return _finish(run, val_loader, ctx, target_mb, calibrate, recipe)
 
 
