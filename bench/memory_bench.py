@@ -47,7 +47,8 @@ for i in range(steps):
         bits_opt.zero_grad()
         if variant == "file" and i % 10 == 0:  # --size file: tables measured every 10 steps
             q.refresh_file_tables()
-        loss = loss + 1e-3 * q.model_size(file=variant == "file")
+        # The reference's model_size() takes no ``file``: pass it only where it is asked for.
+        loss = loss + 1e-3 * (q.model_size(file=True) if variant == "file" else q.model_size())
     loss.backward()
     opt.step()
     if bits_opt is not None:
