@@ -106,18 +106,41 @@ def layer_bits(state: dict) -> tuple[list[dict], dict[int, int]]:
     return layers, {w: int(n) for w, n in enumerate(hist.tolist()) if n}
 
 
-def bits_svg(path, state: dict, title: str = "") -> None:
+def _start_bits(state: dict, start: list) -> tuple[list[float], dict[int, int]]:
+    """Per layer mean width and the model's width histogram of the run's *start* widths (one
+    integer tensor per quantized layer, in the state's order)."""
+    import torch
+
+    from diffq_cli.quant.state import group_lengths, numel_of
+
+    means, hist = [], torch.zeros(16, dtype=torch.int64)
+    entries = list(state["quantized"].values())
+    if len(entries) != len(start):
+        raise ValueError(f"start widths for {len(start)} layers, the state has {len(entries)}")
+    for entry, bits in zip(entries, start, strict=True):
+        lengths = group_lengths(numel_of(entry["shape"]), entry["group_size"])
+        bits = bits.to(torch.int64).cpu()
+        hist += torch.bincount(bits, weights=lengths.double(), minlength=16)[:16].long()
+        means.append(float((bits * lengths).sum()) / float(lengths.sum()))
+    return means, {w: int(n) for w, n in enumerate(hist.tolist()) if n}
+
+
+def bits_svg(path, state: dict, title: str = "", start: list | None = None) -> None:
     """Per layer: mean learned bits (bar) and the range of group widths (whisker); beside it,
-    the share of the model's quantized weights at each width.
+    the share of the model's quantized weights at each width. With ``start``, where the run
+    began too: each layer's mean start width (a red tick) and the start's histogram (outline),
+    so what the widths learned shows.
 
     Args:
         path: the SVG file to write.
         state: a quantized state (``get_quantized_state()`` or an artifact's ``state``).
         title: figure title.
+        start: each quantized layer's integer group widths at the start (a DiffQ run's).
     """
     layers, hist = layer_bits(state)
     if not layers:
         raise ValueError("the state has no quantized tensor: nothing to plot")
+    begun, begun_hist = _start_bits(state, start) if start is not None else (None, {})
     height = max(3.0, 0.22 * len(layers) + 1.2)
     fig = _figure(figsize=(10, height))
     ax, hx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
@@ -130,19 +153,33 @@ def bits_svg(path, state: dict, title: str = "") -> None:
                              markersize=8, linewidth=1)
         whisker.set_gid(f"spread-{i}")
     whisker.set_label("min-max group width")
+    if begun is not None:
+        for i, (mean, y) in enumerate(zip(begun, ys, strict=True)):
+            (tick,) = ax.plot([mean], [y], color="tab:red", marker="|", markersize=12,
+                              markeredgewidth=2, linestyle="none")
+            tick.set_gid(f"start-{i}")
+        tick.set_label("mean width at the start")
     ax.set_yticks(ys, [r["name"] for r in layers], fontsize=7)
     ax.set_xlabel("bits per weight")
-    ax.set_xlim(0, max(r["max"] for r in layers) + 1)
+    ax.set_xlim(0, max([r["max"] for r in layers] + list(begun_hist)) + 1)
     ax.legend(loc="lower right", fontsize=7)
     ax.grid(True, axis="x", alpha=0.3)
     total = sum(hist.values())
     widths = sorted(hist)
-    hbars = hx.bar(widths, [100 * hist[w] / total for w in widths], color="tab:orange")
+    hbars = hx.bar(widths, [100 * hist[w] / total for w in widths], color="tab:orange",
+                   label="end")
     for w, bar in zip(widths, hbars, strict=True):
         bar.set_gid(f"width-{w}")
+    if begun_hist:
+        sbars = hx.bar(sorted(begun_hist), [100 * begun_hist[w] / total for w in
+                                            sorted(begun_hist)],
+                       fill=False, edgecolor="tab:red", linewidth=1.2, label="start")
+        for w, bar in zip(sorted(begun_hist), sbars, strict=True):
+            bar.set_gid(f"start-width-{w}")
+        hx.legend(fontsize=7)
     hx.set_xlabel("group width (bits)")
     hx.set_ylabel("quantized weights (%)")
-    hx.set_xticks(widths)
+    hx.set_xticks(sorted(set(widths) | set(begun_hist)))
     hx.set_title("widths over the model", fontsize=9)
     fig.suptitle(title or "learned bit widths")
     _save(fig, path)

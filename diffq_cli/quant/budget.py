@@ -17,6 +17,7 @@ import functools
 
 import torch
 
+from diffq_cli.quant import allocate
 from diffq_cli.quant.state import tensor_bits
 from diffq_cli.units import MIB_BITS
 
@@ -106,7 +107,7 @@ def start_at_size(quantizer, target_mb: float, sizer=None, sensitivity=None) -> 
     resulting true size in MB. ``sizer(unique, widths) -> MiB``: the size to fit (default the
     true size; ``coded.CodedTables.widths_mb`` for the file). ``sensitivity`` ({name: loss
     increase per unit of quantization noise variance, e.g. the summed squared gradients times
-    the squared range}): widths per tensor by expected loss per bit instead (``_by_sensitivity``).
+    the squared range}): widths per tensor by expected loss per bit instead (``allocate.start_widths``).
     """
     unique = _check(quantizer)
     size_mb = sizer or functools.partial(_size_mb, quantizer)
@@ -116,7 +117,8 @@ def start_at_size(quantizer, target_mb: float, sizer=None, sensitivity=None) -> 
         set_uniform_bits(quantizer, quantizer.init_bits)
         return quantizer.true_model_size()
     if sensitivity is not None:
-        widths, order = _by_sensitivity(unique, sensitivity, size_mb, target_mb, low, high)
+        widths, order = allocate.start_widths(unique, sensitivity, size_mb, target_mb, low,
+                                               high)
         k = None
     else:
         k = low
@@ -175,37 +177,12 @@ def moved_groups(start: list | None, now: list | None) -> dict:
             "moved_mean_bits": float(diff.double().mean()) if groups else 0.0}
 
 
-def _by_sensitivity(unique, sensitivity: dict, size_mb, target_mb: float, low: int,
-                    high: int):
-    """Whole-tensor widths by expected loss per bit, greedily: every tensor at ``low``, then
-    the tensor whose next bit removes the most loss per stored bit gets it, while the size
-    fits. One more bit divides a tensor's noise variance by 4, so its gain is
-    ``sensitivity * 4**-b * 3/4`` for ``numel`` bits (the noise-variance model of HAWQ-style
-    allocation). Returns the widths and, first, the tensor that would have been raised next
-    (the start then widens as many of its groups as still fit)."""
-    widths = _full(unique, low)
-    now = [low] * len(unique)
-
-    def gain(i: int) -> float:
-        return sensitivity.get(unique[i].name, 0.0) * 4.0 ** -now[i] / unique[i].numel
-
-    while True:
-        open_ = [i for i in range(len(unique)) if now[i] < high]
-        if not open_:
-            return widths, []
-        best = max(open_, key=gain)
-        widths[best] = widths[best] + 1
-        if size_mb(unique, widths) > target_mb:
-            widths[best] = widths[best] - 1
-            return widths, [best]
-        now[best] += 1
-
-
 def _full(unique, width: int) -> list[torch.Tensor]:
     return [torch.full((qp.n_groups,), width, dtype=torch.int64) for qp in unique]
 
 
-def fit_budget(quantizer, max_mb: float, fill: bool = False, sizer=None) -> dict:
+def fit_budget(quantizer, max_mb: float, fill: bool = False, sizer=None,
+               sensitivity: list | None = None) -> dict:
     """Lowers integer widths, cheapest groups first, until ``true_model_size() <= max_mb``;
     with ``fill``, also raises them while the size still fits when it is under ``max_mb``.
 
@@ -220,7 +197,10 @@ def fit_budget(quantizer, max_mb: float, fill: bool = False, sizer=None) -> dict
         floor (every group at ``min_bits``) is over ``max_mb``: every group is then lowered to
         it (a file target whose floor moved up in training; a true-size floor is checked
         before any training). ``sizer``: as in
-        ``start_at_size`` (``true_mb`` stays the true size).
+        ``start_at_size`` (``true_mb`` stays the true size). ``sensitivity`` (per group, aligned
+        with the quantized parameters, ``allocate.group_sensitivity``): groups are lowered /
+        raised by expected loss per stored bit instead of by their real bits (``tau`` is then
+        log4 of the price per bit, ``allocate.fit_widths_fn``).
     """
     unique = _check(quantizer)
     size_mb = sizer or functools.partial(_size_mb, quantizer)
@@ -229,18 +209,24 @@ def fit_budget(quantizer, max_mb: float, fill: bool = False, sizer=None) -> dict
     floor = int(_int_bits(torch.tensor(quantizer.min_bits + quantizer.extra_bits)))
     ceiling = int(_int_bits(torch.tensor(quantizer.max_bits + quantizer.extra_bits)))
 
+    now = [_int_bits(b).clamp(floor, ceiling) for b in real]
+
     def widths(tau: float) -> list[torch.Tensor]:
         return [_int_bits(b - tau).clamp(floor, ceiling) for b in real]
 
-    def size(tau: float) -> float:
-        return size_mb(unique, widths(tau))
-
-    before = size(0.0)
+    before = size_mb(unique, now)
     if before <= max_mb and not fill:
         return {"fits": True, "true_mb": before, "lowered": 0, "raised": 0, "tau": 0.0}
     # Under the budget (fill): the most negative shift that still fits; over it: the smallest
     # positive one. +-16 bits moves every group to its floor / ceiling.
     lo, hi = (-16.0, 0.0) if before <= max_mb else (0.0, 16.0)
+    if sensitivity is not None:
+        widths, lo, hi = allocate.fit_widths_fn(now, sensitivity, unique, floor, ceiling,
+                                                before <= max_mb)
+
+    def size(tau: float) -> float:
+        return size_mb(unique, widths(tau))
+
     if size(hi) > max_mb:  # even the floor is over: the floor is as close as it gets
         lo = hi
     elif size(lo) <= max_mb:  # even the ceiling fits
@@ -249,11 +235,11 @@ def fit_budget(quantizer, max_mb: float, fill: bool = False, sizer=None) -> dict
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if size(mid) <= max_mb else (mid, hi)
     final = widths(hi)
-    if fill and before <= max_mb:
+    if fill and before <= max_mb and sensitivity is None:  # ties: by price they are rare
         _top_up(size_mb, unique, final, max_mb, ceiling)
     lowered = raised = 0
     with torch.no_grad():
-        for qp, old, new in zip(unique, widths(0.0), final, strict=True):
+        for qp, old, new in zip(unique, now, final, strict=True):
             changed = new != old
             if bool(changed.any()):
                 lowered += int((new < old).sum())

@@ -45,7 +45,8 @@ def save_run(job, run_dir: Path, label, target, result, state, sizes) -> dict:
                                                     integer_widths(quantizer))
     metrics.update(write_artifact(job, run_dir / "model.th", state, job.recipe, metrics))
     if job.ctx.dist.is_main:
-        draw_bits(run_dir / "bits.svg", state, f"{job.title}, {label}")
+        draw_bits(run_dir / "bits.svg", state, f"{job.title}, {label}",
+                  result.get("start_widths"))
     metrics["delta"] = result["accuracy"] - job.float_acc
     return metrics
 
@@ -61,11 +62,11 @@ def write_artifact(job, path: Path, state: dict, recipe, metrics: dict) -> dict:
             "compression": compression(job.float_mb, mib(nbytes))}
 
 
-def draw_bits(path: Path, state: dict, title: str) -> None:
+def draw_bits(path: Path, state: dict, title: str, start: list | None = None) -> None:
     from diffq_cli.files.plots import bits_svg
 
     if state["quantized"]:
-        bits_svg(path, state, title)
+        bits_svg(path, state, title, start)
 
 
 # The fields of a run's metrics, valued: a measured file carries metadata of about this size.

@@ -1,12 +1,12 @@
-"""How much each weight tensor's quantization noise would cost the loss: the start of a size
-target with ``train.start_widths: fisher``.
+"""How much each weight's quantization noise would cost the loss, measured once on the float
+model of a size-target run with ``train.start_widths: fisher``: the start gives whole tensors
+their widths by it, and the fit at the freeze lowers / raises groups by it
+(``quant/allocate.py`` has the model).
 
-For noise of variance s^2 on every weight of a tensor, the loss rises by about
-``0.5 * s^2 * sum(E[g_i^2])`` (the diagonal Fisher approximation of the Hessian, measured from
-gradients). On a grid of range R at b bits the noise variance is R^2 4^-b / 12 (times a
-constant), so the tensor's sensitivity ``sum(E[g_i^2]) * R^2`` is what
-``quant.budget.start_at_size`` weighs against the bits a wider tensor costs (HAWQ-style
-allocation, with the Fisher instead of the Hessian's trace).
+For noise of variance v on a weight, the loss rises by about ``0.5 * v * E[g^2]`` (the
+diagonal Fisher approximation of the Hessian, from gradients); on a grid of range R at b bits v
+is proportional to R^2 4^-b, so ``sum(E[g_i^2]) * R^2`` over a tensor or group is what the
+widths are priced by.
 """
 
 import torch
@@ -15,10 +15,10 @@ from diffq_cli.models.factory import logits
 from diffq_cli.run.steps import to_device
 
 
-def tensor_sensitivity(model, names, loader, batches: int, ctx, channels_last: bool) -> dict:
-    """{parameter name: summed squared gradient over ``batches`` batches times the squared
-    range of the weight} for ``names``, measured on the float model before any quantizer is
-    attached (eval mode: BatchNorm statistics are neither used from the batch nor updated)."""
+def grad_squares(model, names, loader, batches: int, ctx, channels_last: bool) -> dict:
+    """{parameter name: squared gradient summed over ``batches`` batches} on this rank, for
+    ``names``, measured on the float model before any quantizer is attached (eval mode:
+    BatchNorm statistics are neither used from the batch nor updated)."""
     params = dict(model.named_parameters())
     squares = {n: torch.zeros_like(params[n]) for n in names if n in params}
     was = model.training
@@ -37,10 +37,29 @@ def tensor_sensitivity(model, names, loader, batches: int, ctx, channels_last: b
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was)
+    return squares
+
+
+def tensor_sensitivity(model, squares: dict, ctx) -> dict:
+    """{parameter name: summed squared gradient (all ranks) times the squared range of the
+    weight}: what the start allocates by."""
+    params = dict(model.named_parameters())
     # Summed over ranks: every rank must start from the same widths.
     sums = ctx.dist.all_reduce_sum(torch.stack([sq.sum() for sq in squares.values()]))
     out = {}
-    for (n, _), total in zip(squares.items(), sums.tolist(), strict=True):
+    for n, total in zip(squares, sums.tolist(), strict=True):
         w = params[n].detach().float()
         out[n] = total * float(w.max() - w.min()) ** 2
     return out
+
+
+def group_grad_sums(quantizer, squares: dict, ctx) -> list:
+    """Per quantized parameter, its squared gradients summed per group (all ranks; float64,
+    CPU): what the fit at the freeze prices groups by, times their grid's range then."""
+    from diffq_cli.quant.allocate import group_sums
+
+    sums = group_sums(quantizer, squares)
+    if any(s is None for s in sums) or not sums:
+        return sums
+    flat = ctx.dist.all_reduce_sum(torch.cat(sums).to(next(iter(squares.values())).device))
+    return list(flat.double().cpu().split([s.numel() for s in sums]))

@@ -165,16 +165,18 @@ def size_term(run, target_mb, file: bool = False):
     return add
 
 
-def fit_widths(quantizer, target_mb: float, fill: bool = False, file_mb=None) -> dict:
+def fit_widths(quantizer, target_mb: float, fill: bool = False, file_mb=None,
+               sensitivity: list | None = None) -> dict:
     """Fits the integer widths to a target (``quant.budget.fit_budget``): the true size; or,
     given ``file_mb() -> MiB`` (the real file of the state now), the file: the coded tables
     aim below it (``FILE_AIM`` with ``fill``, where training follows; just under it when only
     lowering what is over), the coder measures, and the aim is corrected (a few rounds) until
-    the file fits (and, with ``fill``, is over ``FILE_FLOOR`` of the target)."""
+    the file fits (and, with ``fill``, is over ``FILE_FLOOR`` of the target). ``sensitivity``
+    (per group): which groups change, by expected loss per bit (``quant/allocate.py``)."""
     from diffq_cli.quant.budget import fit_budget
 
     if file_mb is None:
-        return fit_budget(quantizer, target_mb, fill=fill)
+        return fit_budget(quantizer, target_mb, fill=fill, sensitivity=sensitivity)
     if not fill:  # only lowering what is over: a file that fits stays as it is
         real = file_mb()
         if real <= target_mb:
@@ -183,7 +185,7 @@ def fit_widths(quantizer, target_mb: float, fill: bool = False, file_mb=None) ->
     sizer, share = file_sizer(quantizer, True), FILE_AIM if fill else 0.995
     aim = target_mb * share
     for _ in range(FILE_ROUNDS):
-        fit = fit_budget(quantizer, aim, fill=fill, sizer=sizer)
+        fit = fit_budget(quantizer, aim, fill=fill, sizer=sizer, sensitivity=sensitivity)
         real = file_mb()
         fit.update(file_mb=real, fits=real <= target_mb)
         if real <= target_mb and (not fill or real >= target_mb * FILE_FLOOR):
@@ -192,17 +194,20 @@ def fit_widths(quantizer, target_mb: float, fill: bool = False, file_mb=None) ->
     return fit
 
 
-def fit_target(quantizer, target_mb: float | None, reporter, file_mb=None, label=None) -> dict:
+def fit_target(quantizer, target_mb: float | None, reporter, file_mb=None, label=None,
+               sensitivity: list | None = None) -> dict:
     """With a target, lowers the widths that cost least until the size fits (``fit_widths``);
     says how many groups it lowered."""
     if target_mb is None:
         return {}
-    fit = fit_widths(quantizer, target_mb, file_mb=file_mb)
+    fit = fit_widths(quantizer, target_mb, file_mb=file_mb, sensitivity=sensitivity)
     if fit["lowered"]:
         what = (f"file {fit['file_mb']:.3f} MiB" if "file_mb" in fit
                 else f"true size {fit['true_mb']:.3f} MiB")
+        how = ("by loss per bit" if sensitivity is not None
+               else f"by rounding {fit['tau']:.3f} bits lower")
         reporter.note(f"{label or f'target={target_mb:g}MiB'}: lowered {fit['lowered']} group "
-                      f"widths by rounding {fit['tau']:.3f} bits lower; {what}")
+                      f"widths {how}; {what}")
     return fit
 
 

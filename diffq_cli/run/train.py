@@ -21,7 +21,8 @@ from diffq_cli.quant.budget import integer_widths, moved_groups
 from diffq_cli.quant.calibrate import recalibrate_batchnorm
 from diffq_cli.run.loop import Stage, make_stage, run_epoch
 from diffq_cli.run.runlog import float_records, mean_bits, run_log, write_metrics
-from diffq_cli.run.sensitivity import tensor_sensitivity
+from diffq_cli.quant.allocate import group_sensitivity
+from diffq_cli.run.sensitivity import grad_squares, group_grad_sums, tensor_sensitivity
 from diffq_cli.run.steps import (
     bits_lr,
     build_optimizer,
@@ -49,6 +50,12 @@ class _Run:
     start_widths: list | None = None  # DiffQ: each group's integer width at the start
     fit: dict | None = None  # the fit to the size target made when the widths froze
     frozen_size: torch.Tensor | None = None  # true size once the widths are final
+    grad_sums: list | None = None  # fisher: squared gradients per group, to price the fit
+
+    def sensitivity(self) -> list | None:
+        """Each group's loss per unit of 4^-bits now (``quant/allocate.py``), or None."""
+        return None if self.grad_sums is None else group_sensitivity(self.quantizer,
+                                                                     self.grad_sums)
 
 
 def run_label(quant, mu: float | None, target_mb: float | None, size: str = "true") -> str:
@@ -70,11 +77,11 @@ def _aims_file(recipe) -> bool:
 def _setup(model, recipe, mu, target_mb, ctx, loader) -> _Run:
     o, t = recipe.optim, recipe.train
     steps_per_epoch = len(loader)
-    sensitivity = None
+    sensitivity = squares = None
     if target_mb is not None and t.start_widths == "fisher":  # on the float model, first
         names = [n for n, _ in model.named_parameters()]
-        sensitivity = tensor_sensitivity(model, names, loader, SENSITIVITY_BATCHES, ctx,
-                                         t.channels_last)
+        squares = grad_squares(model, names, loader, SENSITIVITY_BATCHES, ctx, t.channels_last)
+        sensitivity = tensor_sensitivity(model, squares, ctx)
     # Order matters: the main optimizer exists before the quantizer adds the bit parameters,
     # and DDP wraps the model after both (it must see the bit parameters as its own).
     optimizer = build_optimizer(model.parameters(), o)
@@ -91,8 +98,9 @@ def _setup(model, recipe, mu, target_mb, ctx, loader) -> _Run:
     label = run_label(recipe.quant, mu, target_mb, t.target_size)
     stage = make_stage(ctx.dist.wrap(model), [optimizer, bits_opt], ctx, recipe, steps_per_epoch,
                        total)
+    grad_sums = None if squares is None else group_grad_sums(quantizer, squares, ctx)
     return _Run(model, quantizer, control, stage, label, [], bits_opt,
-                integer_widths(quantizer))
+                integer_widths(quantizer), grad_sums=grad_sums)
 
 
 def _resume(run: _Run, ckpt_path: Path, ctx) -> None:
@@ -180,13 +188,15 @@ def _freeze_when_due(run: _Run, recipe, ctx, target_mb) -> None:
             # A file target is always filled: the coded size moves with the weights, so the
             # start's margin cannot be trusted to hold, and a file budget is there to be used.
             file_mb = _file_mb(run, recipe, ctx)
+            priced = run.sensitivity()
             fit = fit_widths(quantizer, target_mb, train.fill_budget or file_mb is not None,
-                             file_mb)
+                             file_mb, priced)
             run.fit = fit
             size = (f"file {fit['file_mb']:.3f} MiB" if "file_mb" in fit
                     else f"true size {fit['true_mb']:.3f} MiB")
-            ctx.reporter.note(f"{run.label}: widths fitted to the target: {fit['raised']} "
-                              f"raised, {fit['lowered']} lowered, {size}")
+            how = "by loss per bit" if priced is not None else "by their real bits"
+            ctx.reporter.note(f"{run.label}: widths fitted to the target {how}: "
+                              f"{fit['raised']} raised, {fit['lowered']} lowered, {size}")
         quantizer.freeze_bits()
         _drop_widths(run.bits_opt, quantizer)
         run.frozen_size = torch.tensor(quantizer.true_model_size())  # logged from now on
@@ -220,7 +230,7 @@ def _finish(run: _Run, val_loader, ctx, target_mb, calibrate, recipe) -> dict:
     fitted them; the accuracy is then measured again) and what the widths learned."""
     run.model.eval()
     late = fit_target(run.quantizer, target_mb, ctx.reporter, _file_mb(run, recipe, ctx),
-                      run.label)
+                      run.label, run.sensitivity() if target_mb is not None else None)
     accuracy = run.history[-1]["accuracy"] if run.history and not late.get("lowered") else None
     if accuracy is None:
         calibrate()
@@ -234,7 +244,7 @@ def _finish(run: _Run, val_loader, ctx, target_mb, calibrate, recipe) -> dict:
                           f"({100 * moved['moved_fraction']:.0f} %) ended at a width other than "
                           f"their start (mean change {moved['moved_mean_bits']:.2f} bits)")
     return {"quantizer": run.quantizer, "history": run.history, "mu": run.control.mu,
-            "fit": fit, "accuracy": accuracy, "moved": moved}
+            "fit": fit, "accuracy": accuracy, "moved": moved, "start_widths": run.start_widths}
 
 
 def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) -> dict:

@@ -143,7 +143,7 @@ def test_a_missed_budget_exits_1_saying_by_how_much(tmp_path, monkeypatch):
                         lambda q, mb, sizer=None, sensitivity=None:
                         budget.set_uniform_bits(q, 2.85))
     monkeypatch.setattr(budget, "fit_budget",
-                        lambda q, mb, fill=False, sizer=None: {"fits": False, "lowered": 0,
+                        lambda q, mb, fill=False, sizer=None, sensitivity=None: {"fits": False, "lowered": 0,
                                                                "raised": 0, "true_mb": 0.0,
                                                                "tau": 0.0})
     out = tmp_path / "miss"
@@ -181,7 +181,7 @@ def test_fill_budget_spends_the_target_before_the_widths_freeze(tmp_path):
                      "--baseline", "none", "train.freeze_bits=0.5", f"train.fill_budget={fill}",
                      "--output", out)
         assert result.exit_code == 0, result.output
-        raised = re.search(r"widths fitted to the target: [1-9]\d* raised", result.stderr)
+        raised = re.search(r"widths fitted to the target[^:]*: [1-9]\d* raised", result.stderr)
         assert (raised is not None) == (fill == "true"), result.stderr
         (diffq,) = json.loads((out / "summary.json").read_text())["runs"]
         ends[fill] = diffq["true_mb"]
@@ -256,8 +256,12 @@ def test_a_mu_run_can_price_the_file(tmp_path):
 def test_a_fisher_start_fits_the_target_and_mixes_layer_widths(tmp_path):
     out = tmp_path / "fisher"
     result = run(CliRunner(), "finetune", *FAST, "--max-steps", "2", "--target-mb", "4",
-                 "train.start_widths=fisher", "--baseline", "none", "--output", out, "--json")
+                 "train.start_widths=fisher", "train.freeze_bits=0.5", "--baseline", "none",
+                 "--output", out, "--json")
     assert result.exit_code == 0, result.output
+    # The fit at the freeze prices groups by the same squared gradients as the start.
+    assert "widths fitted to the target by loss per bit" in result.stderr
+    assert "start-0" in groups(out / "bits.svg")  # the picture shows where widths began
     (diffq,) = json.loads(result.stdout)["runs"]
     assert 0.95 * 4 <= diffq["true_mb"] <= 4
     size = json.loads(run(CliRunner(), "size", out / "model.th", "--json").stdout)

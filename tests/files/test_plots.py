@@ -83,3 +83,19 @@ def test_importing_plots_does_not_import_matplotlib():
     code = "import sys, diffq_cli.files.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_bits_svg_shows_where_the_widths_started(tmp_path):
+    q = DiffQuantizer(make_net(), group_size=4, min_size=1e-3)
+    q.no_optimizer()
+    state = q.get_quantized_state()  # every group ends at 8 bits
+    start = [torch.full((qp.n_groups,), 3 + i, dtype=torch.int64)
+             for i, qp in enumerate(q._qparams)]
+    path = tmp_path / "bits.svg"
+    bits_svg(path, state, "SmallNet", start)
+    found = groups(path)
+    assert {f"start-{i}" for i in range(len(start))} <= set(found)
+    assert {f"start-width-{3 + i}" for i in range(len(start))} <= set(found)
+    assert "width-8" in found and "mean width at the start" in path.read_text()
+    with pytest.raises(ValueError, match="start widths for 1 layers"):
+        bits_svg(tmp_path / "x.svg", state, "", start[:1])
