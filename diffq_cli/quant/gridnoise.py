@@ -21,6 +21,8 @@ import torch
 
 from diffq_cli.quant.grids import per_group, per_row, rows_of
 
+CHUNK = 1 << 16  # values per slice of rows (256 KiB of float32): fits a core's L2 cache
+
 
 def _parts(weight, alpha, bits, group_size: int):
     """(weight as float32, alpha, 2**(1 - b), step), broadcastable against each other.
@@ -42,12 +44,30 @@ def _parts(weight, alpha, bits, group_size: int):
     return w, alpha, scale, alpha * scale
 
 
+def _chunks(w: torch.Tensor):
+    """Row slices of a blocked (rows, groups, group_size) weight, about ``CHUNK`` values each:
+    every pass over a slice then runs from cache, and a backward's temporaries are a slice's
+    size instead of the weight's (the largest layer's set the memory peak)."""
+    rows = w.shape[0]
+    step = max(1, CHUNK // max(1, w[0].numel()))
+    return [slice(r, min(r + step, rows)) for r in range(0, rows, step)]
+
+
 def _noisy(weight, alpha, bits, noise, group_size: int, mult: float) -> torch.Tensor:
     w, alpha, _, step = _parts(weight, alpha, bits, group_size)
-    out = torch.minimum(w, alpha - step)
-    torch.maximum(out, -alpha, out=out)
-    return out.addcmul_(noise.view_as(out), step, value=mult).view(weight.shape).to(
-        weight.dtype)
+    noise = noise.view(w.shape)
+    if w.dim() != 3:
+        out = torch.minimum(w, alpha - step)
+        torch.maximum(out, -alpha, out=out)
+        return out.addcmul_(noise, step, value=mult).view(weight.shape).to(weight.dtype)
+    out = torch.empty_like(w)
+    high = alpha - step
+    for sl in _chunks(w):
+        part = out[sl]
+        torch.minimum(w[sl], high[sl], out=part)
+        torch.maximum(part, -alpha[sl], out=part)
+        part.addcmul_(noise[sl], step[sl], value=mult)
+    return out.view(weight.shape).to(weight.dtype)
 
 
 class LearnedNoisy(torch.autograd.Function):
@@ -66,22 +86,42 @@ class LearnedNoisy(torch.autograd.Function):
         gs, mult = ctx.group_size, ctx.mult
         w, alpha_b, scale, step = _parts(weight, alpha, bits, gs)
         g = grad.reshape(w.shape).float()
-        top = w >= alpha_b - step
-        bottom = w <= -alpha_b
-        grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_w = g.masked_fill(top | bottom, 0).view(weight.shape).to(weight.dtype)
         noise = noise.view(w.shape)
         if w.dim() == 3:  # whole groups per row: every sum is over the last axis
-            on_top = g.masked_fill(~top, 0).sum(-1, keepdim=True)
-            dstep = (g * noise).sum(-1, keepdim=True).mul_(mult).sub_(on_top)
-            edge = on_top.sub_(g.masked_fill(~bottom, 0).sum(-1, keepdim=True))
-            grad_alpha = edge.add_(dstep * scale).sum((1, 2))
-            grad_bits = dstep.mul_(step).mul_(-math.log(2.0)).reshape(-1)
+            grad_w, grad_alpha, grad_bits = _blocked_grads(w, g, noise, alpha_b, scale, step,
+                                                           mult, ctx.needs_input_grad[0])
         else:
+            top = w >= alpha_b - step
+            bottom = w <= -alpha_b
+            grad_w = None
+            if ctx.needs_input_grad[0]:
+                grad_w = g.masked_fill(top | bottom, 0)
             grad_alpha, grad_bits = _flat_grads(g, noise, top, bottom, scale, step, gs, mult,
                                                 rows_of(weight.shape)[0])
+        if grad_w is not None:
+            grad_w = grad_w.view(weight.shape).to(weight.dtype)
         return grad_w, grad_alpha.to(alpha.dtype), grad_bits.to(bits.dtype), None, None, None
+
+
+def _blocked_grads(w, g, noise, alpha, scale, step, mult: float, want_w: bool):
+    """(d/dweight or None, d/dalpha per row, d/db per group) for a blocked weight, a chunk of
+    rows at a time (``_chunks``)."""
+    rows, groups, _ = w.shape
+    grad_w = torch.empty_like(w) if want_w else None
+    grad_alpha = torch.empty(rows, dtype=torch.float32, device=w.device)
+    grad_bits = torch.empty(rows, groups, dtype=torch.float32, device=w.device)
+    high = alpha - step
+    for sl in _chunks(w):
+        wc, gc = w[sl], g[sl]
+        top, bottom = wc >= high[sl], wc <= -alpha[sl]
+        if want_w:
+            grad_w[sl].copy_(gc).masked_fill_(top | bottom, 0.0)
+        on_top = (gc * top).sum(-1, keepdim=True)
+        dstep = (gc * noise[sl]).sum(-1, keepdim=True).mul_(mult).sub_(on_top)
+        edge = on_top.sub_((gc * bottom).sum(-1, keepdim=True)).add_(dstep * scale[sl])
+        grad_alpha[sl] = edge.sum((1, 2))
+        grad_bits[sl] = dstep.mul_(step[sl]).mul_(-math.log(2.0)).squeeze(-1)
+    return grad_w, grad_alpha, grad_bits.reshape(-1)
 
 
 def _flat_grads(g, noise, top, bottom, scale, step, gs: int, mult: float, rows: int):

@@ -18,7 +18,11 @@ def _reference(weight, alpha, bits, noise, group_size, mult):
 
 # whole groups per row (the blocked path), groups straddling rows, a short last group
 @pytest.mark.parametrize("shape", [(4, 16, 3, 3), (12, 32), (16, 3, 3, 3), (10, 13)])
-def test_values_and_gradients_match_plain_autograd(shape):
+@pytest.mark.parametrize("chunk", [1 << 16, 100])  # one slice of rows, or several (and a rest)
+def test_values_and_gradients_match_plain_autograd(shape, chunk, monkeypatch):
+    from diffq_cli.quant import gridnoise
+
+    monkeypatch.setattr(gridnoise, "CHUNK", chunk)
     torch.manual_seed(0)
     weight = torch.randn(shape, requires_grad=True)
     numel, gs = weight.numel(), 8
