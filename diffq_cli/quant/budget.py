@@ -107,7 +107,8 @@ def start_at_size(quantizer, target_mb: float, sizer=None, sensitivity=None) -> 
     resulting true size in MB. ``sizer(unique, widths) -> MiB``: the size to fit (default the
     true size; ``coded.CodedTables.widths_mb`` for the file). ``sensitivity`` ({name: loss
     increase per unit of quantization noise variance, e.g. the summed squared gradients times
-    the squared range}): widths per tensor by expected loss per bit instead (``allocate.start_widths``).
+    the squared range}): widths per tensor by expected loss per bit instead
+    (``allocate.start_widths``).
     """
     unique = _check(quantizer)
     size_mb = sizer or functools.partial(_size_mb, quantizer)

@@ -17,11 +17,11 @@ import torch
 
 from diffq_cli.errors import TrainingError
 from diffq_cli.fileio import atomic_write, torch_bytes
+from diffq_cli.quant.allocate import group_sensitivity
 from diffq_cli.quant.budget import integer_widths, moved_groups
 from diffq_cli.quant.calibrate import recalibrate_batchnorm
 from diffq_cli.run.loop import Stage, make_stage, run_epoch
 from diffq_cli.run.runlog import float_records, mean_bits, run_log, write_metrics
-from diffq_cli.quant.allocate import group_sensitivity
 from diffq_cli.run.sensitivity import grad_squares, group_grad_sums, tensor_sensitivity
 from diffq_cli.run.steps import (
     bits_lr,

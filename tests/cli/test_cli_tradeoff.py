@@ -142,10 +142,9 @@ def test_a_missed_budget_exits_1_saying_by_how_much(tmp_path, monkeypatch):
     monkeypatch.setattr(budget, "start_at_size",
                         lambda q, mb, sizer=None, sensitivity=None:
                         budget.set_uniform_bits(q, 2.85))
+    missed = {"fits": False, "lowered": 0, "raised": 0, "true_mb": 0.0, "tau": 0.0}
     monkeypatch.setattr(budget, "fit_budget",
-                        lambda q, mb, fill=False, sizer=None, sensitivity=None: {"fits": False, "lowered": 0,
-                                                               "raised": 0, "true_mb": 0.0,
-                                                               "tau": 0.0})
+                        lambda q, mb, fill=False, sizer=None, sensitivity=None: missed)
     out = tmp_path / "miss"
     result = run(CliRunner(), "finetune", *FAST, "--max-steps", "1", "--target-mb", "4",
                  "--baseline", "none", "--output", out)

@@ -7,13 +7,13 @@ import torch
 
 from diffq_cli import DiffQuantizer
 from diffq_cli.quant.allocate import group_sensitivity, group_sums
-from diffq_cli.quant.grids import rows_of
 from diffq_cli.quant.budget import (
     fit_budget,
     integer_widths,
     logits_for_bits,
     size_at_bits,
 )
+from diffq_cli.quant.grids import rows_of
 from tests.quant.conftest import make_net
 
 
