@@ -7,14 +7,16 @@
 # float model: python bench/tradeoff.py --val-subset 10000 --grid minmax --targets 2.702 \
 #   --qat-bits 2 --lsq-bits 2 --svg= --out bench/out/gridfm/minmax-b2-s0.json  (its float.pt ->
 # bench/out/gridfm/float.pt). Then: bench/grid_fm.sh; python bench/grid_seeds.py
+# W=float.pt D=dir: another float model (bench/fm60k.sh: one trained on all 60,000 images).
 cd "$(dirname "$0")/.."
-mkdir -p bench/out/gridfm
 PY=${PY:-.venv/bin/python}
-W=bench/out/gridfm/float.pt
+W=${W:-bench/out/gridfm/float.pt}
+D=${D:-bench/out/gridfm}
+mkdir -p $D
 [ -n "$WAITPID" ] && while kill -0 $WAITPID 2>/dev/null; do sleep 5; done
 declare -A T=( [minmax2]=2.702 [minmax3]=4.031 [minmax4]=5.362 [learned2]=2.711 [learned3]=4.040 [learned4]=5.371 [channel2]=2.720 [channel3]=4.049 [channel4]=5.380 )
 run() { # grid bits seed
-  local g=$1 b=$2 s=$3 out=bench/out/gridfm/$1-b$2-s$3 extra=()
+  local g=$1 b=$2 s=$3 out=$D/$1-b$2-s$3 extra=()
   ( set -C; : > $out.log ) 2>/dev/null || return   # claimed by another stream (atomic)
   [ "$b$s" != "20" ] && extra=(--diffq-set train.baseline=none)
   echo "$(date +%T) start $g b$b s$s ${extra[*]}"
