@@ -14,13 +14,15 @@ import torch
 from diffq_cli.models.factory import logits
 from diffq_cli.run.steps import to_device
 
+BATCHES = 8  # batches of squared gradients for train.start_widths: fisher
 
-def grad_squares(model, names, loader, batches: int, ctx, channels_last: bool) -> dict:
+
+def grad_squares(model, loader, ctx, channels_last: bool, batches: int = BATCHES) -> dict:
     """{parameter name: squared gradient summed over ``batches`` batches} on this rank, for
-    ``names``, measured on the float model before any quantizer is attached (eval mode:
+    every parameter, measured on the float model before any quantizer is attached (eval mode:
     BatchNorm statistics are neither used from the batch nor updated)."""
     params = dict(model.named_parameters())
-    squares = {n: torch.zeros_like(params[n]) for n in names if n in params}
+    squares = {n: torch.zeros_like(p) for n, p in params.items()}
     was = model.training
     model.eval()
     criterion = torch.nn.CrossEntropyLoss()

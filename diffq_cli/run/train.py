@@ -33,8 +33,6 @@ from diffq_cli.run.steps import (
 from diffq_cli.run.targets import fit_target, fit_widths, size_term, start_control
 from diffq_cli.units import human
 
-SENSITIVITY_BATCHES = 8  # batches of squared gradients for train.start_widths: fisher
-
 
 @dataclass
 class _Run:
@@ -52,10 +50,8 @@ class _Run:
     frozen_size: torch.Tensor | None = None  # true size once the widths are final
     grad_sums: list | None = None  # fisher: squared gradients per group, to price the fit
 
-    def sensitivity(self) -> list | None:
-        """Each group's loss per unit of 4^-bits now (``quant/allocate.py``), or None."""
-        return None if self.grad_sums is None else group_sensitivity(self.quantizer,
-                                                                     self.grad_sums)
+    def sensitivity(self) -> list | None:  # each group's loss per unit of 4^-bits, or None
+        return None if self.grad_sums is None else group_sensitivity(self.quantizer, self.grad_sums)
 
 
 def run_label(quant, mu: float | None, target_mb: float | None, size: str = "true") -> str:
@@ -79,8 +75,7 @@ def _setup(model, recipe, mu, target_mb, ctx, loader) -> _Run:
     steps_per_epoch = len(loader)
     sensitivity = squares = None
     if target_mb is not None and t.start_widths == "fisher":  # on the float model, first
-        names = [n for n, _ in model.named_parameters()]
-        squares = grad_squares(model, names, loader, SENSITIVITY_BATCHES, ctx, t.channels_last)
+        squares = grad_squares(model, loader, ctx, t.channels_last)
         sensitivity = tensor_sensitivity(model, squares, ctx)
     # Order matters: the main optimizer exists before the quantizer adds the bit parameters,
     # and DDP wraps the model after both (it must see the bit parameters as its own).
