@@ -7,7 +7,8 @@
 # float model: python bench/tradeoff.py --val-subset 10000 --grid minmax --targets 2.702 \
 #   --qat-bits 2 --lsq-bits 2 --svg= --out bench/out/gridfm/minmax-b2-s0.json  (its float.pt ->
 # bench/out/gridfm/float.pt). Then: bench/grid_fm.sh; python bench/grid_seeds.py
-# W=float.pt D=dir: another float model (bench/fm60k.sh: one trained on all 60,000 images).
+# W=float.pt D=dir: another float model (bench/fm60k.sh: one trained on all 60,000 images);
+# DIFFQ_SET="key=value ...": recipe overrides for the DiffQ runs only.
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 W=${W:-bench/out/gridfm/float.pt}
@@ -18,7 +19,8 @@ declare -A T=( [minmax2]=2.702 [minmax3]=4.031 [minmax4]=5.362 [learned2]=2.711 
 run() { # grid bits seed
   local g=$1 b=$2 s=$3 out=$D/$1-b$2-s$3 extra=()
   ( set -C; : > $out.log ) 2>/dev/null || return   # claimed by another stream (atomic)
-  [ "$b$s" != "20" ] && extra=(--diffq-set train.baseline=none)
+  [ "$b$s" != "20" ] && extra=(--diffq-set train.baseline=none $DIFFQ_SET)
+  [ "$b$s" == "20" ] && [ -n "$DIFFQ_SET" ] && extra=(--diffq-set $DIFFQ_SET)
   echo "$(date +%T) start $g b$b s$s ${extra[*]}"
   local t0=$(date +%s)
   $PY bench/tradeoff.py --weights $W --val-subset 10000 --seed $s --grid $g --targets ${T[$g$b]} \
