@@ -76,10 +76,12 @@ def _group_sum(flat: torch.Tensor, group_size: int) -> torch.Tensor:
 
 def fit_widths_fn(current: list, sensitivity: list, unique, floor: int, ceiling: int,
                   fill: bool):
-    """``(widths(tau), lo, hi)`` for ``budget.fit_budget``'s bisection: ``tau`` is
+    """``(widths(tau), lo, hi, top_up)`` for ``budget.fit_budget``'s bisection: ``tau`` is
     ``log4(lambda)``, the price per stored bit; ``widths(tau)`` never increases with it, is
     ``current`` at ``lo`` and every group at its floor (lowering) / ``current`` (filling) at
-    ``hi``; filling, ``lo`` puts every group at ``ceiling``."""
+    ``hi``; filling, ``lo`` puts every group at ``ceiling``. ``top_up(size_mb, unique,
+    widths, max_mb)`` then raises, one bit each and dearest first, the groups a shared price
+    left out (groups tied at one price move together under the bisection)."""
     # a = log4(3 s / n): a group at width w is lowered while w > a - tau (its bit costs less
     # than lambda), raised while w + 1 <= a - tau (the next bit saves more than lambda / 4:
     # the same 3 s 4^-w / n rule seen from w + 1).
@@ -99,14 +101,46 @@ def fit_widths_fn(current: list, sensitivity: list, unique, floor: int, ceiling:
             out.append(torch.maximum(cur, w) if fill else torch.minimum(cur, w))
         return out
 
+    def top_up(size_mb, _unique, done: list, max_mb: float) -> None:
+        _top_up_by_price(scores, unique, done, size_mb, max_mb, ceiling)
+
     spread = [(a - c.double()) for a, c in zip(scores, current, strict=True) if a.numel()]
     if not spread:
-        return widths, 0.0, 0.0
+        return widths, 0.0, 0.0, top_up
     lowest = min(float(d.min()) for d in spread)
     highest = max(float(d.max()) for d in spread)
     if fill:  # from everything at the ceiling to nothing raised
-        return widths, min(float(a.min()) for a in scores if a.numel()) - ceiling - 1, highest + 1
-    return widths, lowest - 1, max(float(a.max()) for a in scores if a.numel()) - floor + 1
+        low = min(float(a.min()) for a in scores if a.numel()) - ceiling - 1
+        return widths, low, highest + 1, top_up
+    return widths, lowest - 1, max(float(a.max()) for a in scores if a.numel()) - floor + 1, top_up
+
+
+def _top_up_by_price(scores, unique, widths: list, size_mb, max_mb: float, ceiling: int):
+    """Raises by one bit, tensor by tensor (the tensor with the most deserving group first),
+    as many of each tensor's groups below ``ceiling`` as still fit, the most deserving first
+    (their next bit's price ``a - (w + 1)``), in place. Tensor by tensor because a tensor's
+    first raised group also costs its width header on every group: a tensor whose first raise
+    does not fit is passed over and the next one tried."""
+    keys = [a - (w.double() + 1) for a, w in zip(scores, widths, strict=True)]
+
+    def best(i: int) -> float:
+        room = widths[i] < ceiling
+        return float(keys[i][room].max()) if bool(room.any()) else -math.inf
+
+    for i in sorted(range(len(unique)), key=best, reverse=True):
+        room = torch.nonzero(widths[i] < ceiling).flatten()
+        if not room.numel():
+            continue
+        order = room[torch.argsort(keys[i][room], descending=True, stable=True)]
+        base = widths[i]
+        lo, hi = 0, order.numel() + 1
+        while hi - lo > 1:  # the largest n of this tensor's groups raised that still fits
+            mid = (lo + hi) // 2
+            widths[i] = base.clone()
+            widths[i][order[:mid]] += 1
+            lo, hi = (mid, hi) if size_mb(unique, widths) <= max_mb else (lo, mid)
+        widths[i] = base.clone()
+        widths[i][order[:lo]] += 1
 
 
 def start_widths(unique, sensitivity: dict, size_mb, target_mb: float, low: int,

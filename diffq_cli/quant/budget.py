@@ -221,9 +221,10 @@ def fit_budget(quantizer, max_mb: float, fill: bool = False, sizer=None,
     # Under the budget (fill): the most negative shift that still fits; over it: the smallest
     # positive one. +-16 bits moves every group to its floor / ceiling.
     lo, hi = (-16.0, 0.0) if before <= max_mb else (0.0, 16.0)
+    top_up = functools.partial(_top_up, ceiling=ceiling)
     if sensitivity is not None:
-        widths, lo, hi = allocate.fit_widths_fn(now, sensitivity, unique, floor, ceiling,
-                                                before <= max_mb)
+        widths, lo, hi, top_up = allocate.fit_widths_fn(now, sensitivity, unique, floor,
+                                                        ceiling, before <= max_mb)
 
     def size(tau: float) -> float:
         return size_mb(unique, widths(tau))
@@ -236,8 +237,8 @@ def fit_budget(quantizer, max_mb: float, fill: bool = False, sizer=None,
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if size(mid) <= max_mb else (mid, hi)
     final = widths(hi)
-    if fill and before <= max_mb and sensitivity is None:  # ties: by price they are rare
-        _top_up(size_mb, unique, final, max_mb, ceiling)
+    if fill and before <= max_mb:  # groups tied at one real width or price move together
+        top_up(size_mb, unique, final, max_mb)
     lowered = raised = 0
     with torch.no_grad():
         for qp, old, new in zip(unique, now, final, strict=True):
