@@ -218,11 +218,16 @@ class BaseQuantizer(SizesAndState, Switching):
         return flat.view(qp.param.shape).to(qp.param.dtype)
 
     # ------------------------------------------------------------ optimizer
-    def setup_optimizer(self, optimizer: torch.optim.Optimizer, lr: float = 1e-3, **kwargs):
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer, lr: float = 1e-3,
+                        scale_lr: float | None = None, **kwargs):
         """Adds the learned quantization parameters to ``optimizer`` as a new group.
 
         The group has no weight decay. ``kwargs`` go into the group (e.g. ``betas`` for Adam).
         Create the main optimizer before the quantizer, so that it does not already hold them.
+        ``scale_lr``: the per-channel scales of ``grid="learned"`` get a group of their own at
+        this rate (default: with the rest at ``lr``). A short run may give the widths a fast
+        rate (``optim.bits_travel``) that log-scales must not take: at 0.08 per step they
+        drift by e^3 in 40 steps.
         """
         params = self._bit_parameters()
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -231,8 +236,15 @@ class BaseQuantizer(SizesAndState, Switching):
                 "the optimizer already holds the quantizer's parameters: create the optimizer "
                 "before the quantizer, or pass a separate optimizer for them"
             )
-        if params:
-            optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": 0.0, **kwargs})
+        scales = {id(qp.scale_param) for qp in self._qparams if qp.scale_param is not None}
+        groups = [(params, lr)]
+        if scale_lr is not None and scales and len(scales) < len(params):
+            groups = [([p for p in params if id(p) not in scales], lr),
+                      ([p for p in params if id(p) in scales], scale_lr)]
+        for group, rate in groups:
+            if group:
+                optimizer.add_param_group({"params": group, "lr": rate, "weight_decay": 0.0,
+                                           **kwargs})
         self._optimizer = optimizer
         self._optimizer_ready = True
 

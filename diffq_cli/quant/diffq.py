@@ -165,12 +165,13 @@ class DiffQuantizer(BaseQuantizer):
         ``model_size()`` out of the loss too)."""
         self._frozen = bool(frozen)
 
-    def setup_optimizer(self, optimizer: torch.optim.Optimizer, lr: float = 1e-3, **kwargs):
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer, lr: float = 1e-3,
+                        scale_lr: float | None = None, **kwargs):
         """As ``BaseQuantizer.setup_optimizer``; with ``param="linear"`` each step of
         ``optimizer`` is followed by a projection of the widths into [min_bits, max_bits] (a
         width at a bound then moves back at once when the loss asks, instead of after Adam's
         momentum has carried it far outside)."""
-        super().setup_optimizer(optimizer, lr, **kwargs)
+        super().setup_optimizer(optimizer, lr, scale_lr, **kwargs)
         if self.param == "linear":
             self._hooks.append(optimizer.register_step_post_hook(self._project))
 

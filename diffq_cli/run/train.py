@@ -88,7 +88,7 @@ def _setup(model, recipe, mu, target_mb, ctx, loader) -> _Run:
         total = min(t.max_steps, total)
     lr = bits_lr(o, total - round(total * t.freeze_bits))
     bits_opt = torch.optim.Adam([{"params": []}], lr=lr, fused=True)
-    quantizer.setup_optimizer(bits_opt, lr=lr)
+    quantizer.setup_optimizer(bits_opt, lr=lr, scale_lr=o.bits_lr)  # scales: never travelled
     control = start_control(quantizer, mu, target_mb, _aims_file(recipe), sensitivity)
     label = run_label(recipe.quant, mu, target_mb, t.target_size)
     stage = make_stage(ctx.dist.wrap(model), [optimizer, bits_opt], ctx, recipe, steps_per_epoch,

@@ -547,6 +547,19 @@ def test_separate_optimizer_for_the_bits(h, batch):
     assert not torch.equal(net.fc1.weight, weight)
 
 
+def test_learned_scales_can_have_their_own_learning_rate(h):
+    # Widths at a short run's fast rate, the learned grid's log-scales at their own.
+    opt = torch.optim.Adam([{"params": []}])
+    quantizer = DiffQuantizer(h.make_net(0), group_size=8, grid="learned", param="linear")
+    quantizer.setup_optimizer(opt, lr=0.08, scale_lr=0.01)
+    by_lr = {group["lr"]: {id(p) for p in group["params"]} for group in opt.param_groups}
+    assert by_lr[0.08] == {id(qp.bit_param) for qp in quantizer._qparams}
+    assert by_lr[0.01] == {id(qp.scale_param) for qp in quantizer._qparams}
+    alone = torch.optim.Adam([{"params": []}])  # without scale_lr: one group, as before
+    DiffQuantizer(h.make_net(0), grid="learned").setup_optimizer(alone, lr=0.08)
+    assert [g["lr"] for g in alone.param_groups[1:]] == [0.08]
+
+
 def test_model_size_after_a_separate_backward(h, batch):
     net = h.make_net(0)
     quantizer, _ = h.attach(DiffQuantizer, net, group_size=8)
