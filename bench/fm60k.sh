@@ -9,10 +9,17 @@ PY=${PY:-.venv/bin/python}
 D=bench/out/fm60k
 mkdir -p $D
 if [ ! -f $D/float.pt ]; then
+  # The float stage writes float-run/float.pt; the DiffQ stage after it is not needed (and
+  # --max-steps would cap the float stage too), so it is stopped once the file is there.
+  rm -rf $D/float-run
   $PY -m diffq_cli finetune --recipe fashion-mnist-resnet18 \
     --data-dir /usr/share/datasets/fashion-mnist data.input_size=28 data.val_subset=10000 \
-    train.float_epochs=2 --max-steps 1 --mu 0 --baseline none --output $D/float-run \
-    --overwrite > $D/float.log 2>&1 || exit 1
+    data.batch_size=64 train.float_epochs=2 --mu 0 --baseline none --output $D/float-run \
+    > $D/float.log 2>&1 &
+  pid=$!
+  while kill -0 $pid 2>/dev/null && [ ! -f $D/float-run/float.pt ]; do sleep 5; done
+  kill $pid 2>/dev/null; wait $pid 2>/dev/null
+  [ -f $D/float-run/float.pt ] || exit 1
   cp $D/float-run/float.pt $D/float.pt
 fi
 W=$D/float.pt D=$D GRIDS="${GRIDS:-minmax learned}" bench/grid_fm.sh
