@@ -132,15 +132,23 @@ def _top_up_by_price(scores, unique, widths: list, size_mb, max_mb: float, ceili
         if not room.numel():
             continue
         order = room[torch.argsort(keys[i][room], descending=True, stable=True)]
-        base = widths[i]
-        lo, hi = 0, order.numel() + 1
-        while hi - lo > 1:  # the largest n of this tensor's groups raised that still fits
-            mid = (lo + hi) // 2
-            widths[i] = base.clone()
-            widths[i][order[:mid]] += 1
-            lo, hi = (mid, hi) if size_mb(unique, widths) <= max_mb else (lo, mid)
+        raise_prefix(size_mb, unique, widths, i, order, max_mb)
+
+
+def raise_prefix(size_mb, unique, widths: list, i: int, order, max_mb: float) -> int:
+    """Raises by one bit the longest prefix of ``order`` (group indices of tensor ``i``) with
+    which the size still fits (bisection: the size grows with the prefix), in place; returns
+    the prefix's length."""
+    base = widths[i].clone()
+    lo, hi = 0, order.numel() + 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
         widths[i] = base.clone()
-        widths[i][order[:lo]] += 1
+        widths[i][order[:mid]] += 1
+        lo, hi = (mid, hi) if size_mb(unique, widths) <= max_mb else (lo, mid)
+    widths[i] = base.clone()
+    widths[i][order[:lo]] += 1
+    return lo
 
 
 def start_widths(unique, sensitivity: dict, size_mb, target_mb: float, low: int,

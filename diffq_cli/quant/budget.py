@@ -132,16 +132,11 @@ def start_at_size(quantizer, target_mb: float, sizer=None, sensitivity=None) -> 
         widths[i] = base + 1
         if k is not None and size_mb(unique, widths) <= target_mb:
             continue
-        # This tensor does not fit whole one bit wider: its first n groups do (bisection on n,
-        # the size grows with n), so the start spends the budget instead of stopping short.
-        lo, hi = 0, unique[i].n_groups
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            widths[i] = base.clone()
-            widths[i][:mid] += 1
-            lo, hi = (mid, hi) if size_mb(unique, widths) <= target_mb else (lo, mid)
-        widths[i] = base.clone()
-        widths[i][:lo] += 1
+        # This tensor does not fit whole one bit wider: its first groups do, so the start
+        # spends the budget instead of stopping short.
+        widths[i] = base
+        allocate.raise_prefix(size_mb, unique, widths, i, torch.arange(unique[i].n_groups),
+                              target_mb)
         break
     for qp, width in zip(unique, widths, strict=True):
         real = width.double() - quantizer.extra_bits
@@ -260,15 +255,7 @@ def _top_up(size_mb, unique, widths: list, max_mb: float, ceiling: int) -> None:
     move together under a shift, so the last raise may not fit whole. Raises, tensor by tensor
     (smallest first), as many of its narrowest groups by one bit as still fit (in place)."""
     for i in sorted(range(len(unique)), key=lambda i: unique[i].numel):
-        base = widths[i].clone()
+        base = widths[i]
         narrow = torch.nonzero((base == base.min()) & (base < ceiling)).flatten()
-        lo, hi = 0, narrow.numel() + 1
-        while hi - lo > 1:  # the largest count n of narrow groups raised that still fits
-            mid = (lo + hi) // 2
-            widths[i] = base.clone()
-            widths[i][narrow[:mid]] += 1
-            lo, hi = (mid, hi) if size_mb(unique, widths) <= max_mb else (lo, mid)
-        widths[i] = base.clone()
-        widths[i][narrow[:lo]] += 1
-        if lo < narrow.numel():  # the budget is spent
-            return
+        if allocate.raise_prefix(size_mb, unique, widths, i, narrow, max_mb) < narrow.numel():
+            return  # the budget is spent
