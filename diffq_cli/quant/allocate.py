@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from diffq_cli.quant import grids
+from diffq_cli.quant import grids, ops
 
 _LOG4 = math.log(4.0)
 
@@ -30,7 +30,9 @@ def group_sums(quantizer, per_weight: dict) -> list[torch.Tensor | None]:
     out = []
     for qp in quantizer._qparams:
         values = per_weight.get(qp.name)
-        out.append(None if values is None else _group_sum(values.reshape(-1), qp.group_size))
+        out.append(None if values is None
+                   else ops.group_sums(values.detach().reshape(-1).double().cpu(),
+                                      qp.group_size))
     return out
 
 
@@ -64,14 +66,6 @@ def _group_range(quantizer, qp) -> torch.Tensor:
     # whose row length is a multiple of the group size; otherwise this is the nearest row).
     first = torch.arange(qp.n_groups) * qp.group_size
     return row_range.double().cpu()[first // per_row]
-
-
-def _group_sum(flat: torch.Tensor, group_size: int) -> torch.Tensor:
-    flat = flat.detach().double().cpu()
-    pad = (-flat.numel()) % group_size
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    return flat.reshape(-1, group_size).sum(dim=1)
 
 
 def fit_widths_fn(current: list, sensitivity: list, unique, floor: int, ceiling: int,

@@ -128,13 +128,14 @@ def start_at_size(quantizer, target_mb: float, sizer=None, sensitivity=None) -> 
         widths = _full(unique, k)
         order = sorted(range(len(unique)), key=lambda i: unique[i].numel)  # smallest first
     for i in order:
-        base = widths[i].clone()
-        widths[i] = base + 1
-        if k is not None and size_mb(unique, widths) <= target_mb:
-            continue
+        if k is not None:  # the fisher start's tensor in line is known not to fit whole
+            base = widths[i]
+            widths[i] = base + 1
+            if size_mb(unique, widths) <= target_mb:
+                continue
+            widths[i] = base
         # This tensor does not fit whole one bit wider: its first groups do, so the start
         # spends the budget instead of stopping short.
-        widths[i] = base
         allocate.raise_prefix(size_mb, unique, widths, i, torch.arange(unique[i].n_groups),
                               target_mb)
         break

@@ -20,6 +20,7 @@ import math
 import torch
 
 from diffq_cli.quant.grids import per_group, per_row, rows_of
+from diffq_cli.quant.ops import group_sums
 
 CHUNK = 1 << 18  # values per slice of rows (1 MiB of float32): passes stay in cache
 
@@ -133,12 +134,7 @@ def _flat_grads(g, noise, top, bottom, scale, step, gs: int, mult: float, rows: 
     edge[top] += g[top]
     edge[bottom] -= g[bottom]
     grad_alpha = edge.view(rows, -1).sum(1)
-    per_weight = dstep.mul_(step).mul_(-math.log(2.0))
-    full = g.numel() // gs
-    sums = [per_weight[: full * gs].view(full, gs).sum(1)]
-    if g.numel() > full * gs:
-        sums.append(per_weight[full * gs:].sum().view(1))
-    return grad_alpha, torch.cat(sums)
+    return grad_alpha, group_sums(dstep.mul_(step).mul_(-math.log(2.0)), gs)
 
 
 def learned_noisy_and_again(weight, alpha, bits, noise, group_size: int, mult: float):

@@ -19,6 +19,13 @@ def split_groups(flat: torch.Tensor, group_size: int):
     return main, flat[full * group_size :]
 
 
+def group_sums(flat: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Sum of each group of a flat tensor (one per group; the last group may be shorter)."""
+    main, tail = split_groups(flat, group_size)
+    sums = main.sum(1)
+    return torch.cat([sums, tail.sum().view(1)]) if tail.numel() else sums
+
+
 def range_with_hint(flat: torch.Tensor):
     """(min, max, hint) of a flat tensor; ``hint`` lets ``extreme_indices`` (in the backward)
     find where the max and min are by searching one row of ``_ROW`` values, not the tensor.
