@@ -131,7 +131,7 @@ def finetune(
         str | None,
         typer.Option(
             help="none | ptq (default: uniform post-training rows) | qat (also train uniform "
-            "QAT at the width nearest each result)."
+            "QAT at the width nearest each result) | lsq (LSQ instead) | all (QAT and LSQ)."
         ),
     ] = None,
     output: Annotated[

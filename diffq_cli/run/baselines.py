@@ -1,9 +1,10 @@
-"""Baselines at equal size: uniform post-training quantization (PTQ) and uniform QAT.
+"""Baselines at equal size: uniform post-training quantization (PTQ), uniform QAT and LSQ.
 
 PTQ quantizes the starting model with min/max per tensor at 8/6/4/3/2 bits, with the recipe's
-``min_size``/``exclude``/``float16``: no training, one evaluation each. QAT trains
-``UniformQuantizer(qat=True)`` at the integer width whose true size is nearest a DiffQ result,
-with the same epochs and schedule, so the table compares at equal size and equal budget.
+``min_size``/``exclude``/``float16``: no training, one evaluation each. The trained baselines
+(``UniformQuantizer(qat=True)``, ``LSQ``) train at the integer width whose uniform size is
+nearest a DiffQ result, with the same epochs, schedule and grid, so the table compares at equal
+size and equal budget.
 """
 
 import dataclasses
@@ -79,7 +80,7 @@ def bn_calibration(num_batches: int, loader):
     return lambda model: recalibrate_batchnorm(model, loader, num_batches)
 
 
-def qat_widths(model, q, sizes: list[float], max_bits: int = 8, file: bool = False
+def baseline_widths(model, q, sizes: list[float], max_bits: int = 8, file: bool = False
                ) -> list[int]:
     """For each DiffQ true size (``file``: file size), the uniform width (1..max_bits) whose
     size is nearest (``file``: as the starting model's coded file would be)."""
@@ -92,9 +93,15 @@ def qat_widths(model, q, sizes: list[float], max_bits: int = 8, file: bool = Fal
     return out
 
 
-def qat_recipe(recipe, bits: int):
-    """``recipe`` with ``quant.method=uniform`` at ``bits`` (QAT), the rest unchanged."""
-    quant = dataclasses.replace(recipe.quant, method="uniform", bits=float(bits))
+# train.baseline -> the trained baselines it adds (each also gets the PTQ rows), by row method.
+TRAINED = {"none": (), "ptq": (), "qat": ("qat",), "lsq": ("lsq",), "all": ("qat", "lsq")}
+_QUANT_METHOD = {"qat": "uniform", "lsq": "lsq"}
+
+
+def baseline_recipe(recipe, method: str, bits: int):
+    """``recipe`` training the baseline ``method`` (``qat`` or ``lsq``) at ``bits``, the rest
+    (grid, epochs, schedule) unchanged."""
+    quant = dataclasses.replace(recipe.quant, method=_QUANT_METHOD[method], bits=float(bits))
     train = dataclasses.replace(recipe.train, target_mb=(), mu=(0.0,))
     return dataclasses.replace(recipe, quant=quant, train=train)
 
@@ -149,7 +156,7 @@ def mark_beaten(rows: list[dict], tolerance: float = 0.02, key: str = "true_mb")
 
 
 def _where(row: dict) -> str:
-    """Where a baseline's artifact is (uniform QAT runs save one), for the verdict."""
+    """Where a baseline's artifact is (trained baselines save one), for the verdict."""
     return f": {row['artifact']}" if row.get("artifact") else ""
 
 
@@ -159,8 +166,8 @@ NEARLY = 0.10  # the verdict names a more accurate baseline at most 10 % larger
 def verdicts(rows: list[dict], key: str = "true_mb") -> list[str]:
     """One plain sentence per DiffQ row (after ``mark_beaten``): which baseline beats it, or
     that none at its size does (and which more accurate one is at most 10 % larger); and a
-    hint when uniform QAT was not run to compare. ``key``: the size compared (``artifact_mb``:
-    the file, named so in the sentences)."""
+    hint when no trained baseline (uniform QAT, LSQ) was run to compare. ``key``: the size
+    compared (``artifact_mb``: the file, named so in the sentences)."""
     from diffq_cli.units import human
 
     def size(r: dict) -> str:
@@ -191,6 +198,6 @@ def verdicts(rows: list[dict], key: str = "true_mb") -> list[str]:
                 f"{'smaller' if rival[key] < row[key] else 'about as small'} "
                 f"({size(rival)}) and more accurate "
                 f"({human(rival['accuracy'], 'pct')}); prefer it for this size{_where(rival)}.")
-    if lines and not any(r.get("method") == "qat" for r in rows):
-        lines.append("Compare with uniform QAT at the same sizes: add --baseline qat.")
+    if lines and not any(r.get("method") in ("qat", "lsq") for r in rows):
+        lines.append("Compare with uniform QAT and LSQ at the same sizes: add --baseline all.")
     return lines

@@ -84,10 +84,10 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     """Runs a resolved recipe; returns the summary (also written to ``summary.json``).
 
     Steps: set up (device, checks, data), the starting model (float stage and float baseline),
-    the post-training baselines, one DiffQ run per mu or size target, the QAT baselines if
-    asked, then the summary, pictures and tables. ``checkpoint.pt`` (optimizer state: several
-    times the model) is deleted once everything has finished, unless ``keep_checkpoint``;
-    ``float.pt`` stays as the float starting point."""
+    the post-training baselines, one DiffQ run per mu or size target, the trained baselines
+    (uniform QAT, LSQ) if asked, then the summary, pictures and tables. ``checkpoint.pt``
+    (optimizer state: several times the model) is deleted once everything has finished, unless
+    ``keep_checkpoint``; ``float.pt`` stays as the float starting point."""
     from diffq_cli.errors import GateError
     from diffq_cli.run import baselines
 
@@ -103,8 +103,8 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
                                    file_mb=job.ctx.file_mb if file else None)
     runs, layers, last = _diffq_runs(job)
     rows += [row_of(metrics) for metrics in runs]
-    if recipe.train.baseline == "qat":
-        rows += _qat_rows(job, runs)
+    for method in baselines.TRAINED[recipe.train.baseline]:
+        rows += _trained_rows(job, runs, method)
     summary = _summarize(job, runs, rows, started)
     if not keep_checkpoint:  # only now: an interrupted sweep resumes its finished runs
         for path in job.run_dir.glob("**/checkpoint.pt"):
@@ -219,7 +219,7 @@ def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
         "run_dir": str(job.run_dir),
         "float": {"accuracy": job.float_acc, "mb": job.float_mb},
         "runs": runs,
-        "baselines": [r for r in rows if r["method"] in ("ptq", "qat")],
+        "baselines": [r for r in rows if r["method"] in baselines.BASELINES],
         "table": rows,
         "size": "file" if key == "artifact_mb" else "true",
         "verdicts": baselines.verdicts(rows, key=key),
@@ -239,27 +239,29 @@ def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
     return summary
 
 
-def _qat_rows(job: _Job, runs: list) -> list:
-    """Uniform QAT at the width nearest each DiffQ result's true size, same epochs."""
+def _trained_rows(job: _Job, runs: list, method: str) -> list:
+    """The baseline ``method`` (``qat``: uniform QAT, or ``lsq``) at the width whose uniform
+    size is nearest each DiffQ result's, same epochs; each in ``<method><bits>/``."""
     from diffq_cli.run import baselines
     from diffq_cli.run.train import train_one
 
-    widths = baselines.qat_widths(job.fresh_model(job.start_weights), job.recipe.quant,
+    widths = baselines.baseline_widths(job.fresh_model(job.start_weights), job.recipe.quant,
                                   [r[job.size_key] for r in runs],
                                   file=job.size_key == "artifact_mb")
     rows = []
     for bits in widths:
-        recipe = baselines.qat_recipe(job.recipe, bits)
+        recipe = baselines.baseline_recipe(job.recipe, method, bits)
+        run_dir = job.run_dir / f"{method}{bits}"
         result = train_one(job.fresh_model(job.start_weights), recipe, 0.0, job.loaders,
-                           job.run_dir / f"qat{bits}", job.ctx)
+                           run_dir, job.ctx)
         quantizer = result["quantizer"]
-        row = {"method": "qat", "label": f"{bits} bits", "bits": bits,
+        row = {"method": method, "label": f"{bits} bits", "bits": bits,
                "accuracy": result["accuracy"], "true_mb": quantizer.true_model_size(),
                "mean_bits": float(bits)}
         # Its own artifact, like a DiffQ run's: comparable file size, and usable as is
         # (eval, export) when the verdict says to prefer it.
         metrics = {**row, "float_accuracy": job.float_acc, "float_mb": job.float_mb}
-        row.update(write_artifact(job, job.run_dir / f"qat{bits}" / "model.th",
+        row.update(write_artifact(job, run_dir / "model.th",
                                    quantizer.get_quantized_state(), recipe, metrics))
         rows.append(row)
         quantizer.detach()

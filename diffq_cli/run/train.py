@@ -124,7 +124,7 @@ def _evaluate(run: _Run, val_loader, recipe, ctx, target_mb, seen_loss, start) -
     quantizer, stage = run.quantizer, run.stage
     acc = ctx.dist.accuracy(run.model, val_loader, ctx.device)  # over all ranks' shards
     record = {
-        "stage": recipe.quant.method,  # "diffq", or "uniform" for a QAT baseline
+        "stage": recipe.quant.method,  # "diffq", or "uniform" / "lsq" for a baseline
         "mu": run.control.mu,
         "target_mb": target_mb,
         "epoch": stage.epoch,

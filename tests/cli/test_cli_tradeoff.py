@@ -266,3 +266,37 @@ def test_a_fisher_start_fits_the_target_and_mixes_layer_widths(tmp_path):
     size = json.loads(run(CliRunner(), "size", out / "model.th", "--json").stdout)
     means = {round(layer["bits_mean"]) for layer in size["layers"] if layer.get("bits_mean")}
     assert len(means) >= 2  # widths chosen per tensor, not one width everywhere
+
+
+def test_lsq_and_qat_baselines_train_at_the_same_width_and_enter_the_verdict(tmp_path):
+    """``--baseline all`` trains uniform QAT and LSQ at the width nearest the DiffQ result, each
+    with its own readable artifact, and the verdict weighs both (the smallest more accurate
+    baseline row at <= 1.02x the DiffQ size, whichever method it is)."""
+    out = tmp_path / "all"
+    result = run(CliRunner(), "finetune", *FAST, "--max-steps", "2", "--target-mb", "4",
+                 "--baseline", "all", "--output", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    (qat,) = [r for r in summary["baselines"] if r["method"] == "qat"]
+    (lsq,) = [r for r in summary["baselines"] if r["method"] == "lsq"]
+    assert lsq["bits"] == qat["bits"] and lsq["label"] == f"{qat['bits']} bits"
+    assert lsq["artifact"] == str(out / f"lsq{lsq['bits']}" / "model.th")
+    size = json.loads(run(CliRunner(), "size", lsq["artifact"], "--json").stdout)
+    assert size["true_mb"] == pytest.approx(lsq["true_mb"]) and size["mean_bits"] == lsq["bits"]
+    records = [json.loads(x) for x in
+               (out / f"lsq{lsq['bits']}" / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(r["stage"] == "lsq" for r in records)
+    assert "LSQ" in result.stdout or "lsq" in result.stdout
+    (diffq,) = [r for r in summary["table"] if r["method"] == "diffq"]
+    rivals = [r for r in summary["table"] if r["method"] in ("ptq", "qat", "lsq")
+              and not r["collapsed"] and r["true_mb"] <= diffq["true_mb"] * 1.02
+              and r["accuracy"] > diffq["accuracy"]]
+    expected = min(rivals, key=lambda r: (r["true_mb"], -r["accuracy"]), default=None)
+    assert diffq["beaten_by"] == (expected and f"{expected['method']} {expected['label']}")
+    assert not any("add --baseline" in line for line in summary["verdicts"])
+
+
+def test_an_unknown_baseline_is_refused_with_the_choices(tmp_path):
+    result = run(CliRunner(), "finetune", *FAST, "--baseline", "lsqq", "--output", tmp_path / "x")
+    assert result.exit_code == 2
+    assert "lsq" in result.stderr and "all" in result.stderr and not (tmp_path / "x").exists()

@@ -64,10 +64,14 @@ def test_verdicts_say_plainly_which_baseline_to_prefer():
     rows[3]["artifact"] = "runs/x/qat3/model.th"  # a QAT run names its artifact
     assert verdicts(rows)[0].endswith("prefer it for this size: runs/x/qat3/model.th.")
     assert verdicts(rows)[2].endswith("(90.00 %): runs/x/qat3/model.th.")
+    # The hint: only when no trained baseline (uniform QAT or LSQ) is in the table.
     without_qat = [r for r in (dict(r) for r in ISSUE_TABLE) if r["method"] != "qat"]
     mark_beaten(without_qat)
-    assert verdicts(without_qat)[-1] == (
-        "Compare with uniform QAT at the same sizes: add --baseline qat.")
+    assert not any("add --baseline" in line for line in verdicts(without_qat))
+    untrained = [r for r in without_qat if r["method"] != "lsq"]
+    mark_beaten(untrained)
+    assert verdicts(untrained)[-1] == (
+        "Compare with uniform QAT and LSQ at the same sizes: add --baseline all.")
 
 
 def test_ptq_rows_recalibrate_batchnorm_and_leave_the_model_as_it_was():
