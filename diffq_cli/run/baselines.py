@@ -80,11 +80,12 @@ def bn_calibration(num_batches: int, loader):
     return lambda model: recalibrate_batchnorm(model, loader, num_batches)
 
 
-def baseline_widths(model, q, sizes: list[float], max_bits: int = 8, file: bool = False
-               ) -> list[int]:
-    """For each DiffQ true size (``file``: file size), the uniform width (1..max_bits) whose
-    size is nearest (``file``: as the starting model's coded file would be)."""
-    table = {bits: uniform_size(model, q, bits, file) for bits in range(1, max_bits + 1)}
+def baseline_widths(model, q, sizes: list[float], max_bits: int = 8, file: bool = False,
+                    min_bits: int = 1) -> list[int]:
+    """For each DiffQ true size (``file``: file size), the uniform width (``min_bits`` ..
+    ``max_bits``) whose size is nearest (``file``: as the starting model's coded file would
+    be). LSQ and the ``learned`` grid need ``min_bits=2`` (signed levels)."""
+    table = {bits: uniform_size(model, q, bits, file) for bits in range(min_bits, max_bits + 1)}
     out = []
     for size in sizes:
         width = min(table, key=lambda b: (abs(table[b] - size), b))

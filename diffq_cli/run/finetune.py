@@ -245,9 +245,12 @@ def _trained_rows(job: _Job, runs: list, method: str) -> list:
     from diffq_cli.run import baselines
     from diffq_cli.run.train import train_one
 
-    widths = baselines.baseline_widths(job.fresh_model(job.start_weights), job.recipe.quant,
-                                  [r[job.size_key] for r in runs],
-                                  file=job.size_key == "artifact_mb")
+    q = job.recipe.quant
+    signed = method == "lsq" or q.grid == "learned"  # no 1-bit width there
+    widths = baselines.baseline_widths(job.fresh_model(job.start_weights), q,
+                                       [r[job.size_key] for r in runs],
+                                       file=job.size_key == "artifact_mb",
+                                       min_bits=2 if signed else 1)
     rows = []
     for bits in widths:
         recipe = baselines.baseline_recipe(job.recipe, method, bits)

@@ -100,3 +100,20 @@ def test_ptq_rows_recalibrate_batchnorm_and_leave_the_model_as_it_was():
     for key, b in model.named_buffers():
         assert torch.equal(b, before[key]), key  # the starting model is unchanged
     assert bn_calibration(0, batches) is None
+
+
+def test_baseline_widths_are_the_nearest_uniform_sizes_and_respect_the_lowest_width():
+    """Each DiffQ size gets the uniform width whose size is nearest (each width once); with
+    ``min_bits=2`` (LSQ, the learned grid: no 1-bit levels) a size nearest 1 bit gets 2."""
+    from torch import nn
+
+    from diffq_cli.config.schema import QuantConfig
+    from diffq_cli.run.baselines import baseline_widths, uniform_size
+
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 10))
+    q = QuantConfig(min_size=0)
+    sizes = {b: uniform_size(model, q, b) for b in (1, 2, 3, 4)}
+    assert sizes[1] < sizes[2] < sizes[3] < sizes[4]
+    assert baseline_widths(model, q, [sizes[3] * 1.01, sizes[2], sizes[3]]) == [3, 2]
+    assert baseline_widths(model, q, [sizes[1]]) == [1]
+    assert baseline_widths(model, q, [sizes[1]], min_bits=2) == [2]

@@ -1,0 +1,139 @@
+"""DiffQ against the best of uniform QAT and LSQ on three model / data pairs, with the shipped
+recipe settings, 3 seeds, paired per seed; at equal true size and at equal file size.
+
+Inputs (``bench/tradeoff.py`` outputs, same float model, steps and seeds per pair):
+  resnet18 / Fashion-MNIST   bench/out/fm60k/minmax-b{2,3,4}-s{0,1,2}.json   (bench/fm60k.sh)
+  test_resnet / digits       bench/out/filedigits/final-s*.json (DiffQ, bench/digits_final.sh)
+                             + true-s*.json (QAT, LSQ: bench/file_digits.sh)
+  mobilenet_v2 / FM          bench/out/mbv2/final-s*.json (DiffQ, LSQ: bench/mobilenet_final.sh)
+                             + fisher3-s*.json (QAT: bench/mobilenet_start.sh)
+  and DiffQ with quant.grid=learned on the first pair (fm60k/learned-b*-s*.json) against QAT
+  and LSQ on either grid.
+
+    python bench/final_seeds.py       # prints the tables, writes bench/out/final_seeds.md
+"""
+
+import json
+import statistics
+from pathlib import Path
+
+OUT = Path("bench/out")
+SEEDS = (0, 1, 2)
+SLACK = 1.02  # "at the same size or smaller", as the finetune verdict counts it
+
+
+def rows(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["rows"] if path.is_file() else []
+
+
+def pick(rs, method, bits=None, index=None):
+    """The row of ``method`` (at ``bits``, or the ``index``-th of that method)."""
+    found = [r for r in rs if r["method"] == method and (bits is None or r.get("bits") == bits)]
+    if index is not None:
+        found = found[index:index + 1]
+    return found[0] if found else None
+
+
+def fm(seed, size):  # size index 0..2 -> bits 2..4
+    b = size + 2
+    rs = rows(OUT / f"fm60k/minmax-b{b}-s{seed}.json")
+    return pick(rs, "diffq"), {m: {b: pick(rs, m, b)} for m in ("qat", "lsq")}
+
+
+def fm_learned(seed, size):
+    """DiffQ on the learned grid against QAT / LSQ on either grid (theirs: the better)."""
+    b = size + 2
+    mine = rows(OUT / f"fm60k/learned-b{b}-s{seed}.json")
+    theirs = {}
+    for m in ("qat", "lsq"):
+        for grid in ("minmax", "learned"):
+            theirs[f"{m} {grid}"] = {
+                bits: pick(rows(OUT / f"fm60k/{grid}-b{bits}-s{seed}.json"), m, bits)
+                for bits in (2, 3, 4)}
+    return pick(mine, "diffq"), theirs
+
+
+def digits(seed, size):
+    mine, theirs = rows(OUT / f"filedigits/final-s{seed}.json"), rows(
+        OUT / f"filedigits/true-s{seed}.json")
+    return pick(mine, "diffq", index=size), {
+        m: {b: pick(theirs, m, b) for b in (2, 3, 4)} for m in ("qat", "lsq")}
+
+
+def mobilenet(seed, size):
+    mine, qat = rows(OUT / f"mbv2/final-s{seed}.json"), rows(OUT / f"mbv2/fisher3-s{seed}.json")
+    return pick(mine, "diffq", index=size), {
+        "qat": {b: pick(qat, "qat", b) for b in (2, 3, 4)},
+        "lsq": {b: pick(mine, "lsq", b) for b in (2, 3, 4)}}
+
+
+PAIRS = {"resnet18 / Fashion-MNIST": fm, "test_resnet / digits": digits,
+         "mobilenet_v2 / Fashion-MNIST": mobilenet,
+         "resnet18 / Fashion-MNIST, grid=learned": fm_learned}
+NAMES = {"qat": "uniform QAT", "lsq": "LSQ"}
+
+
+def mean(v):
+    return statistics.mean(v) if v else float("nan")
+
+
+def compare(fn, size: int, key: str):
+    """(DiffQ accuracies per seed, its mean size, the best baseline's name, its accuracies,
+    its mean size): the best (by mean accuracy) QAT / LSQ width whose size (``key``) is at
+    most ``SLACK`` x DiffQ's, on every seed."""
+    runs = [fn(s, size) for s in SEEDS]
+    if any(d is None for d, _ in runs):
+        return None
+    ours = [d["accuracy"] for d, _ in runs]
+    cap = mean([d[key] for d, _ in runs]) * SLACK
+    best = None
+    for method in runs[0][1]:
+        for b in (2, 3, 4):
+            theirs = [t[method].get(b) for _, t in runs]
+            if any(r is None or r.get(key) is None for r in theirs):
+                continue
+            if mean([r[key] for r in theirs]) > cap:
+                continue
+            acc = [r["accuracy"] for r in theirs]
+            if best is None or mean(acc) > mean(best[1]):
+                kind, _, grid = method.partition(" ")
+                best = (f"{NAMES[kind]} {b} bits{f' ({grid})' if grid else ''}", acc,
+                        mean([r[key] for r in theirs]))
+    return ours, mean([d[key] for d, _ in runs]), best
+
+
+def table(key: str) -> list[str]:
+    what = "true size" if key == "true_mb" else "file size"
+    out = [f"| pair | DiffQ target | DiffQ % (per seed) | {what} MiB | best baseline at <= "
+           f"{what} | its % (per seed) | its MiB | DiffQ - it, paired (mean) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for name, fn in PAIRS.items():
+        for size in range(3):
+            got = compare(fn, size, key)
+            if got is None:
+                continue
+            ours, mb, best = got
+            target = fn(0, size)[0]["label"]
+            if best is None:
+                out.append(f"| {name} | {target} | {mean(ours):.2f} | {mb:.3f} | none | | | |")
+                continue
+            label, theirs, their_mb = best
+            diff = [a - b for a, b in zip(ours, theirs, strict=True)]
+            out.append(
+                f"| {name} | {target} | {mean(ours):.2f} ({', '.join(f'{a:.2f}' for a in ours)})"
+                f" | {mb:.3f} | {label} | {mean(theirs):.2f} "
+                f"({', '.join(f'{a:.2f}' for a in theirs)}) | {their_mb:.3f} | "
+                f"{', '.join(f'{d:+.2f}' for d in diff)} (**{mean(diff):+.2f}**) |")
+    return out
+
+
+def main() -> None:
+    lines = ["## At equal true size", "", *table("true_mb"), "", "## At equal file size", "",
+             *table("artifact_mb")]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (OUT / "final_seeds.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
