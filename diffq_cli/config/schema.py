@@ -155,10 +155,9 @@ class TrainConfig(_Section):
     """Loop length, the model-size penalties ``mu`` or size targets (one run each), device."""
 
     section: ClassVar = "train"
-    choices: ClassVar = {"amp": ("none", "bf16", "fp16"),
+    choices: ClassVar = {"amp": ("none", "bf16", "fp16"), "logger": ("none", "tensorboard"),
                          "baseline": ("none", "ptq", "qat", "lsq", "all"),
-                         "logger": ("none", "tensorboard"), "target_size": ("true", "file"),
-                         "start_widths": ("size", "fisher")}
+                         "target_size": ("true", "file"), "start_widths": ("size", "fisher")}
     bounds: ClassVar = {"epochs": _GE1, "max_steps": _GE1, "log_every": _GE1, "seed": _GE0,
                         "float_epochs": _GE0, "freeze_bits": (0, 1, False), "bn_recalibrate": _GE0}
     epochs: int = 3
