@@ -1,5 +1,6 @@
-"""DiffQ against the best of uniform QAT and LSQ on three model / data pairs, with the shipped
-recipe settings, 3 seeds, paired per seed; at equal true size and at equal file size.
+"""DiffQ against the best of uniform QAT and LSQ (and PTQ where measured: resnet18) on three
+model / data pairs, with the shipped recipe settings, 3 seeds, paired per seed; at equal true
+size and at equal file size.
 
 Inputs (``bench/tradeoff.py`` outputs, same float model, steps and seeds per pair):
   resnet18 / Fashion-MNIST   bench/out/fm60k/minmax-b{2,3,4}-s{0,1,2}.json   (bench/fm60k.sh)
@@ -37,7 +38,9 @@ def pick(rs, method, bits=None, index=None):
 def fm(seed, size):  # size index 0..2 -> bits 2..4
     b = size + 2
     rs = rows(OUT / f"fm60k/minmax-b{b}-s{seed}.json")
-    return pick(rs, "diffq"), {m: {b: pick(rs, m, b)} for m in ("qat", "lsq")}
+    ptq = rows(OUT / "fm60k/minmax-b2-s0.json")  # PTQ does not depend on the seed
+    return pick(rs, "diffq"), {**{m: {b: pick(rs, m, b)} for m in ("qat", "lsq")},
+                               "ptq": {bits: pick(ptq, "ptq", bits) for bits in (2, 3, 4)}}
 
 
 def fm_learned(seed, size):
@@ -70,7 +73,7 @@ def mobilenet(seed, size):
 PAIRS = {"resnet18 / Fashion-MNIST": fm, "test_resnet / digits": digits,
          "mobilenet_v2 / Fashion-MNIST": mobilenet,
          "resnet18 / Fashion-MNIST, grid=learned": fm_learned}
-NAMES = {"qat": "uniform QAT", "lsq": "LSQ"}
+NAMES = {"qat": "uniform QAT", "lsq": "LSQ", "ptq": "PTQ"}
 
 
 def mean(v):
