@@ -4,14 +4,7 @@
 # float model of bench/file_digits.sh, whose true-s*.json hold the uniform QAT and LSQ rows of
 # the same float model, steps and seeds. Then: python bench/final_seeds.py
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
 D=bench/out/filedigits
-for s in ${SEEDS:-0 1 2}; do
-  out=$D/final-s$s
-  [ -f $out.json ] && continue
-  $PY bench/tradeoff.py --recipe default --model test_resnet --data-dir "" --train-subset 1438 \
-    --val-subset 359 --input-size 32 --epochs 3 --svg= --weights $D/float.pt \
-    --seed $s --targets 0.1226 0.1660 0.2094 --diffq-only --diffq-set train.baseline=none \
-    --out $out.json.tmp > $out.log 2>&1 && mv $out.json.tmp $out.json
-  echo "$(date +%T) seed $s rc=$?"
-done
+bench/seeds.sh $D/final --recipe default --model test_resnet --data-dir "" --train-subset 1438 \
+  --val-subset 359 --input-size 32 --epochs 3 --svg= --weights $D/float.pt \
+  --targets 0.1226 0.1660 0.2094 --diffq-only --diffq-set train.baseline=none

@@ -1,19 +1,16 @@
 #!/bin/bash
-# mobilenet_v2 / Fashion-MNIST with the shipped recipe's settings (fisher start, uniform noise,
-# budget filled at the freeze): DiffQ at the true sizes of uniform 2.5, 3 and 4 bits plus LSQ at
-# 2, 3 and 4 bits, seeds 0-2, on the float model of bench/mobilenet_start.sh (run that first:
-# its fisher3-s*.json hold the uniform QAT rows of the same float model, steps and seeds).
+# mobilenet_v2 / Fashion-MNIST on the float model of bench/mobilenet_start.sh (run that first:
+# its fisher3-s*.json hold the uniform QAT rows of the same float model, steps and seeds),
+# 6,000 train / 2,000 val images at 32x32, 2 epochs per run, seeds 0-2, the shipped recipe's
+# settings (fisher start, uniform noise, budget filled at the freeze):
+#   final: DiffQ at the true sizes of uniform 2.5, 3 and 4 bits, plus LSQ at 2, 3 and 4 bits;
+#   bn:    the same DiffQ runs with BatchNorm statistics re-estimated on the quantized weights
+#          (train.bn_recalibrate=20) before every evaluation and before saving.
 # Then: python bench/final_seeds.py
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
 D=bench/out/mbv2
-for s in ${SEEDS:-0 1 2}; do
-  out=$D/final-s$s
-  [ -f $out.json ] && continue
-  $PY bench/tradeoff.py --model mobilenet_v2 --train-subset 6000 --val-subset 2000 \
-    --input-size 32 --epochs 2 --svg= --targets 0.835 0.966 1.227 --seed $s \
-    --weights $D/float.pt --qat-bits --lsq-bits 2 3 4 \
-    --diffq-set train.baseline=none --out $out.json.tmp > $out.log 2>&1 \
-    && mv $out.json.tmp $out.json
-  echo "$(date +%T) seed $s rc=$?"
-done
+M=(--model mobilenet_v2 --train-subset 6000 --val-subset 2000 --input-size 32 --epochs 2
+   --svg= --targets 0.835 0.966 1.227 --weights $D/float.pt)
+bench/seeds.sh $D/final "${M[@]}" --qat-bits --lsq-bits 2 3 4 --diffq-set train.baseline=none
+bench/seeds.sh $D/bn "${M[@]}" --diffq-only --diffq-set train.baseline=none \
+  train.bn_recalibrate=20
