@@ -122,6 +122,7 @@ def bench_p1(ref, steps: int, warmup: int) -> dict:
         "pool": lambda m: DiffQuantizer(m, group_size=8),
         "fresh": lambda m: DiffQuantizer(m, group_size=8, noise_source="fresh"),
         "learned": lambda m: DiffQuantizer(m, group_size=8, grid="learned"),
+        "channel": lambda m: DiffQuantizer(m, group_size=8, grid="channel"),
         "file": lambda m: DiffQuantizer(m, group_size=8),
     }
     if ref is not None:
