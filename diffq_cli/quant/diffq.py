@@ -14,7 +14,7 @@ from torch import nn
 from diffq_cli.quant import grids
 from diffq_cli.quant.base import BaseQuantizer
 from diffq_cli.quant.coded import CodedTables
-from diffq_cli.quant.gridnoise import learned_noisy_and_again
+from diffq_cli.quant.gridnoise import channel_noisy_and_again, learned_noisy_and_again
 from diffq_cli.quant.noise import FreshNoise, NoisePool
 from diffq_cli.quant.ops import minmax_levels, noisy_weight_and_again, straight_through
 from diffq_cli.quant.params import QParam
@@ -220,8 +220,7 @@ class DiffQuantizer(BaseQuantizer):
         if self.grid == "learned":
             return learned_noisy_and_again(qp.param, qp.scale_param.exp(), bits, noise,
                                            qp.group_size, mult)
-        unit_e = grids.per_group(unit, qp.numel, qp.group_size)
-        return grids.channel_noisy(qp.param, unit_e, noise, mult), None
+        return channel_noisy_and_again(qp.param, unit, noise, qp.group_size, mult)
 
     def _frozen_weight(self, qp: QParam):
         """(``qp``'s weight truly quantized at its rounded widths, straight-through; no recipe)."""
