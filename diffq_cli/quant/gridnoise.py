@@ -1,6 +1,7 @@
-"""DiffQ's noisy training weight on the ``learned`` grid, without weight-sized autograd state.
+"""DiffQ's noisy training weight on the per-channel grids, without weight-sized autograd state.
 
-The weight is clamped to the range true quantization keeps, ``[-alpha, alpha - step]`` with
+``channel`` (``ChannelNoisy``, at the end): the weight plus noise scaled by each row's span.
+``learned``: the weight is clamped to the range true quantization keeps, ``[-alpha, alpha - step]`` with
 ``step = alpha * 2**(1 - b)`` (``alpha`` per output row, ``b`` per group), plus noise scaled by
 the same step. Written with plain autograd ops this keeps five or six weight-sized float
 tensors per layer alive until the backward (11x the weights of extra memory on resnet18, and
@@ -20,7 +21,7 @@ import math
 import torch
 
 from diffq_cli.quant.grids import channel_noisy, per_group, per_row, rows_of
-from diffq_cli.quant.ops import group_sums
+from diffq_cli.quant.ops import group_sums, sparse_at
 
 CHUNK = 1 << 18  # values per slice of rows (1 MiB of float32): passes stay in cache
 
@@ -187,10 +188,8 @@ class ChannelNoisy(torch.autograd.Function):
         grad_range = None
         if ctx.needs_input_grad[0]:
             dspan = (r * unit.view(rows, -1)).sum(1).mul_(ctx.mult)  # d out / d span, per row
-            vals = torch.cat([dspan, -dspan]).to(grad.dtype)
-            coords = torch.stack(torch.unravel_index(extremes, weight.shape))
-            grad_range = torch.sparse_coo_tensor(coords, vals, weight.shape,
-                                                 check_invariants=False)
+            grad_range = sparse_at(extremes, torch.cat([dspan, -dspan]).to(grad.dtype),
+                                   weight.shape)
         grad_weight = grad if ctx.needs_input_grad[1] else None
         return grad_range, grad_weight, grad_unit, None, None, None, None, None
 

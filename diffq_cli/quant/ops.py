@@ -87,6 +87,12 @@ def _coords(idx: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return torch.div(idx[None, :], strides, rounding_mode="floor").remainder_(sizes)
 
 
+def sparse_at(idx: torch.Tensor, vals: torch.Tensor, shape) -> torch.Tensor:
+    """A sparse tensor of ``shape`` holding ``vals`` at the flat indices ``idx``: a gradient on
+    a few entries (a range's extremes) that autograd adds into the dense one in place."""
+    return torch.sparse_coo_tensor(_coords(idx, shape), vals, shape, check_invariants=False)
+
+
 class NoisyWeight(torch.autograd.Function):
     """``w + noise * unit * mult * (max(w) - min(w))`` per group, with a cheap exact backward.
 
@@ -129,9 +135,7 @@ class NoisyWeight(torch.autograd.Function):
             dspan = torch.dot(r, unit)
             idx = extreme_indices(weight.detach().reshape(-1), hint)
             vals = _signs(grad.device).mul(dspan * ctx.mult).to(grad.dtype)
-            grad_range = torch.sparse_coo_tensor(
-                _coords(idx, weight.shape), vals, weight.shape, check_invariants=False
-            )
+            grad_range = sparse_at(idx, vals, weight.shape)
         grad_weight = grad if ctx.needs_input_grad[1] else None
         return grad_range, grad_weight, grad_unit, None, None, None, None, None
 
