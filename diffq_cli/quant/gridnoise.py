@@ -1,12 +1,13 @@
 """DiffQ's noisy training weight on the per-channel grids, without weight-sized autograd state.
 
 ``channel`` (``ChannelNoisy``, at the end): the weight plus noise scaled by each row's span.
-``learned``: the weight is clamped to the range true quantization keeps,
-``[-alpha, alpha - step]`` with ``step = alpha * 2**(1 - b)`` (``alpha`` per output row, ``b``
-per group), plus noise scaled by the same step. Written with plain autograd ops this keeps five or six weight-sized float
-tensors per layer alive until the backward (11x the weights of extra memory on resnet18, and
-1.95x the float step). ``LearnedNoisy`` saves only the weight, the noise window and the small
-``alpha`` and ``b`` vectors, and computes the gradients to all three from them in the backward:
+``learned``: the weight is clamped to the range true quantization keeps, ``[-alpha, alpha -
+step]`` with ``step = alpha * 2**(1 - b)`` (``alpha`` per output row, ``b`` per group), plus
+noise scaled by the same step. Written with plain autograd ops this keeps five or six
+weight-sized float tensors per layer alive until the backward (11x the weights of extra memory
+on resnet18, and 1.95x the float step). ``LearnedNoisy`` saves only the weight, the noise window
+and the small ``alpha`` and ``b`` vectors, and computes the gradients to all three from them in
+the backward:
 
     out = clamp(w, -alpha, alpha - step) + noise * step * mult
     d/dw     = g                                          inside the range, else 0
