@@ -103,8 +103,12 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
                                    file_mb=job.ctx.file_mb if file else None)
     runs, layers, last = _diffq_runs(job)
     rows += [row_of(metrics) for metrics in runs]
-    for method in baselines.TRAINED[recipe.train.baseline]:
-        rows += _trained_rows(job, runs, method)
+    trained = baselines.TRAINED[recipe.train.baseline]
+    if trained:  # one table of uniform sizes serves every trained baseline
+        table = baselines.uniform_sizes(job.fresh_model(job.start_weights), recipe.quant,
+                                        file=file)
+    for method in trained:
+        rows += _trained_rows(job, runs, method, table)
     summary = _summarize(job, runs, rows, started)
     if not keep_checkpoint:  # only now: an interrupted sweep resumes its finished runs
         for path in job.run_dir.glob("**/checkpoint.pt"):
@@ -239,17 +243,16 @@ def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
     return summary
 
 
-def _trained_rows(job: _Job, runs: list, method: str) -> list:
+def _trained_rows(job: _Job, runs: list, method: str, table: dict) -> list:
     """The baseline ``method`` (``qat``: uniform QAT, or ``lsq``) at the width whose uniform
-    size is nearest each DiffQ result's, same epochs; each in ``<method><bits>/``."""
+    size (``table``: ``baselines.uniform_sizes``) is nearest each DiffQ result's, same epochs;
+    each in ``<method><bits>/``."""
     from diffq_cli.run import baselines
     from diffq_cli.run.train import train_one
 
     q = job.recipe.quant
     signed = method == "lsq" or q.grid == "learned"  # no 1-bit width there
-    widths = baselines.baseline_widths(job.fresh_model(job.start_weights), q,
-                                       [r[job.size_key] for r in runs],
-                                       file=job.size_key == "artifact_mb",
+    widths = baselines.baseline_widths(table, [r[job.size_key] for r in runs],
                                        min_bits=2 if signed else 1)
     rows = []
     for bits in widths:

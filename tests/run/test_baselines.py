@@ -108,12 +108,16 @@ def test_baseline_widths_are_the_nearest_uniform_sizes_and_respect_the_lowest_wi
     from torch import nn
 
     from diffq_cli.config.schema import QuantConfig
-    from diffq_cli.run.baselines import baseline_widths, uniform_size
+    from diffq_cli.run.baselines import baseline_widths, uniform_size, uniform_sizes
 
     model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 10))
     q = QuantConfig(min_size=0)
     sizes = {b: uniform_size(model, q, b) for b in (1, 2, 3, 4)}
     assert sizes[1] < sizes[2] < sizes[3] < sizes[4]
-    assert baseline_widths(model, q, [sizes[3] * 1.01, sizes[2], sizes[3]]) == [3, 2]
-    assert baseline_widths(model, q, [sizes[1]]) == [1]
-    assert baseline_widths(model, q, [sizes[1]], min_bits=2) == [2]
+    table = uniform_sizes(model, q)
+    assert sorted(table) == list(range(1, 9)) and all(table[b] == sizes[b] for b in sizes)
+    assert baseline_widths(table, [sizes[3] * 1.01, sizes[2], sizes[3]]) == [3, 2]
+    assert baseline_widths(table, [sizes[1]]) == [1]
+    assert baseline_widths(table, [sizes[1]], min_bits=2) == [2]
+    learned = uniform_sizes(model, QuantConfig(min_size=0, grid="learned"))
+    assert sorted(learned) == list(range(2, 9))  # no 1-bit width on the learned grid
