@@ -4,9 +4,12 @@
     python bench/grid_bench.py accuracy --seeds 0 1 2   # (b) digits, every method x grid x bits
 
 (a) Relative weight MSE (``sum (q - w)^2 / sum w^2``) of post-training quantization on each grid
-at 2/3/4 bits: Gaussian and Laplace tensors (64 x 1152, rows scaled 0.2..2) and the conv
-weights of torchvision resnet18 (random init). Also the ``learned`` grid's two level sets:
-full signed ``[-2**(b-1), 2**(b-1) - 1]`` (the one shipped) and symmetric narrow.
+at 2/3/4 bits: Gaussian and Laplace tensors (64 x 1152, rows scaled 0.2..2), the conv
+weights of torchvision resnet18 (random init) and, with ``--weights float.pt``, the conv and
+linear weights of a trained model (e.g. ``bench/out/fm60k/float.pt``). Also two other level
+sets of the ``learned`` grid, each at its own MSE-optimal clip: with a zero level, ``q * step``
+for ``q`` in ``[-2**(b-1), 2**(b-1) - 1]`` (shipped before the mid-rise levels) and symmetric
+narrow ``[-(2**(b-1) - 1), 2**(b-1) - 1]``.
 
 (b) Per grid and seed, one ``bench/tradeoff.py`` call on test_resnet / digits (one shared float
 model): DiffQ aimed at the true size of uniform 2/3/4 bits on that grid, uniform QAT, LSQ and
@@ -28,7 +31,7 @@ OUT = Path("bench/out")
 BITS = (2, 3, 4)
 
 
-def _tensors():
+def _tensors(weights=None):
     torch.manual_seed(0)
     scale = torch.linspace(0.2, 2.0, 64)[:, None]
     out = {"gaussian": torch.randn(64, 1152) * scale,
@@ -38,24 +41,35 @@ def _tensors():
     net = resnet18(num_classes=10)
     out["resnet18 convs"] = [m.weight.detach() for m in net.modules()
                              if isinstance(m, torch.nn.Conv2d)]
+    if weights:
+        state = torch.load(weights, map_location="cpu", weights_only=False)
+        state = state.get("model", state.get("state_dict", state))
+        out[f"trained ({Path(weights).name})"] = [
+            v.float() for k, v in state.items() if k.endswith("weight") and v.dim() >= 2]
     return out
 
 
-def _rel_mse(weights, grid: str, bits: int, narrow: bool = False) -> float:
+def _own_clip(rows, bits: int, low: int, high: int) -> float:
+    """Squared error of ``q * step``, ``q`` in [low, high], at each row's MSE-optimal step."""
+    top = rows.abs().amax(1, keepdim=True)
+    best = None
+    for k in range(2, 26):
+        step = top * 0.05 * k / 2 ** (bits - 1)
+        e = ((rows / step).round().clamp(low, high) * step - rows).pow(2).sum(1)
+        best = e if best is None else torch.minimum(best, e)
+    return float(best.sum())
+
+
+def _rel_mse(weights, grid: str, bits: int, levels: str = "") -> float:
     from diffq_cli import UniformQuantizer
 
     err = total = 0.0
+    half = 2 ** (bits - 1)
     for w in weights if isinstance(weights, list) else [weights]:
-        if narrow:  # the symmetric variant of the learned grid, at its own MSE-optimal clip
+        if levels:  # another level set of the learned grid, at its own MSE-optimal clip
             rows = w.reshape(w.shape[0], -1)
-            half = 2 ** (bits - 1) - 1
-            top = rows.abs().amax(1, keepdim=True)
-            best = None
-            for k in range(2, 26):
-                step = top * 0.05 * k / half
-                e = ((rows / step).round().clamp(-half, half) * step - rows).pow(2).sum(1)
-                best = e if best is None else torch.minimum(best, e)
-            err += float(best.sum())
+            low = -half if levels == "zero" else 1 - half
+            err += _own_clip(rows, bits, low, half - 1)
         else:
             layer = torch.nn.Linear(1, 1)
             layer.weight = torch.nn.Parameter(w.clone())
@@ -67,20 +81,20 @@ def _rel_mse(weights, grid: str, bits: int, narrow: bool = False) -> float:
     return err / total
 
 
-def mse_table() -> str:
-    lines = ["| tensor | bits | minmax | channel | learned | learned narrow | minmax / learned |",
-             "|---|---|---|---|---|---|---|"]
-    for name, w in _tensors().items():
+def mse_table(weights=None) -> str:
+    lines = ["| tensor | bits | minmax | channel | learned (mid-rise) | learned, zero level | "
+             "learned narrow | minmax / learned |", "|---|---|---|---|---|---|---|---|"]
+    for name, w in _tensors(weights).items():
         for bits in BITS:
             e = {g: _rel_mse(w, g, bits) for g in ("minmax", "channel", "learned")}
-            e["narrow"] = _rel_mse(w, "learned", bits, narrow=True)
+            e["zero"] = _rel_mse(w, "learned", bits, levels="zero")
+            e["narrow"] = _rel_mse(w, "learned", bits, levels="narrow")
             lines.append(f"| {name} | {bits} | {e['minmax']:.4f} | {e['channel']:.4f} | "
-                         f"{e['learned']:.4f} | {e['narrow']:.4f} | "
+                         f"{e['learned']:.4f} | {e['zero']:.4f} | {e['narrow']:.4f} | "
                          f"{e['minmax'] / e['learned']:.1f}x |")
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------ accuracy
 def _targets(grid: str, input_size: int) -> list[float]:
     """True size of uniform 2/3/4 bits of test_resnet on ``grid`` (side information included)."""
     from diffq_cli.models.factory import create_model
@@ -176,6 +190,7 @@ def main() -> None:
     p.add_argument("part", choices=("mse", "accuracy"))
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides (accuracy)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--weights", default=None, help="mse: also a trained model's float.pt")
     p.add_argument("--grids", nargs="+", default=["minmax", "channel", "learned"])
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--float-epochs", type=int, default=3)
@@ -183,7 +198,7 @@ def main() -> None:
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
     if a.part == "mse":
-        text = "Relative weight MSE, post-training quantization per grid\n\n" + mse_table()
+        text = "Relative weight MSE, post-training quantization per grid\n\n" + mse_table(a.weights)
         path = OUT / "grid_mse.md"
     else:
         text = (f"test_resnet / digits, {a.epochs} epoch(s) per method, seeds "

@@ -22,9 +22,9 @@ def golden_model() -> torch.nn.Module:
     return model
 
 
-def golden_diffq(model: torch.nn.Module) -> DiffQuantizer:
+def golden_diffq(model: torch.nn.Module, grid: str = "minmax") -> DiffQuantizer:
     """DiffQ, group 4, bias of the last layer kept in float, logits spread over 3..8 bits."""
-    quantizer = DiffQuantizer(model, min_size=0, group_size=4, exclude=["2.bias"])
+    quantizer = DiffQuantizer(model, min_size=0, group_size=4, exclude=["2.bias"], grid=grid)
     quantizer.no_optimizer()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -110,3 +110,21 @@ def write_golden_v2(data_dir) -> None:
         save_artifact(path, quantizer.get_quantized_state(), spec, {"dataset": None},
                       {"quant": {"method": type(quantizer).__name__}},
                       {"expected_logits": logits.tolist()})
+
+
+def write_golden_learned0(path) -> None:
+    """Wrote tests/files/golden/golden_v2_learned0.th with the code of the learned grid's
+    zero-level levels (commit 3e8c05b, run once): the tiny DiffQ model on ``grid="learned"``,
+    and in its metrics the logits of a model restored from that state."""
+    from diffq_cli import restore_quantized_state
+    from diffq_cli.files.artifact import save_artifact
+
+    state = golden_diffq(golden_model(), grid="learned").get_quantized_state()
+    model = golden_model()
+    restore_quantized_state(model, state)
+    with torch.no_grad():
+        logits = model.eval()(golden_input())
+    spec = {"name": "golden_mlp", "source": "torch", "num_classes": 3, "in_chans": 1,
+            "input_size": 6}
+    save_artifact(path, state, spec, {"dataset": None}, {"quant": {"method": "DiffQuantizer"}},
+                  {"expected_logits": logits.tolist()})

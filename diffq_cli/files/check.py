@@ -106,6 +106,8 @@ def check_scales(name: str, entry: dict) -> None:
     need(bool(torch.isfinite(scales).all()), f"entry '{name}' has non-finite scales")
     need(entry["scheme"] == "channel" or bool((scales > 0).all()),
           f"entry '{name}' has a scale <= 0")
+    need(entry["scheme"] == "channel" or entry["offset"] in (0, 1),
+          f"entry '{name}' has a learned-grid offset {entry['offset']!r} (0 or 1)")
 
 
 def _check_tensors(state: dict, group: str) -> None:

@@ -4,11 +4,12 @@
 (+ offset[row])``, with ``q`` an int8 / uint8 / int16 tensor of the weight's shape, or None when
 no such form holds the tensor's values (it then stays a float tensor in the export). Per scheme:
 
-- ``learned`` (level ``q + 2**(b-1)``, value ``q * alpha / 2**(b-1)``): up to 8 bits every
-  value is ``q * 2**(8-b)`` times ``alpha / 2**7``: int8 with the scale ``alpha / 128`` per row,
-  whatever the widths of the row's groups; 9 to 16 bits: int16 with ``alpha / 2**15``. Both are
-  **exact**: the scale is ``alpha`` times a power of two, so ``q * scale`` rounds the same real
-  number once, as the reference decode does.
+- ``learned`` (level ``q + 2**(b-1)``, value ``(2q + offset) * alpha / 2**b``, ``offset`` 1 for
+  the mid-rise levels, 0 in older files): every value is ``(2q + offset) * 2**(7-b)`` times
+  ``alpha / 2**7`` -- int8 with the scale ``alpha / 128`` per row, whatever the widths of the
+  row's groups -- up to 7 bits (mid-rise) or 8 (older files); above, int16 with ``alpha /
+  2**15`` up to 15 (16) bits. Both are **exact**: the scale is ``alpha`` times a power of two,
+  so ``q * scale`` rounds the same real number once, as the reference decode does.
 - ``lsq`` (``(level - offset) * step``, one step per tensor): ``level - offset`` on int8 (int16
   when it needs more), scale ``step``: **exact**.
 - ``minmax`` and ``channel`` (``low + L * (high - low) / (2**b - 1)``, ``b`` per group, ``low``
@@ -54,12 +55,14 @@ def _row_of_each(shape, numel: int) -> torch.Tensor:
 
 def _learned(entry, levels, bits_e, rows):
     top = int(bits_e.max()) if bits_e.numel() else 1
+    q = levels - torch.exp2(bits_e - 1).long()
+    if int(entry["offset"]):  # mid-rise: 2q + 1 odd multiples of alpha / 2**b, one bit more
+        q, top, bits_e = 2 * q + 1, top + 1, bits_e + 1
     width = 8 if top <= 8 else 16
     if top > 16:
         return None
-    q = (levels - torch.exp2(bits_e - 1).long()) << (width - bits_e)
     scale = entry["scales"].float() / 2.0 ** (width - 1)  # alpha * 2**(1-width): exact
-    return q, scale, None, True
+    return q << (width - bits_e), scale, None, True
 
 
 def _affine(entry, levels, bits_e, rows, shape):

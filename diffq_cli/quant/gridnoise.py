@@ -1,19 +1,19 @@
 """DiffQ's noisy training weight on the per-channel grids, without weight-sized autograd state.
 
 ``channel`` (``ChannelNoisy``, at the end): the weight plus noise scaled by each row's span.
-``learned``: the weight is clamped to the range true quantization keeps, ``[-alpha, alpha -
-step]`` with ``step = alpha * 2**(1 - b)`` (``alpha`` per output row, ``b`` per group), plus
-noise scaled by the same step. Written with plain autograd ops this keeps five or six
-weight-sized float tensors per layer alive until the backward (11x the weights of extra memory
-on resnet18, and 1.95x the float step). ``LearnedNoisy`` saves only the weight, the noise window
-and the small ``alpha`` and ``b`` vectors, and computes the gradients to all three from them in
-the backward:
+``learned``: the weight is clamped to the range true quantization keeps, ``[-alpha + step/2,
+alpha - step/2]`` (the mid-rise levels' extremes) with ``step = alpha * 2**(1 - b)`` (``alpha``
+per output row, ``b`` per group), plus noise scaled by the same step. Written with plain
+autograd ops this keeps five or six weight-sized float tensors per layer alive until the
+backward (11x the weights of extra memory on resnet18, and 1.95x the float step).
+``LearnedNoisy`` saves only the weight, the noise window and the small ``alpha`` and ``b``
+vectors, and computes the gradients to all three from them in the backward, with ``e`` the
+side of the range a value is on (+1 above, -1 below, 0 inside):
 
-    out = clamp(w, -alpha, alpha - step) + noise * step * mult
+    out = clamp(w, -alpha + step/2, alpha - step/2) + noise * step * mult
     d/dw     = g                                          inside the range, else 0
-    d/dstep  = g * noise * mult - g * [w >= alpha - step]
-    d/dalpha = sum over the row of  g * ([w >= alpha - step] - [w <= -alpha])
-                                     + d/dstep * step / alpha
+    d/dstep  = g * noise * mult - g * e / 2
+    d/dalpha = sum over the row of  g * e  +  d/dstep * step / alpha
     d/db     = sum over the group of  d/dstep * step * (-ln 2)
 """
 
@@ -59,16 +59,16 @@ def _chunks(w: torch.Tensor):
 def _noisy(weight, alpha, bits, noise, group_size: int, mult: float) -> torch.Tensor:
     w, alpha, _, step = _parts(weight, alpha, bits, group_size)
     noise = noise.view(w.shape)
+    high = alpha - step * 0.5
     if w.dim() != 3:
-        out = torch.minimum(w, alpha - step)
-        torch.maximum(out, -alpha, out=out)
+        out = torch.minimum(w, high)
+        torch.maximum(out, -high, out=out)
         return out.addcmul_(noise, step, value=mult).view(weight.shape).to(weight.dtype)
     out = torch.empty_like(w)
-    high = alpha - step
     for sl in _chunks(w):
         part = out[sl]
         torch.minimum(w[sl], high[sl], out=part)
-        torch.maximum(part, -alpha[sl], out=part)
+        torch.maximum(part, -high[sl], out=part)
         part.addcmul_(noise[sl], step[sl], value=mult)
     return out.view(weight.shape).to(weight.dtype)
 
@@ -94,8 +94,8 @@ class LearnedNoisy(torch.autograd.Function):
             grad_w, grad_alpha, grad_bits = _blocked_grads(w, g, noise, alpha_b, scale, step,
                                                            mult, ctx.needs_input_grad[0])
         else:
-            top = w >= alpha_b - step
-            bottom = w <= -alpha_b
+            top = w >= alpha_b - step * 0.5
+            bottom = w <= step * 0.5 - alpha_b
             grad_w = None
             if ctx.needs_input_grad[0]:
                 grad_w = g.masked_fill(top | bottom, 0)
@@ -118,17 +118,17 @@ def _blocked_grads(w, g, noise, alpha, scale, step, mult: float, want_w: bool):
     grad_w = torch.empty_like(w) if want_w else None
     grad_alpha = torch.empty(rows, dtype=torch.float32, device=w.device)
     grad_bits = torch.empty(rows, groups, dtype=torch.float32, device=w.device)
-    high, low = alpha - step, -alpha
+    high = alpha - step * 0.5
     for sl in _chunks(w):
         wc, gc = w[sl], g[sl]
-        side = torch.clamp(wc, low[sl], high[sl])
+        side = torch.clamp(wc, -high[sl], high[sl])
         torch.sub(wc, side, out=side).sign_()
         g_side = gc * side  # g * (top - bottom)
         if want_w:
             torch.addcmul(gc, g_side, side, value=-1.0, out=grad_w[sl])
-        # d/dstep per group: sum of g * (noise * mult - top), as one product and sum.
-        top_minus_noise = torch.add(side.clamp_(min=0.0), noise[sl], alpha=-mult)
-        dstep = torch.einsum("rgk,rgk->rg", gc, top_minus_noise).neg_().unsqueeze(-1)
+        # d/dstep per group: sum of g * (noise * mult - side / 2), as one product and sum.
+        side_minus_noise = torch.add(side, noise[sl], alpha=-2.0 * mult)
+        dstep = torch.einsum("rgk,rgk->rg", gc, side_minus_noise).mul_(-0.5).unsqueeze(-1)
         grad_alpha[sl] = g_side.sum((1, 2)) + (dstep * scale[sl]).sum((1, 2))
         grad_bits[sl] = dstep.mul_(step[sl]).mul_(-math.log(2.0)).squeeze(-1)
     return grad_w, grad_alpha, grad_bits.reshape(-1)
@@ -138,7 +138,8 @@ def _flat_grads(g, noise, top, bottom, scale, step, gs: int, mult: float, rows: 
     """(d/dalpha per row, d/db per group) from per-element values (rows not made of whole
     groups)."""
     dstep = torch.mul(g, noise).mul_(mult)
-    dstep[top] -= g[top]  # the clipped weights are few: indexing beats a dense product
+    dstep[top] -= 0.5 * g[top]  # the clipped weights are few: indexing beats a dense product
+    dstep[bottom] += 0.5 * g[bottom]
     edge = scale.mul(dstep)
     edge[top] += g[top]
     edge[bottom] -= g[bottom]

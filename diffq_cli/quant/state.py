@@ -19,7 +19,8 @@ instead of one zip record per tensor.
 Schemes: ``minmax`` (``low``/``high`` per tensor, optional ``qmax``), ``lsq`` (``step``,
 ``offset``), and the per-channel grids of ``grids.py``, whose entries alone carry ``scales``
 (float16, views into one shared buffer): ``channel`` (rows, 2) = [low, high] per row, and
-``learned`` (rows,) = ``alpha`` per row, levels stored as ``q + 2**(b-1)``.
+``learned`` (rows,) = ``alpha`` per row, levels stored as ``q + 2**(b-1)``, ``offset`` 1 for the
+mid-rise levels ``(q + 1/2) * step`` (0 in files written before them: ``q * step``).
 """
 
 import io
@@ -69,7 +70,7 @@ def decode(enc: dict, numel: int, group_size: int) -> torch.Tensor:
     if enc["scheme"] == "learned":
         scales = enc["scales"].float()
         return grids.learned_dequantize(enc["levels"], scales, enc["bits"], enc["shape"],
-                                        group_size)
+                                        group_size, int(enc.get("offset", grids.RISE)))
     if enc["scheme"] == "channel":
         return grids.channel_dequantize(enc["levels"], enc["scales"], enc["bits"], enc["shape"],
                                         group_size, enc.get("qmax"))

@@ -41,7 +41,11 @@ LEVELS = {
     "golden_v1.th": "7badaec98d6889bd734bfcbf8173c59281e929167e86d64558979f83d9f9194c",
     "golden_v2.th": "7badaec98d6889bd734bfcbf8173c59281e929167e86d64558979f83d9f9194c",
     "golden_v2_ans.th": "af22ff2b8d36837f38b2bc352def902dbb16061891a3aea190ea45d9770611eb",
+    "golden_v2_learned0.th": "5fd2df880f542f86ebadcb05014ea1ecfe13a963525679d24b9f8c530a1fb7d7",
 }
+# The tiny DiffQ model on the learned grid as written before its levels moved to mid-rise
+# (entries with offset 0: value = q * step); tests/golden.py:write_golden_learned0.
+GOLDEN_LEARNED0 = "e76e6328c58ab93ddbe348790b3492e99c9edd17ce42592e456547c81b607456"
 # Version 2 (entropy-coded): the tiny DiffQ model (bit-packed and constant streams) and a wider
 # peaked model at 4 bits (an ANS stream), written by tests/golden.py:write_golden_v2. Their coded
 # states pin the coder's output: a constriction release that codes differently changes them.
@@ -205,3 +209,22 @@ def test_golden_v2_artifact_loads_and_codes_the_same(name):
     out = check_restored_logits(make_model, artifact)
     with torch.no_grad():
         torch.testing.assert_close(live.eval()(golden_input()), out, rtol=0, atol=ATOL)
+
+
+def test_golden_learned_grid_file_with_zero_level_decodes_as_written():
+    """A learned-grid file from before the mid-rise levels (offset 0) keeps its meaning: the
+    same stored levels, the same coded bytes again, and the logits recorded when written."""
+    name = "golden_v2_learned0.th"
+    raw = _raw(DATA / name)
+    assert digest(payload(raw)) == GOLDEN_LEARNED0
+    kind, artifact = read_file(DATA / name)
+    entries = artifact["state"]["quantized"].values()
+    assert {(e["scheme"], e["offset"]) for e in entries} == {("learned", 0)}
+    check_stored_levels(name, artifact["state"])
+    coded = encode_state(artifact["state"])
+    for key in ("payload", "symbols", "counts"):
+        assert torch.equal(coded[key], raw["state"][key]), key
+    check_restored_logits(golden_model, artifact)
+    # Today's quantizer writes the mid-rise levels instead, which decode to other values.
+    live = golden_diffq(golden_model(), grid="learned").get_quantized_state()
+    assert {e["offset"] for e in live["quantized"].values()} == {1}

@@ -12,7 +12,7 @@ import torch
 from artifact_factory import make_artifact
 from test_export import FRESH
 
-from diffq_cli import LSQ
+from diffq_cli import LSQ, UniformQuantizer
 from diffq_cli.errors import InputError
 from diffq_cli.files.artifact import read_file, rebuild_model
 from diffq_cli.files.export import export_artifact
@@ -80,6 +80,32 @@ def test_lsq_is_exact_int8():
     w = int_weight(entry)
     assert w["q"].dtype == torch.int8 and w["offset"] is None
     assert torch.equal(w["q"].float() * w["scale"][:, None], dequantize_entry(entry))
+
+
+@pytest.mark.parametrize("bits,dtype", [(2, torch.int8), (7, torch.int8), (8, torch.int16)])
+def test_learned_mid_rise_is_exact_on_int8_up_to_7_bits(bits, dtype):
+    """(2q + 1) alpha / 2**b needs one bit more than the width: int16 from 8 bits on."""
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(40, 30))
+    state = UniformQuantizer(layer, min_size=0, bits=bits, grid="learned").get_quantized_state()
+    entry = state["quantized"]["0.weight"]
+    w = int_weight(entry)
+    assert w["q"].dtype == dtype and w["exact"]
+    assert torch.equal(w["q"].float() * w["scale"][:, None], dequantize_entry(entry))
+
+
+def test_learned_file_with_zero_level_stays_exact_int8():
+    from pathlib import Path
+
+    path = Path(__file__).parent / "golden" / "golden_v2_learned0.th"
+    _, obj = read_file(path)
+    for entry in obj["state"]["quantized"].values():
+        assert entry["offset"] == 0
+        w = int_weight(entry)
+        assert w["q"].dtype == torch.int8 and w["exact"]
+        want = dequantize_entry(entry).reshape(w["q"].shape[0], -1)
+        got = w["q"].float().reshape(want.shape) * w["scale"][:, None]
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("name", ["learned", "minmax-4bit"])

@@ -16,7 +16,8 @@ def _reference(weight, alpha, bits, noise, group_size, mult):
     alpha_e = per_row(alpha, weight.shape)
     step = alpha_e * torch.exp2(1 - per_group(bits, weight.numel(), group_size))
     w = weight.reshape(-1)
-    clamped = torch.maximum(torch.minimum(w, alpha_e - step), -alpha_e)
+    # the mid-rise levels' extremes: +-(alpha - step / 2)
+    clamped = torch.maximum(torch.minimum(w, alpha_e - step / 2), step / 2 - alpha_e)
     return (clamped + noise * step * mult).view(weight.shape)
 
 

@@ -1,5 +1,7 @@
 """Per-channel grids (``grid="channel"`` / ``"learned"``): levels, files, training, calibration."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -46,23 +48,43 @@ def test_learned_and_channel_beat_minmax_on_a_gaussian_tensor(bits):
         assert errors["learned"] < 0.5 * errors["minmax"]
 
 
-def test_learned_levels_are_int8_multiples_of_alpha_over_128():
+def test_learned_values_are_odd_multiples_of_alpha_over_2_to_the_width():
+    """Mid-rise: every value is (2q + 1) alpha / 2**b, symmetric about zero, and up to 7 bits
+    an int8 times alpha / 128, exactly."""
     layer = linear(6, 13)
-    q = DiffQuantizer(layer, min_size=0, group_size=5, grid="learned", min_bits=2, max_bits=8)
+    q = DiffQuantizer(layer, min_size=0, group_size=5, grid="learned", min_bits=2, max_bits=7,
+                      init_bits=4)
     q.no_optimizer()
-    with torch.no_grad():  # widths 2..8 spread over the groups
+    with torch.no_grad():  # widths 2..7 spread over the groups
         q._qparams[0].bit_param.copy_(torch.linspace(-6, 6, q._qparams[0].n_groups))
     entry = q.get_quantized_state()["quantized"]["weight"]
+    assert entry["offset"] == 1
     bits = entry_group_bits(entry)
-    assert int(bits.min()) == 2 and int(bits.max()) == 8
+    assert int(bits.min()) == 2 and int(bits.max()) == 7
     alpha = entry["scales"].float()
     values = dequantize_entry(entry)
     units = values / (alpha[:, None] / 128)
     ints = units.round()
     assert torch.equal(units, ints)  # exact, not approximately
-    assert int(ints.min()) >= -128 and int(ints.max()) <= 127
+    assert int(ints.min()) >= -127 and int(ints.max()) <= 127
+    bits_e = grids.per_group(bits, values.numel(), 5).view(values.shape)
+    odd = values / (alpha[:, None] / 2.0**bits_e)
+    assert torch.equal(odd.remainder(2), torch.ones_like(odd))  # odd: no zero level
     as_int8 = ints.to(torch.int8).float() * (alpha[:, None] / 128)
     assert torch.equal(as_int8, values)
+
+
+def test_learned_2_bit_levels_are_symmetric_and_all_used():
+    w = torch.linspace(-1, 1, 100).repeat(4, 1) * torch.tensor([[1.0], [2], [0.5], [3]])
+    layer = nn.Linear(100, 4, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    q = UniformQuantizer(layer, bits=2, min_size=0, grid="learned")
+    values = dequantize_entry(q.get_quantized_state()["quantized"]["weight"])
+    for row in values:
+        levels = torch.unique(row)
+        assert levels.numel() == 4
+        torch.testing.assert_close(levels, -levels.flip(0))  # -3a/4, -a/4, a/4, 3a/4
 
 
 @pytest.mark.parametrize("grid", ["channel", "learned"])
@@ -85,8 +107,9 @@ def test_groups_straddling_rows_use_each_value_s_row_and_group(grid):
         r, b = i // 7, bits[i // 4]
         if grid == "learned":
             step = float(scales[r]) / 2 ** (b - 1)
-            level = min(max(round(float(w.view(-1)[i]) / step), -(2 ** (b - 1))), 2 ** (b - 1) - 1)
-            want = level * step
+            level = min(max(math.floor(float(w.view(-1)[i]) / step), -(2 ** (b - 1))),
+                        2 ** (b - 1) - 1)
+            want = (level + 0.5) * step
         else:
             low, high = float(scales[r, 0]), float(scales[r, 1])
             delta = (high - low) / (2**b - 1)
@@ -178,9 +201,9 @@ def test_learned_alpha_starts_at_the_mse_optimal_clip():
     assert bool((alpha < 0.95 * top).all())  # 2 bits clip inside the largest value
     w = layer.weight.detach()
 
-    def err(a):
+    def err(a):  # the mid-rise 2-bit grid: (q + 1/2) * alpha / 2, q in -2..1
         step = (a / 2)[:, None]
-        return ((w / step).round().clamp(-2, 1) * step - w).pow(2).sum(1)
+        return (((w / step - 0.5).round().clamp(-2, 1) + 0.5) * step - w).pow(2).sum(1)
 
     for ratio in (0.8, 1.25):
         assert bool((err(alpha) <= err(alpha * ratio) + 1e-6).all())
