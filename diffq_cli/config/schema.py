@@ -1,8 +1,7 @@
 """The recipe's schema: frozen dataclasses, one per section, that coerce and validate every
 value when built (a mistake is a one-line :class:`~diffq_cli.errors.InputError` naming the key).
-``load.py`` reads YAML files and overrides into these; ``recipes/default.yaml`` documents every
-key. No YAML and no torch here: importing the schema is cheap.
-"""
+``load.py`` reads YAML and overrides into these; ``recipes/default.yaml`` documents every key.
+No YAML and no torch here: importing the schema is cheap."""
 
 import dataclasses
 import difflib
@@ -105,7 +104,7 @@ class QuantConfig(_Section):
     method: str = "diffq"
     group_size: int = 8
     min_size: float = 0.01
-    min_bits: int = 2
+    min_bits: int | None = None  # None: the grid's floor, 1 on learned (+-alpha/2), else 2
     max_bits: int = 15
     init_bits: int = 8
     extra_bits: int = 0
@@ -119,13 +118,15 @@ class QuantConfig(_Section):
 
     def _validate(self) -> None:
         if self.method == "lsq" and (self.bits != int(self.bits) or self.bits < 2):
-            raise InputError(
-                "recipe key 'quant.bits' must be a whole number between 2 and 15 for "
-                f"quant.method=lsq (its signed grid needs 2 bits at least), got {self.bits:g}")
+            raise InputError("recipe key 'quant.bits' must be a whole number between 2 and 15 "
+                             f"for quant.method=lsq (its signed grid needs 2 bits at least), got "
+                             f"{self.bits:g}")
+        if self.min_bits is None:  # 1 bit is a binary quantizer on the learned grid only
+            object.__setattr__(self, "min_bits", 1 + (self.grid != "learned"))
         if not self.min_bits <= self.init_bits <= self.max_bits:
-            raise InputError(
-                "recipe keys must satisfy quant.min_bits <= quant.init_bits <= quant.max_bits, "
-                f"got {self.min_bits} <= {self.init_bits} <= {self.max_bits}; adjust one of them")
+            raise InputError("recipe keys must satisfy quant.min_bits <= quant.init_bits <= "
+                             f"quant.max_bits, got {self.min_bits} <= {self.init_bits} <= "
+                             f"{self.max_bits}; adjust one of them")
 
 
 @dataclass(frozen=True)
@@ -238,9 +239,7 @@ def _scalar(value: Any, tp: type) -> Any:
         except ValueError:
             return _BAD
         return number if math.isfinite(number) else _BAD
-    if tp is str and isinstance(value, (str, int)):
-        return str(value)
-    return _BAD
+    return str(value) if tp is str and isinstance(value, (str, int)) else _BAD
 
 
 def _coerce(key: str, value: Any, tp: Any, optional: bool = False) -> Any:

@@ -211,3 +211,22 @@ def test_importing_recipe_does_not_import_yaml():
 
     code = "import sys, diffq_cli.config.load; assert 'yaml' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_min_bits_defaults_to_the_grid_s_floor():
+    """1 bit is a binary quantizer (+-alpha/2) on the mid-rise learned grid only."""
+    from diffq_cli.config.load import Recipe
+
+    assert Recipe().quant.min_bits == 2
+    assert Recipe(quant={"grid": "channel"}).quant.min_bits == 2
+    assert Recipe(quant={"grid": "learned"}).quant.min_bits == 1
+    assert Recipe(quant={"grid": "learned", "min_bits": 2}).quant.min_bits == 2
+    assert Recipe(quant={"min_bits": 1}).quant.min_bits == 1
+
+
+@pytest.mark.parametrize("name", ["default", "fashion-mnist-resnet18"])
+def test_shipped_recipes_take_the_grid_s_floor(name):
+    from diffq_cli.config.load import load_recipe
+
+    assert load_recipe(name).quant.min_bits == 2
+    assert load_recipe(name, ["quant.grid=learned"]).quant.min_bits == 1

@@ -87,6 +87,26 @@ def test_learned_2_bit_levels_are_symmetric_and_all_used():
         torch.testing.assert_close(levels, -levels.flip(0))  # -3a/4, -a/4, a/4, 3a/4
 
 
+def test_learned_1_bit_groups_are_plus_minus_half_alpha():
+    """Mid-rise levels make 1 bit a binary quantizer, +-alpha/2 per row, exact in int8."""
+    from diffq_cli.files.intweights import int_weight
+
+    layer = linear(8, 24, seed=2)
+    q = DiffQuantizer(layer, min_size=0, group_size=8, grid="learned", min_bits=1, max_bits=4,
+                      init_bits=1)
+    q.no_optimizer()
+    entry = q.get_quantized_state()["quantized"]["weight"]
+    assert int(entry_group_bits(entry).max()) == 1
+    values = dequantize_entry(entry)
+    half_alpha = entry["scales"].float()[:, None] / 2
+    torch.testing.assert_close(values.abs(), half_alpha.expand_as(values), rtol=0, atol=0)
+    w = layer.weight.detach()
+    assert torch.equal(values.sign(), torch.where(w >= 0, 1.0, -1.0))  # the sign of each weight
+    ints = int_weight(entry)
+    assert ints["q"].dtype == torch.int8 and ints["exact"]
+    assert torch.equal(ints["q"].float() * ints["scale"][:, None], values)
+
+
 @pytest.mark.parametrize("grid", ["channel", "learned"])
 def test_groups_straddling_rows_use_each_value_s_row_and_group(grid):
     """Rows of 7 values, groups of 4: most groups hold values of two rows."""
