@@ -26,7 +26,7 @@ class UniformQuantizer(BaseQuantizer):
         min_size, float16, exclude, detect_bound: as in ``DiffQuantizer``.
         grid: "minmax" (the tensor's [min, max]), "channel" (each output channel's) or
             "learned" (each output channel clipped at its MSE-optimal zero-centred range,
-            searched again at every quantization; needs whole ``bits``).
+            searched again at every quantization; needs whole ``bits``, 1 included).
     """
 
     def __init__(
@@ -43,9 +43,9 @@ class UniformQuantizer(BaseQuantizer):
         if not 1 <= bits <= 15:
             raise ValueError(f"bits must be between 1 and 15, got {bits}")
         self.grid = grids.check_grid(grid)
-        if grid == "learned" and (bits != int(bits) or bits < 2):
+        if grid == "learned" and bits != int(bits):  # 1 bit: +-alpha/2 (mid-rise levels)
             raise ValueError(
-                f"grid='learned' needs whole bits of at least 2 (signed levels), got {bits}; "
+                f"grid='learned' needs whole bits, got {bits}; "
                 "use grid='channel' for fractional bits")
         self.bits, self.qat = float(bits), bool(qat)
         self._qmax = 2.0**self.bits - 1

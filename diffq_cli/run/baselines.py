@@ -81,18 +81,16 @@ def bn_calibration(num_batches: int, loader):
 
 
 def uniform_sizes(model, q, file: bool = False, max_bits: int = 8) -> dict[int, float]:
-    """``{bits: uniform_size(model, q, bits, file)}`` from 1 bit (2 on the ``learned`` grid,
-    which has no 1-bit levels) to ``max_bits``: measured once, it serves every trained
-    baseline's ``baseline_widths``."""
-    low = 2 if q.grid == "learned" else 1
-    return {bits: uniform_size(model, q, bits, file) for bits in range(low, max_bits + 1)}
+    """``{bits: uniform_size(model, q, bits, file)}`` from 1 bit to ``max_bits``: measured
+    once, it serves every trained baseline's ``baseline_widths``."""
+    return {bits: uniform_size(model, q, bits, file) for bits in range(1, max_bits + 1)}
 
 
 def baseline_widths(table: dict[int, float], sizes: list[float], min_bits: int = 1
                     ) -> list[int]:
     """For each DiffQ size, the width of ``table`` (``uniform_sizes``: true or file sizes) from
-    ``min_bits`` up whose size is nearest, each width once. LSQ and the ``learned`` grid need
-    ``min_bits=2`` (signed levels)."""
+    ``min_bits`` up whose size is nearest, each width once. LSQ needs ``min_bits=2`` (its
+    signed grid; on ``learned`` 1-bit uniform quantization is +-alpha/2)."""
     table = {bits: size for bits, size in table.items() if bits >= min_bits}
     out = []
     for size in sizes:

@@ -250,10 +250,8 @@ def _trained_rows(job: _Job, runs: list, method: str, table: dict) -> list:
     from diffq_cli.run import baselines
     from diffq_cli.run.train import train_one
 
-    q = job.recipe.quant
-    signed = method == "lsq" or q.grid == "learned"  # no 1-bit width there
     widths = baselines.baseline_widths(table, [r[job.size_key] for r in runs],
-                                       min_bits=2 if signed else 1)
+                                       min_bits=2 if method == "lsq" else 1)  # LSQ: signed
     rows = []
     for bits in widths:
         recipe = baselines.baseline_recipe(job.recipe, method, bits)

@@ -143,6 +143,7 @@ def test_groups_straddling_rows_use_each_value_s_row_and_group(grid):
     (UniformQuantizer, {"bits": 3, "grid": "channel"}),
     (UniformQuantizer, {"bits": 2.5, "grid": "channel"}),
     (UniformQuantizer, {"bits": 3, "grid": "learned", "qat": True}),
+    (UniformQuantizer, {"bits": 1, "grid": "learned", "qat": True}),  # +-alpha/2
     (LSQ, {"bits": 3, "grid": "channel"}),
     (LSQ, {"bits": 3, "grid": "learned"}),
 ])

@@ -104,7 +104,7 @@ def test_ptq_rows_recalibrate_batchnorm_and_leave_the_model_as_it_was():
 
 def test_baseline_widths_are_the_nearest_uniform_sizes_and_respect_the_lowest_width():
     """Each DiffQ size gets the uniform width whose size is nearest (each width once); with
-    ``min_bits=2`` (LSQ, the learned grid: no 1-bit levels) a size nearest 1 bit gets 2."""
+    ``min_bits=2`` (LSQ: signed levels) a size nearest 1 bit gets 2."""
     from torch import nn
 
     from diffq_cli.config.schema import QuantConfig
@@ -120,4 +120,5 @@ def test_baseline_widths_are_the_nearest_uniform_sizes_and_respect_the_lowest_wi
     assert baseline_widths(table, [sizes[1]]) == [1]
     assert baseline_widths(table, [sizes[1]], min_bits=2) == [2]
     learned = uniform_sizes(model, QuantConfig(min_size=0, grid="learned"))
-    assert sorted(learned) == list(range(2, 9))  # no 1-bit width on the learned grid
+    assert sorted(learned) == list(range(1, 9))  # 1 bit is +-alpha/2 on the learned grid
+    assert learned[1] < learned[2]
