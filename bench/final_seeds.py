@@ -8,8 +8,10 @@ Inputs (``bench/tradeoff.py`` outputs, same float model, steps and seeds per pai
                              + true-s*.json (QAT, LSQ: bench/file_digits.sh)
   mobilenet_v2 / FM          bench/out/mbv2/final-s*.json (DiffQ, LSQ: bench/mobilenet_final.sh)
                              + fisher3-s*.json (QAT: bench/mobilenet_start.sh)
-  and DiffQ with quant.grid=learned on the first pair (fm60k/learned-b*-s*.json) against QAT
-  and LSQ on either grid.
+  and on the first pair: DiffQ with quant.grid=learned and its default 1-bit floor
+  (fm60k/min1-b*-s*.json, bench/minbits_fm.sh) against QAT and LSQ on either grid
+  (fm60k/{minmax,learned}-b*-s*.json); and every method fine-tuned at optim.lr=0.005
+  (fm60k-lr005/, ``SET=optim.lr=0.005`` bench/grid_fm.sh), per grid and across grids.
 
     python bench/final_seeds.py       # prints the tables, writes bench/out/final_seeds.md
 """
@@ -35,25 +37,25 @@ def pick(rs, method, bits=None, index=None):
     return found[0] if found else None
 
 
-def fm(seed, size):  # size index 0..2 -> bits 2..4
+def fm(seed, size, d="fm60k", grid="minmax"):  # size index 0..2 -> bits 2..4
     b = size + 2
-    rs = rows(OUT / f"fm60k/minmax-b{b}-s{seed}.json")
-    ptq = rows(OUT / "fm60k/minmax-b2-s0.json")  # PTQ does not depend on the seed
+    rs = rows(OUT / f"{d}/{grid}-b{b}-s{seed}.json")
+    ptq = rows(OUT / f"{d}/{grid}-b2-s0.json")  # PTQ does not depend on the seed
     return pick(rs, "diffq"), {**{m: {b: pick(rs, m, b)} for m in ("qat", "lsq")},
                                "ptq": {bits: pick(ptq, "ptq", bits) for bits in (2, 3, 4)}}
 
 
-def fm_learned(seed, size):
+def fm_learned(seed, size, d="fm60k", mine="min1"):
     """DiffQ on the learned grid against QAT / LSQ on either grid (theirs: the better)."""
     b = size + 2
-    mine = rows(OUT / f"fm60k/learned-b{b}-s{seed}.json")
+    ours = rows(OUT / f"{d}/{mine}-b{b}-s{seed}.json")
     theirs = {}
     for m in ("qat", "lsq"):
         for grid in ("minmax", "learned"):
             theirs[f"{m} {grid}"] = {
-                bits: pick(rows(OUT / f"fm60k/{grid}-b{bits}-s{seed}.json"), m, bits)
+                bits: pick(rows(OUT / f"{d}/{grid}-b{bits}-s{seed}.json"), m, bits)
                 for bits in (2, 3, 4)}
-    return pick(mine, "diffq"), theirs
+    return pick(ours, "diffq"), theirs
 
 
 def digits(seed, size):
@@ -72,7 +74,10 @@ def mobilenet(seed, size):
 
 PAIRS = {"resnet18 / Fashion-MNIST": fm, "test_resnet / digits": digits,
          "mobilenet_v2 / Fashion-MNIST": mobilenet,
-         "resnet18 / Fashion-MNIST, grid=learned": fm_learned}
+         "resnet18 / Fashion-MNIST, grid=learned": fm_learned,
+         "resnet18 / FM, lr 0.005": lambda s, i: fm(s, i, "fm60k-lr005"),
+         "resnet18 / FM, lr 0.005, grid=learned": lambda s, i: fm_learned(
+             s, i, "fm60k-lr005", "learned")}
 NAMES = {"qat": "uniform QAT", "lsq": "LSQ", "ptq": "PTQ"}
 
 

@@ -8,7 +8,8 @@
 #   --qat-bits 2 --lsq-bits 2 --svg= --out bench/out/gridfm/minmax-b2-s0.json  (its float.pt ->
 # bench/out/gridfm/float.pt). Then: bench/grid_fm.sh; python bench/grid_seeds.py
 # W=float.pt D=dir: another float model (bench/fm60k.sh: one trained on all 60,000 images);
-# DIFFQ_SET="key=value ...": recipe overrides for the DiffQ runs only; EPOCHS=3: 3x the steps.
+# DIFFQ_SET="key=value ...": recipe overrides for the DiffQ runs only; SET="key=value ...": for
+# every run (e.g. SET=optim.lr=0.005); EPOCHS=3: 3x the steps.
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 W=${W:-bench/out/gridfm/float.pt}
@@ -25,7 +26,7 @@ run() { # grid bits seed
   local t0=$(date +%s)
   $PY bench/tradeoff.py --weights $W --val-subset 10000 --seed $s --grid $g --targets ${T[$g$b]} \
      --epochs ${EPOCHS:-1} \
-     --qat-bits $b --lsq-bits $b --svg= --out $out.json "${extra[@]}" > $out.log 2>&1
+     --qat-bits $b --lsq-bits $b --svg= --out $out.json $SET "${extra[@]}" > $out.log 2>&1
   echo "$(date +%T) done $g b$b s$s rc=$? $(( $(date +%s) - t0 )) s"
 }
 for b in ${BITS:-2 3 4}; do
