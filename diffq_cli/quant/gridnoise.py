@@ -28,10 +28,12 @@ CHUNK = 1 << 18  # values per slice of rows (1 MiB of float32): passes stay in c
 
 
 def _parts(weight, alpha, bits, group_size: int):
-    """(weight as float32, alpha, 2**(1 - b), step), broadcastable against each other.
+    """(weight as float32, ``high = alpha - step / 2``, 2**(1 - b), step), broadcastable
+    against each other: the range true quantization keeps is ``[-high, high]``, defined here
+    only.
 
     When a row holds whole groups (most layers), the weight is viewed as (rows, groups per row,
-    group_size) and alpha, the scale and the step stay one value per row or group: no
+    group_size) and high, the scale and the step stay one value per row or group: no
     weight-sized copy. Otherwise (a row length that is not a multiple of the group size, e.g. a
     first conv on one input channel) they are expanded to one value per element."""
     w = weight.detach().reshape(-1).float()
@@ -44,7 +46,8 @@ def _parts(weight, alpha, bits, group_size: int):
     else:
         alpha = per_row(alpha, weight.shape)
         scale = torch.exp2(1 - per_group(bits, w.numel(), group_size))
-    return w, alpha, scale, alpha * scale
+    step = alpha * scale
+    return w, alpha - step * 0.5, scale, step
 
 
 def _chunks(w: torch.Tensor):
@@ -57,9 +60,8 @@ def _chunks(w: torch.Tensor):
 
 
 def _noisy(weight, alpha, bits, noise, group_size: int, mult: float) -> torch.Tensor:
-    w, alpha, _, step = _parts(weight, alpha, bits, group_size)
+    w, high, _, step = _parts(weight, alpha, bits, group_size)
     noise = noise.view(w.shape)
-    high = alpha - step * 0.5
     low = -high
     if w.dim() != 3:
         out = torch.clamp(w, low, high)
@@ -75,7 +77,7 @@ def _noisy(weight, alpha, bits, noise, group_size: int, mult: float) -> torch.Te
 
 
 class LearnedNoisy(torch.autograd.Function):
-    """``out = clamp(w, -alpha, alpha - step) + noise * step * mult`` (see the module
+    """``out = clamp(w, -alpha + step/2, alpha - step/2) + noise * step * mult`` (see the module
     docstring); gradients to ``weight``, ``alpha`` (rows,) and ``bits`` (groups,)."""
 
     @staticmethod
@@ -88,15 +90,15 @@ class LearnedNoisy(torch.autograd.Function):
     def backward(ctx, grad):
         weight, alpha, bits, noise = ctx.saved_tensors
         gs, mult = ctx.group_size, ctx.mult
-        w, alpha_b, scale, step = _parts(weight, alpha, bits, gs)
+        w, high, scale, step = _parts(weight, alpha, bits, gs)
         g = grad.reshape(w.shape).float()
         noise = noise.view(w.shape)
         if w.dim() == 3:  # whole groups per row: every sum is over the last axis
-            grad_w, grad_alpha, grad_bits = _blocked_grads(w, g, noise, alpha_b, scale, step,
+            grad_w, grad_alpha, grad_bits = _blocked_grads(w, g, noise, high, scale, step,
                                                            mult, ctx.needs_input_grad[0])
         else:
-            top = w >= alpha_b - step * 0.5
-            bottom = w <= step * 0.5 - alpha_b
+            top = w >= high
+            bottom = w <= -high
             grad_w = None
             if ctx.needs_input_grad[0]:
                 grad_w = g.masked_fill(top | bottom, 0)
@@ -107,7 +109,7 @@ class LearnedNoisy(torch.autograd.Function):
         return grad_w, grad_alpha.to(alpha.dtype), grad_bits.to(bits.dtype), None, None, None
 
 
-def _blocked_grads(w, g, noise, alpha, scale, step, mult: float, want_w: bool):
+def _blocked_grads(w, g, noise, high, scale, step, mult: float, want_w: bool):
     """(d/dweight or None, d/dalpha per row, d/db per group) for a blocked weight, a chunk of
     rows at a time (``_chunks``).
 
@@ -119,7 +121,6 @@ def _blocked_grads(w, g, noise, alpha, scale, step, mult: float, want_w: bool):
     grad_w = torch.empty_like(w) if want_w else None
     grad_alpha = torch.empty(rows, dtype=torch.float32, device=w.device)
     grad_bits = torch.empty(rows, groups, dtype=torch.float32, device=w.device)
-    high = alpha - step * 0.5
     low = -high
     for sl in _chunks(w):
         wc, gc = w[sl], g[sl]
