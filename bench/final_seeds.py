@@ -11,7 +11,9 @@ Inputs (``bench/tradeoff.py`` outputs, same float model, steps and seeds per pai
   and on the first pair: DiffQ with quant.grid=learned and its default 1-bit floor
   (fm60k/min1-b*-s*.json, bench/minbits_fm.sh) against QAT and LSQ on either grid
   (fm60k/{minmax,learned}-b*-s*.json); and every method fine-tuned at optim.lr=0.005
-  (fm60k-lr005/, ``SET=optim.lr=0.005`` bench/grid_fm.sh), per grid and across grids.
+  (fm60k-lr005/, ``SET=optim.lr=0.005`` bench/grid_fm.sh), per grid and across grids; and
+  DiffQ with the recipes' linear widths (fm60k/lin-{minmax,learned}-*, bench/widths_fm.sh;
+  mbv2/linear-s*.json, bench/mobilenet_final.sh) against the same baselines.
 
     python bench/final_seeds.py       # prints the tables, writes bench/out/final_seeds.md
 """
@@ -37,11 +39,13 @@ def pick(rs, method, bits=None, index=None):
     return found[0] if found else None
 
 
-def fm(seed, size, d="fm60k", grid="minmax"):  # size index 0..2 -> bits 2..4
+def fm(seed, size, d="fm60k", grid="minmax", mine=None):  # size index 0..2 -> bits 2..4
+    """``mine``: DiffQ from other runs (``{mine}-b*-s*.json``) against the same baselines."""
     b = size + 2
     rs = rows(OUT / f"{d}/{grid}-b{b}-s{seed}.json")
     ptq = rows(OUT / f"{d}/{grid}-b2-s0.json")  # PTQ does not depend on the seed
-    return pick(rs, "diffq"), {**{m: {b: pick(rs, m, b)} for m in ("qat", "lsq")},
+    ours = rows(OUT / f"{d}/{mine}-b{b}-s{seed}.json") if mine else rs
+    return pick(ours, "diffq"), {**{m: {b: pick(rs, m, b)} for m in ("qat", "lsq")},
                                "ptq": {bits: pick(ptq, "ptq", bits) for bits in (2, 3, 4)}}
 
 
@@ -65,9 +69,10 @@ def digits(seed, size):
         m: {b: pick(theirs, m, b) for b in (2, 3, 4)} for m in ("qat", "lsq")}
 
 
-def mobilenet(seed, size):
+def mobilenet(seed, size, diffq="final"):
     mine, qat = rows(OUT / f"mbv2/final-s{seed}.json"), rows(OUT / f"mbv2/fisher3-s{seed}.json")
-    return pick(mine, "diffq", index=size), {
+    ours = rows(OUT / f"mbv2/{diffq}-s{seed}.json")
+    return pick(ours, "diffq", index=size), {
         "qat": {b: pick(qat, "qat", b) for b in (2, 3, 4)},
         "lsq": {b: pick(mine, "lsq", b) for b in (2, 3, 4)}}
 
@@ -77,7 +82,13 @@ PAIRS = {"resnet18 / Fashion-MNIST": fm, "test_resnet / digits": digits,
          "resnet18 / Fashion-MNIST, grid=learned": fm_learned,
          "resnet18 / FM, lr 0.005": lambda s, i: fm(s, i, "fm60k-lr005"),
          "resnet18 / FM, lr 0.005, grid=learned": lambda s, i: fm_learned(
-             s, i, "fm60k-lr005", "learned")}
+             s, i, "fm60k-lr005", "learned"),
+         # The recipes' linear widths (bench/widths_fm.sh, the linear runs of
+         # bench/mobilenet_final.sh) against the same baselines.
+         "resnet18 / FM, linear widths": lambda s, i: fm(s, i, mine="lin-minmax"),
+         "mobilenet_v2 / FM, linear widths": lambda s, i: mobilenet(s, i, "linear"),
+         "resnet18 / FM, linear widths, grid=learned": lambda s, i: fm_learned(
+             s, i, mine="lin-learned")}
 NAMES = {"qat": "uniform QAT", "lsq": "LSQ", "ptq": "PTQ"}
 
 

@@ -5,7 +5,9 @@
 # settings (fisher start, uniform noise, budget filled at the freeze):
 #   final: DiffQ at the true sizes of uniform 2.5, 3 and 4 bits, plus LSQ at 2, 3 and 4 bits;
 #   bn:    the same DiffQ runs with BatchNorm statistics re-estimated on the quantized weights
-#          (train.bn_recalibrate=20) before every evaluation and before saving.
+#          (train.bn_recalibrate=20) before every evaluation and before saving;
+#   linear: the same DiffQ runs with the linear widths the recipe has since 2026-12-01 (the
+#          runs above had its sigmoid widths then: quant.param=bits optim.bits_travel=null).
 # Then: python bench/final_seeds.py
 cd "$(dirname "$0")/.."
 D=bench/out/mbv2
@@ -14,3 +16,5 @@ M=(--model mobilenet_v2 --train-subset 6000 --val-subset 2000 --input-size 32 --
 bench/seeds.sh $D/final "${M[@]}" --qat-bits --lsq-bits 2 3 4 --diffq-set train.baseline=none
 bench/seeds.sh $D/bn "${M[@]}" --diffq-only --diffq-set train.baseline=none \
   train.bn_recalibrate=20
+bench/seeds.sh $D/linear "${M[@]}" --diffq-only --diffq-set train.baseline=none \
+  quant.param=linear optim.bits_travel=3

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from diffq_cli import DiffQuantizer, __version__  # noqa: E402
 from diffq_cli.quant.pack import pack, unpack  # noqa: E402
+from diffq_cli.quant.project import project_to_budget  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "quant_bench.json"
 TARGETS = {"p1_ratio": 1.3, "p1_stretch": 1.10, "p2_seconds": 0.1, "p3_vs_reference": 1.5}
@@ -83,10 +84,11 @@ def small_cnn():
 
 
 # ------------------------------------------------------------------------------------- P1
-def make_step(model, quantizer, x, y, mu=1e-3, file=False):
+def make_step(model, quantizer, x, y, mu=1e-3, file=False, project=False):
     """One training step: main SGD on the weights, fused Adam on the bits (if any); ``file``:
     the size penalty is the coded file's (``--size file``; its tables refreshed every 10
-    steps, as the finetune loop does)."""
+    steps, as the finetune loop does); ``project``: linear widths projected into a budget
+    (the size they start at) after each step, as ``--target-mb`` does."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     bits_opt = None
     if quantizer is not None:
@@ -94,6 +96,7 @@ def make_step(model, quantizer, x, y, mu=1e-3, file=False):
         # Fused Adam, as `diffq finetune` uses: one kernel for all bit logits (5x faster on CPU).
         bits_opt = torch.optim.Adam([{"params": []}], fused=True)
         q.setup_optimizer(bits_opt, lr=1e-3)
+        budget = float(q.model_size().detach()) if project else None
     model.train()
     count = [0]
 
@@ -110,6 +113,8 @@ def make_step(model, quantizer, x, y, mu=1e-3, file=False):
         opt.step()
         if bits_opt is not None:
             bits_opt.step()
+            if budget is not None:
+                project_to_budget(q, budget)
 
     return step
 
@@ -124,10 +129,12 @@ def bench_p1(ref, steps: int, warmup: int) -> dict:
         "learned": lambda m: DiffQuantizer(m, group_size=8, grid="learned"),
         "channel": lambda m: DiffQuantizer(m, group_size=8, grid="channel"),
         "file": lambda m: DiffQuantizer(m, group_size=8),
+        "linear": lambda m: DiffQuantizer(m, group_size=8, param="linear"),
     }
     if ref is not None:
         variants["reference"] = lambda m: ref.DiffQuantizer(m, group_size=8)
-    steps_fn = {name: make_step(resnet18(), q, x, y, file=name == "file")
+    steps_fn = {name: make_step(resnet18(), q, x, y, file=name == "file",
+                                project=name == "linear")
                 for name, q in variants.items()}
     times = {name: [] for name in variants}
     for i in range(warmup + steps):  # interleaved, so load changes hit every variant alike

@@ -19,6 +19,7 @@ import torch
 
 from diffq_cli.quant import allocate
 from diffq_cli.quant.state import tensor_bits
+from diffq_cli.quant.widths import FLOOR_NOISE
 from diffq_cli.units import MIB_BITS
 
 
@@ -102,7 +103,7 @@ def start_at_size(quantizer, target_mb: float, sizer=None, sensitivity=None) -> 
     Every group gets an integer width ``k`` or ``k + 1``: the smallest tensors (first and last
     layers, downsampling convolutions: the usual sensitive ones, and the cheapest to keep wide)
     get ``k + 1`` while the size allows. Real bits sit exactly on those integers (``min_bits +
-    0.3`` at the bottom, where an exact bound would freeze the logit), so the training noise
+    FLOOR_NOISE`` at the bottom, where an exact bound would freeze the logit), so the training noise
     matches what rounding will give. Keeps ``init_bits`` when that already fits. Returns the
     resulting true size in MB. ``sizer(unique, widths) -> MiB``: the size to fit (default the
     true size; ``coded.CodedTables.widths_mb`` for the file). ``sensitivity`` ({name: loss
@@ -142,7 +143,7 @@ def start_at_size(quantizer, target_mb: float, sizer=None, sensitivity=None) -> 
     for qp, width in zip(unique, widths, strict=True):
         real = width.double() - quantizer.extra_bits
         if quantizer.param != "linear":  # an exact bound would freeze a sigmoid's logit
-            real = real.clamp_min(quantizer.min_bits + 0.3)
+            real = real.clamp_min(quantizer.min_bits + FLOOR_NOISE)
         with torch.no_grad():
             qp.bit_param.copy_(logits_for_bits(quantizer, real).to(qp.bit_param.device))
     return quantizer.true_model_size()

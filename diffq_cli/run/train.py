@@ -86,10 +86,10 @@ def _setup(model, recipe, mu, target_mb, ctx, loader) -> _Run:
     total = t.epochs * steps_per_epoch
     if t.max_steps is not None:
         total = min(t.max_steps, total)
-    lr = bits_lr(o, total - round(total * t.freeze_bits))
+    lr = bits_lr(o, total - round(total * t.freeze_bits), recipe.quant)
     bits_opt = torch.optim.Adam([{"params": []}], lr=lr, fused=True)
     quantizer.setup_optimizer(bits_opt, lr=lr, scale_lr=o.bits_lr)  # scales: never travelled
-    control = start_control(quantizer, mu, target_mb, _aims_file(recipe), sensitivity)
+    control = start_control(quantizer, mu, target_mb, _aims_file(recipe), sensitivity, bits_opt)
     label = run_label(recipe.quant, mu, target_mb, t.target_size)
     stage = make_stage(ctx.dist.wrap(model), [optimizer, bits_opt], ctx, recipe, steps_per_epoch,
                        total)

@@ -51,6 +51,17 @@ def test_default_recipe_matches_the_brief():
     assert output_dir(r) == "runs/resnet18-digits-mu0.001"
 
 
+def test_short_recipes_learn_linear_widths_and_the_long_ones_the_papers():
+    """The short fine-tunes travel their widths (linear, 3 bits over the learning steps); the
+    paper-length recipes keep its sigmoid at its learning rate."""
+    for name in ("default", "fashion-mnist-resnet18"):
+        r = load_recipe(name)
+        assert (r.quant.param, r.optim.bits_travel) == ("linear", 3), name
+    for name in ("cifar10-resnet18", "cifar100-mobilenetv2", "imagenet-deit-tiny"):
+        r = load_recipe(name)
+        assert (r.quant.param, r.optim.bits_travel) == ("bits", None), name
+
+
 def test_paper_recipes():
     cifar = load_recipe("cifar10-resnet18")
     assert cifar.train.epochs == 200 and cifar.train.mu == (5.0,) and cifar.data.augment

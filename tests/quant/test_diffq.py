@@ -668,3 +668,27 @@ def test_linear_widths_move_about_the_learning_rate_per_step_and_stay_in_range()
     qp = quantizer._qparams[0]
     bits, _ = quantizer._bits_and_unit(qp.bit_param.detach())
     assert torch.all(bits == 2.0) and torch.all(qp.bit_param == 2.0)  # projected after a step
+
+
+def test_linear_widths_below_the_noise_floor_train_with_its_noise():
+    """param="linear": a width under min_bits + FLOOR_NOISE trains with that width's noise
+    (the noise the sigmoid's floor has), and the noise's gradient passes straight through the
+    floor (at the floor's slope), so the loss can still pull a width back up from there."""
+    from diffq_cli.quant.widths import FLOOR_NOISE, BitsAndUnit
+
+    lo, hi = 2.0, 15.0
+    x = torch.tensor([2.0, 2.1, 2.29, 2.3, 3.0, 1.5]).requires_grad_()
+    bits, unit = BitsAndUnit.apply(lo, hi, "linear", x)
+    floor_unit = 1 / (2 ** (lo + FLOOR_NOISE) - 1)
+    torch.testing.assert_close(bits.detach(), x.detach().clamp(lo, hi))
+    torch.testing.assert_close(unit[[0, 1, 2, 3, 5]].detach(), torch.full((5,), floor_unit))
+    assert float(unit[4]) == pytest.approx(1 / 7)
+    unit.sum().backward()
+    at_floor = x.grad[3]
+    assert at_floor < 0 and x.grad[4] < 0  # wider: less noise
+    # Below min_bits too: a negative gradient is a step up, which the projection lets pass.
+    torch.testing.assert_close(x.grad[[0, 1, 2, 5]], at_floor.expand(4))
+    x.grad = None
+    bits, _ = BitsAndUnit.apply(lo, hi, "linear", x)
+    bits.sum().backward()
+    assert torch.all(x.grad[:5] == 1)  # the size's gradient passes at the floor
