@@ -21,6 +21,7 @@ import torch
 from diffq_cli.units import MIB_BITS
 
 NEWTON_STEPS = 50  # each crosses at least one floor breakpoint; a handful are needed in practice
+TOLERANCE_BITS = 64.0  # 8 bytes over is fitted: the float32 sums are good to a few bits
 
 
 def project_to_budget(quantizer, max_mb: float, offset_mb: float = 0.0) -> float:
@@ -43,18 +44,21 @@ def project_to_budget(quantizer, max_mb: float, offset_mb: float = 0.0) -> float
         if over <= 0:
             return 0.0
         lo = float(quantizer.min_bits)
-        lengths = quantizer._shape_cache[1].double()  # values per group (model_size filled it)
-        flat = torch.cat([qp.bit_param.reshape(-1) for qp in unique]).double()
-        flat.clamp_(lo, quantizer.max_bits)
+        lengths = quantizer._shape_cache[1]  # values per group (model_size filled it)
+        flat = torch.cat([qp.bit_param.reshape(-1) for qp in unique]).clamp_(lo, quantizer.max_bits)
         goal = float(torch.dot(flat, lengths)) - over
+        # The slope counts every width above the floor at the longest group: at least the true
+        # slope, so each step stays at or before the root (a tensor's last group may be shorter).
+        longest = float(lengths.max())
+        shifted = torch.empty_like(flat)
         t = 0.0
         for _ in range(NEWTON_STEPS):
-            shifted = (flat - t).clamp_(min=lo)
+            torch.sub(flat, t, out=shifted).clamp_(min=lo)
             excess = float(torch.dot(shifted, lengths)) - goal
-            slope = float(lengths[shifted > lo].sum())
-            if excess <= 1.0 or slope == 0.0:  # within a bit, or every width at the floor
+            above = int(torch.count_nonzero(shifted > lo))
+            if excess <= TOLERANCE_BITS or above == 0:  # close enough, or all at the floor
                 break
-            t += excess / slope
+            t += excess / (above * longest)
         for qp in unique:
             qp.bit_param.sub_(t).clamp_(min=lo)
     return t
