@@ -123,8 +123,8 @@ def start_control(quantizer, mu: float, target_mb: float | None, file: bool = Fa
     """A fixed mu, or (with a target) the controller, every group starting at the aimed size
     (the true size, or with ``file`` the entropy-coded file's; with ``sensitivity``, widths
     per tensor by expected loss per bit, ``run/sensitivity.py``). Linear widths aiming at the
-    true size are also projected into the aim after every step of ``bits_opt``
-    (``quant/project.py``)."""
+    true size are also projected onto the aim after every step of ``bits_opt``
+    (``quant/project.py``): the budget is held while they learn."""
     if target_mb is None:
         return FixedMu(mu)
     from diffq_cli.quant.budget import start_at_size
@@ -135,7 +135,7 @@ def start_control(quantizer, mu: float, target_mb: float | None, file: bool = Fa
     if bits_opt is not None and not file and getattr(quantizer, "param", None) == "linear":
         # Registered after the quantizer's own clamp into [min_bits, max_bits], so it runs next.
         bits_opt.register_step_post_hook(
-            lambda *_: project_to_budget(quantizer, control.aim_mb, control.offset))
+            lambda *_: project_to_budget(quantizer, control.aim_mb, control.offset, fill=True))
     return control
 
 

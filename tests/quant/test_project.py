@@ -33,22 +33,41 @@ def test_over_the_budget_every_width_moves_down_by_one_shift_to_the_budget():
     _spread(q)
     before, size = _widths(q), float(q.model_size().detach())
     budget = size * 0.85
-    t = project_to_budget(q, budget)
+    shift = project_to_budget(q, budget)
     after = _widths(q)
-    assert t > 0
+    assert shift < 0
     now = float(q.model_size().detach())
     assert now <= budget + TOLERANCE_BITS / MIB_BITS
     assert now == pytest.approx(budget, abs=2 * TOLERANCE_BITS / MIB_BITS)
     assert float(after.min()) >= 2.0
     # One common shift, clamped at the floor: the Euclidean projection onto the budget.
-    torch.testing.assert_close(after, (before - t).clamp(min=2.0))
+    torch.testing.assert_close(after, (before + shift).clamp(min=2.0))
+
+
+def test_with_fill_a_run_under_the_budget_is_raised_to_it_by_one_shift():
+    q = _linear()
+    _spread(q)
+    with torch.no_grad():  # a few groups at the floor, which rise with the rest
+        q._qparams[0].bit_param[:5] = 2.0
+    before, size = _widths(q), float(q.model_size().detach())
+    budget = size * 1.1
+    assert project_to_budget(q, budget) == 0.0  # fits: without fill nothing moves
+    shift = project_to_budget(q, budget, fill=True)
+    assert shift > 0
+    now = float(q.model_size().detach())
+    assert now <= budget + TOLERANCE_BITS / MIB_BITS
+    assert now == pytest.approx(budget, abs=2 * TOLERANCE_BITS / MIB_BITS)
+    torch.testing.assert_close(_widths(q), (before + shift).clamp(max=15.0))
+    # At max_bits nothing can rise: the widths stop there.
+    assert project_to_budget(q, size * 100, fill=True) > 0
+    assert torch.all(_widths(q) == 15.0)
 
 
 def test_the_offset_counts_as_the_controller_counts_it():
     q = _linear()
     _spread(q)
     size = float(q.model_size().detach())
-    assert project_to_budget(q, size - 0.005, offset_mb=0.0) > 0
+    assert project_to_budget(q, size - 0.005, offset_mb=0.0) < 0
     q2 = _linear()
     _spread(q2)
     # model_size() reads 0.01 MiB above the true size: the budget is met already.
@@ -75,26 +94,28 @@ def test_a_budget_below_the_floor_leaves_every_width_at_the_floor():
     assert torch.all(_widths(q) == 2.0)
 
 
-def test_a_size_target_keeps_linear_widths_within_the_aim_at_every_step():
+def test_a_size_target_holds_linear_widths_at_the_aim_at_every_step():
     """start_control(..., bits_opt) with linear widths: a loss that asks every width to grow
-    (the task's pull) cannot take the size above the aim; without the hook it does."""
-    sizes = {}
+    (the task's pull) cannot take the size above the aim, and one that asks every width to
+    shrink (the size term alone) cannot take it below; without the hook both drift."""
+    drift = {}
     for hooked in (True, False):
-        torch.manual_seed(0)
-        q = DiffQuantizer(make_net(), group_size=4, min_size=0, param="linear")
-        opt = torch.optim.Adam([{"params": []}], lr=0.2)
-        q.setup_optimizer(opt, lr=0.2)
-        target = float(q.model_size().detach()) * 0.6  # init_bits 8: the start lowers the widths
-        control = start_control(q, 1.0, target, bits_opt=opt if hooked else None)
-        control.calibrate(float(q.model_size().detach()), q.true_model_size())
-        worst = 0.0
-        for _ in range(10):
-            opt.zero_grad()
-            (-q.model_size()).backward()  # every width pulled up
-            opt.step()
-            worst = max(worst, float(q.model_size().detach()) - control.offset)
-        sizes[hooked] = (worst, control.aim_mb)
-        q.detach()
-    worst, aim = sizes[True]
-    assert worst <= aim + TOLERANCE_BITS / MIB_BITS
-    assert sizes[False][0] > aim * 1.05
+        for sign in (-1.0, 1.0):
+            torch.manual_seed(0)
+            q = DiffQuantizer(make_net(), group_size=4, min_size=0, param="linear")
+            opt = torch.optim.Adam([{"params": []}], lr=0.2)
+            q.setup_optimizer(opt, lr=0.2)
+            target = float(q.model_size().detach()) * 0.6  # init_bits 8: the start lowers them
+            control = start_control(q, 1.0, target, bits_opt=opt if hooked else None)
+            control.calibrate(float(q.model_size().detach()), q.true_model_size())
+            worst = 0.0
+            for _ in range(10):
+                opt.zero_grad()
+                (sign * q.model_size()).backward()  # -1: every width pulled up; +1: down
+                opt.step()
+                now = float(q.model_size().detach()) - control.offset
+                worst = max(worst, abs(now - control.aim_mb))
+            drift[hooked, sign] = worst / control.aim_mb
+            q.detach()
+    assert drift[True, -1.0] < 1e-3 and drift[True, 1.0] < 1e-3
+    assert drift[False, -1.0] > 0.05 and drift[False, 1.0] > 0.05
