@@ -6,8 +6,8 @@
 #   final: DiffQ at the true sizes of uniform 2.5, 3 and 4 bits, plus LSQ at 2, 3 and 4 bits;
 #   bn:    the same DiffQ runs with BatchNorm statistics re-estimated on the quantized weights
 #          (train.bn_recalibrate=20) before every evaluation and before saving;
-#   linear: the same DiffQ runs with the linear widths the recipe has since 2026-12-01 (the
-#          runs above had its sigmoid widths then: quant.param=bits optim.bits_travel=null).
+#   linear: the same DiffQ runs with linear widths held at the budget (quant.param=linear
+#          optim.bits_travel=3; docs/benchmarks.md, "Linear widths held at the budget").
 # Then: python bench/final_seeds.py
 cd "$(dirname "$0")/.."
 D=bench/out/mbv2

@@ -87,7 +87,7 @@ def small_cnn():
 def make_step(model, quantizer, x, y, mu=1e-3, file=False, project=False):
     """One training step: main SGD on the weights, fused Adam on the bits (if any); ``file``:
     the size penalty is the coded file's (``--size file``; its tables refreshed every 10
-    steps, as the finetune loop does); ``project``: linear widths projected into a budget
+    steps, as the finetune loop does); ``project``: linear widths held at a budget
     (the size they start at) after each step, as ``--target-mb`` does."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     bits_opt = None
@@ -114,7 +114,7 @@ def make_step(model, quantizer, x, y, mu=1e-3, file=False, project=False):
         if bits_opt is not None:
             bits_opt.step()
             if budget is not None:
-                project_to_budget(q, budget)
+                project_to_budget(q, budget, fill=True)
 
     return step
 

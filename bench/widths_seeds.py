@@ -8,6 +8,7 @@ Inputs:
                              lin-{minmax,learned}-b*-s*.json (bench/widths_fm.sh)
   resnet18 / digits          bench/out/widths/{sigmoid,linear}-s*/summary.json
                              (bench/widths_digits.sh: the default recipe at 6, 4 and 3 MiB)
+  mobilenet_v2 / FM          bench/out/mbv2/{final,linear}-s*.json (bench/mobilenet_final.sh)
 
     python bench/widths_seeds.py      # prints the tables, writes bench/out/widths_seeds.md
 """
@@ -25,6 +26,13 @@ def diffq_fm(name: str, bits: int, seed: int) -> dict | None:
     if not path.is_file():
         return None
     return next(r for r in json.loads(path.read_text())["rows"] if r["method"] == "diffq")
+
+
+def diffq_mbv2(name: str, index: int, seed: int) -> dict | None:
+    path = OUT / "mbv2" / f"{name}-s{seed}.json"
+    if not path.is_file():
+        return None
+    return [r for r in json.loads(path.read_text())["rows"] if r["method"] == "diffq"][index]
 
 
 def diffq_digits(name: str, index: int, seed: int) -> dict | None:
@@ -65,6 +73,12 @@ def main() -> None:
     for index, target in enumerate((6, 4, 3)):
         r = row(f"{target} MiB", [diffq_digits("sigmoid", index, s) for s in SEEDS],
                 [diffq_digits("linear", index, s) for s in SEEDS])
+        lines += [r] if r else []
+    lines += ["\n# mobilenet_v2 / Fashion-MNIST, 2 epochs on 6,000 images, 2,000 validation "
+              "images\n", head]
+    for index, bits in enumerate(("2.5", "3", "4")):
+        r = row(f"{bits} bits'", [diffq_mbv2("final", index, s) for s in SEEDS],
+                [diffq_mbv2("linear", index, s) for s in SEEDS])
         lines += [r] if r else []
     text = "\n".join(lines) + "\n"
     print(text)

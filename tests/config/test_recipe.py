@@ -51,13 +51,10 @@ def test_default_recipe_matches_the_brief():
     assert output_dir(r) == "runs/resnet18-digits-mu0.001"
 
 
-def test_short_recipes_learn_linear_widths_and_the_long_ones_the_papers():
-    """The short fine-tunes travel their widths (linear, 3 bits over the learning steps); the
-    paper-length recipes keep its sigmoid at its learning rate."""
-    for name in ("default", "fashion-mnist-resnet18"):
-        r = load_recipe(name)
-        assert (r.quant.param, r.optim.bits_travel) == ("linear", 3), name
-    for name in ("cifar10-resnet18", "cifar100-mobilenetv2", "imagenet-deit-tiny"):
+def test_every_shipped_recipe_keeps_the_papers_sigmoid_widths():
+    """Linear widths moved more groups but measured no more accurate (docs/benchmarks.md):
+    every recipe keeps the sigmoid, and no travel (it would only apply to linear widths)."""
+    for name in SHIPPED:
         r = load_recipe(name)
         assert (r.quant.param, r.optim.bits_travel) == ("bits", None), name
 
