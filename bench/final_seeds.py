@@ -13,7 +13,8 @@ Inputs (``bench/tradeoff.py`` outputs, same float model, steps and seeds per pai
   (fm60k/{minmax,learned}-b*-s*.json); and every method fine-tuned at optim.lr=0.005
   (fm60k-lr005/, ``SET=optim.lr=0.005`` bench/grid_fm.sh), per grid and across grids; and
   DiffQ with the recipes' linear widths (fm60k/lin-{minmax,learned}-*, bench/widths_fm.sh;
-  mbv2/linear-s*.json, bench/mobilenet_final.sh) against the same baselines.
+  mbv2/linear-s*.json, bench/mobilenet_final.sh) against the same baselines; and every
+  method on mobilenet_v2 with quant.grid=learned (mbv2/learned-s*.json, the same script).
 
     python bench/final_seeds.py       # prints the tables, writes bench/out/final_seeds.md
 """
@@ -77,6 +78,17 @@ def mobilenet(seed, size, diffq="final"):
         "lsq": {b: pick(mine, "lsq", b) for b in (2, 3, 4)}}
 
 
+def mobilenet_learned(seed, size):
+    """Every method on the learned grid (bench/mobilenet_final.sh ``learned``); DiffQ against
+    QAT / LSQ on either grid."""
+    ours = rows(OUT / f"mbv2/learned-s{seed}.json")
+    _, minmax = mobilenet(seed, size)
+    theirs = {f"{m} minmax": minmax[m] for m in ("qat", "lsq")}
+    for m in ("qat", "lsq"):
+        theirs[f"{m} learned"] = {b: pick(ours, m, b) for b in (2, 3, 4)}
+    return pick(ours, "diffq", index=size), theirs
+
+
 PAIRS = {"resnet18 / Fashion-MNIST": fm, "test_resnet / digits": digits,
          "mobilenet_v2 / Fashion-MNIST": mobilenet,
          "resnet18 / Fashion-MNIST, grid=learned": fm_learned,
@@ -88,7 +100,8 @@ PAIRS = {"resnet18 / Fashion-MNIST": fm, "test_resnet / digits": digits,
          "resnet18 / FM, linear widths": lambda s, i: fm(s, i, mine="lin-minmax"),
          "mobilenet_v2 / FM, linear widths": lambda s, i: mobilenet(s, i, "linear"),
          "resnet18 / FM, linear widths, grid=learned": lambda s, i: fm_learned(
-             s, i, mine="lin-learned")}
+             s, i, mine="lin-learned"),
+         "mobilenet_v2 / FM, grid=learned": mobilenet_learned}
 NAMES = {"qat": "uniform QAT", "lsq": "LSQ", "ptq": "PTQ"}
 
 

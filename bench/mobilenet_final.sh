@@ -18,3 +18,9 @@ bench/seeds.sh $D/bn "${M[@]}" --diffq-only --diffq-set train.baseline=none \
   train.bn_recalibrate=20
 bench/seeds.sh $D/linear "${M[@]}" --diffq-only --diffq-set train.baseline=none \
   quant.param=linear optim.bits_travel=3
+# learned: every method on quant.grid=learned (DiffQ with its 1-bit floor) at that grid's true
+# sizes of uniform 2.5, 3 and 4 bits (per-channel scales add 0.030 MiB to each).
+L=(--model mobilenet_v2 --train-subset 6000 --val-subset 2000 --input-size 32 --epochs 2
+   --svg= --weights $D/float.pt --grid learned --targets 0.865 0.997 1.258)
+bench/seeds.sh $D/learned "${L[@]}" --qat-bits 2 3 4 --lsq-bits 2 3 4 \
+  --diffq-set train.baseline=none
