@@ -48,7 +48,7 @@ def project_to_budget(quantizer, max_mb: float, offset_mb: float = 0.0,
         return 0.0
     with torch.no_grad():
         over = (float(quantizer.model_size()) - offset_mb - max_mb) * MIB_BITS
-        if over <= 0 and not (fill and -over > TOLERANCE_BITS):
+        if abs(over) <= TOLERANCE_BITS or (over < 0 and not fill):  # on the budget already
             return 0.0
         lo, hi = float(quantizer.min_bits), float(quantizer.max_bits)
         lengths = quantizer._shape_cache[1]  # values per group (model_size filled it)

@@ -103,14 +103,13 @@ def make_scaler(ctx, amp: str):
 MAX_BITS_PER_STEP = 0.1
 
 
-def bits_lr(o, learning_steps: int, q=None) -> float:
+def bits_lr(o, learning_steps: int, q) -> float:
     """The learning rate of the quantizer's parameters (``q``: the recipe's ``quant``):
     ``optim.bits_lr``, or for DiffQ's linear widths with ``optim.bits_travel`` the rate at
     which a width can travel that many bits over the steps where widths learn (Adam moves a
     linear width by about its lr, in bits, per step). A travel means nothing for a sigmoid's
     logit or LSQ's steps: they keep ``bits_lr``."""
-    linear = q is None or (q.method == "diffq" and q.param == "linear")
-    if o.bits_travel is None or not linear:
+    if o.bits_travel is None or (q.method, q.param) != ("diffq", "linear"):
         return o.bits_lr
     # At most a tenth of a bit per step: a few-step run must not jump over whole widths.
     return min(o.bits_travel / max(learning_steps, 1), MAX_BITS_PER_STEP)
