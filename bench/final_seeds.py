@@ -14,7 +14,9 @@ Inputs (``bench/tradeoff.py`` outputs, same float model, steps and seeds per pai
   (fm60k-lr005/, ``SET=optim.lr=0.005`` bench/grid_fm.sh), per grid and across grids; and
   DiffQ with the recipes' linear widths (fm60k/lin-{minmax,learned}-*, bench/widths_fm.sh;
   mbv2/linear-s*.json, bench/mobilenet_final.sh) against the same baselines; and every
-  method on mobilenet_v2 with quant.grid=learned (mbv2/learned-s*.json, the same script).
+  method on mobilenet_v2 with quant.grid=learned (mbv2/learned-s*.json, the same script); and
+  every method on the first pair with 3x the steps (fm60k-long/, ``EPOCHS=3`` bench/grid_fm.sh,
+  both grids).
 
     python bench/final_seeds.py       # prints the tables, writes bench/out/final_seeds.md
 """
@@ -101,7 +103,11 @@ PAIRS = {"resnet18 / Fashion-MNIST": fm, "test_resnet / digits": digits,
          "mobilenet_v2 / FM, linear widths": lambda s, i: mobilenet(s, i, "linear"),
          "resnet18 / FM, linear widths, grid=learned": lambda s, i: fm_learned(
              s, i, mine="lin-learned"),
-         "mobilenet_v2 / FM, grid=learned": mobilenet_learned}
+         "mobilenet_v2 / FM, grid=learned": mobilenet_learned,
+         # 150 steps instead of 50 for every method (EPOCHS=3 bench/grid_fm.sh).
+         "resnet18 / FM, 3x steps": lambda s, i: fm(s, i, "fm60k-long"),
+         "resnet18 / FM, 3x steps, grid=learned": lambda s, i: fm_learned(
+             s, i, "fm60k-long", "learned")}
 NAMES = {"qat": "uniform QAT", "lsq": "LSQ", "ptq": "PTQ"}
 
 
