@@ -314,5 +314,4 @@ def test_the_default_recipes_4_mib_run_learns_its_widths_and_lands_on_target(tmp
     (diffq,) = json.loads((out / "summary.json").read_text())["runs"]
     assert 3.92 <= diffq["true_mb"] <= 4.0
     assert diffq["moved_fraction"] >= 0.2, diffq["moved_fraction"]
-    assert diffq["groups_moved"] == round(diffq["moved_fraction"] * diffq["groups"])
     assert re.search(r"\d+ % of widths moved", result.stdout)
