@@ -128,3 +128,22 @@ def write_golden_learned0(path) -> None:
             "input_size": 6}
     save_artifact(path, state, spec, {"dataset": None}, {"quant": {"method": "DiffQuantizer"}},
                   {"expected_logits": logits.tolist()})
+
+
+def write_golden_channel(path) -> None:
+    """Wrote tests/files/golden/golden_v2_channel.th with the code of the per-channel min/max
+    grid (``grid="channel"``, commit 746d7e8, run once, before that grid was removed from
+    training): the tiny DiffQ model, and in its metrics the logits of a model restored from it.
+    Files on that grid keep loading and evaluating the same."""
+    from diffq_cli import restore_quantized_state
+    from diffq_cli.files.artifact import save_artifact
+
+    state = golden_diffq(golden_model(), grid="channel").get_quantized_state()
+    model = golden_model()
+    restore_quantized_state(model, state)
+    with torch.no_grad():
+        logits = model.eval()(golden_input())
+    spec = {"name": "golden_mlp", "source": "torch", "num_classes": 3, "in_chans": 1,
+            "input_size": 6}
+    save_artifact(path, state, spec, {"dataset": None}, {"quant": {"method": "DiffQuantizer"}},
+                  {"expected_logits": logits.tolist()})

@@ -42,9 +42,13 @@ LEVELS = {
     "golden_v2.th": "7badaec98d6889bd734bfcbf8173c59281e929167e86d64558979f83d9f9194c",
     "golden_v2_ans.th": "af22ff2b8d36837f38b2bc352def902dbb16061891a3aea190ea45d9770611eb",
     "golden_v2_learned0.th": "5fd2df880f542f86ebadcb05014ea1ecfe13a963525679d24b9f8c530a1fb7d7",
+    "golden_v2_channel.th": "c704f31b9ffc412aadfe594afe72f16500b64d92838baac14b3ca25ffb0ca1e1",
 }
 # The tiny DiffQ model on the learned grid as written before its levels moved to mid-rise
 # (entries with offset 0: value = q * step); tests/golden.py:write_golden_learned0.
+# The tiny DiffQ model on the per-channel min/max grid, which training no longer offers
+# (tests/golden.py:write_golden_channel): its files must keep decoding as written.
+GOLDEN_CHANNEL = "623749aa81620b65a00217746b3595a25098091ee2862c599cd2c9f8983d6a0b"
 GOLDEN_LEARNED0 = "e76e6328c58ab93ddbe348790b3492e99c9edd17ce42592e456547c81b607456"
 # Version 2 (entropy-coded): the tiny DiffQ model (bit-packed and constant streams) and a wider
 # peaked model at 4 bits (an ANS stream), written by tests/golden.py:write_golden_v2. Their coded
@@ -228,3 +232,18 @@ def test_golden_learned_grid_file_with_zero_level_decodes_as_written():
     # Today's quantizer writes the mid-rise levels instead, which decode to other values.
     live = golden_diffq(golden_model(), grid="learned").get_quantized_state()
     assert {e["offset"] for e in live["quantized"].values()} == {1}
+
+
+def test_golden_channel_grid_file_decodes_as_written():
+    """A file on the per-channel min/max grid (no longer trained) keeps its meaning: the same
+    stored levels, the same coded bytes again, and the logits recorded when written."""
+    name = "golden_v2_channel.th"
+    raw = _raw(DATA / name)
+    assert digest(payload(raw)) == GOLDEN_CHANNEL
+    kind, artifact = read_file(DATA / name)
+    assert {e["scheme"] for e in artifact["state"]["quantized"].values()} == {"channel"}
+    check_stored_levels(name, artifact["state"])
+    coded = encode_state(artifact["state"])
+    for key in ("payload", "symbols", "counts"):
+        assert torch.equal(coded[key], raw["state"][key]), key
+    check_restored_logits(golden_model, artifact)
