@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from diffq_cli.config.schema import KEY_TYPES, Recipe, put_key
+from diffq_cli.config.schema import KEY_TYPES, QUANT_KEYS, Recipe, put_key
 from diffq_cli.errors import InputError
 
 # The shipped recipes live in the repository's top-level ``recipes/``; an installed wheel carries
@@ -136,10 +136,14 @@ def copy_recipe(name: str, dest: str | os.PathLike, force: bool = False) -> Path
 
 
 def default_values() -> dict[str, Any]:
-    """The default recipe's values by dotted key (``{"train.epochs": 3, ...}``), for help texts."""
+    """The default recipe's resolved values by dotted key (``{"train.epochs": 9, ...}``), for
+    help texts."""
     flat: dict[str, Any] = {}
-    for key, value in _read_yaml(RECIPES_DIR / f"{DEFAULT_RECIPE}.yaml").items():
-        put_key(flat, key, value)
+    for section, values in recipe_to_dict(load_recipe(DEFAULT_RECIPE)).items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{k}": v for k, v in values.items()})
+        else:
+            flat[section] = values
     return flat
 
 
@@ -198,11 +202,24 @@ def resolve_recipe(name_or_path: str | os.PathLike | None = None, overrides: Seq
                      f"{flat['train.float_epochs']}): the run starts from given weights; "
                      "pass --float-epochs N to train in float first anyway")
         flat["train.float_epochs"] = 0
+    check_method_keys(flat)
     nested: dict[str, Any] = {}
     for key, value in flat.items():
         section, _, leaf = key.rpartition(".")
         (nested.setdefault(section, {}) if section else nested)[leaf] = value
     return Recipe(**nested), notes
+
+
+def check_method_keys(flat: Mapping[str, Any]) -> None:
+    """A ``quant`` key that the chosen method does not take is an InputError naming both (an
+    unknown method is left to the schema's own check)."""
+    method = flat.get("quant.method", "diffq")
+    keys = QUANT_KEYS.get(method)
+    for key in flat:
+        section, _, leaf = key.rpartition(".")
+        if keys is not None and section == "quant" and leaf != "method" and leaf not in keys:
+            raise InputError(f"recipe key '{key}' is not a setting of quant.method={method} "
+                             f"(its keys: {', '.join(keys)}); remove it")
 
 
 def dump_recipe(recipe: Recipe) -> str:
@@ -223,11 +240,15 @@ def dump_recipe(recipe: Recipe) -> str:
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as plain Python types (tuples become lists), in schema order."""
+    """The recipe as plain Python types (tuples become lists), in schema order; the ``quant``
+    section holds the chosen method's keys only (so the dump loads back)."""
 
     def plain(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
         return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
-    return plain(dataclasses.asdict(recipe))
+    out = plain(dataclasses.asdict(recipe))
+    keys = QUANT_KEYS[recipe.quant.method]
+    out["quant"] = {k: v for k, v in out["quant"].items() if k == "method" or k in keys}
+    return out

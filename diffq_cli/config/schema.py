@@ -1,6 +1,8 @@
 """The recipe's schema: frozen dataclasses, one per section, that coerce and validate every
 value when built (a mistake is a one-line :class:`~diffq_cli.errors.InputError` naming the key).
-``load.py`` reads YAML and overrides into these; ``recipes/default.yaml`` documents every key.
+``load.py`` reads YAML and overrides into these. The defaults here are the CLI's, the best
+measured (the library constructors keep the reference DiffQ's); ``diffq finetune
+--print-config`` shows them resolved.
 No YAML and no torch here: importing the schema is cheap."""
 
 import dataclasses
@@ -90,31 +92,39 @@ class DataConfig(_Section):
     augment: bool = False
 
 
+# Each method's own keys of the ``quant`` section (besides ``method``); a key the chosen method
+# does not take is an error, not silently dropped. Built-in values are the best measured on this
+# project's benchmarks (docs/benchmarks.md); the library constructors keep the reference's.
+SHARED_QUANT_KEYS = ("grid", "min_size", "float16", "exclude")
+QUANT_KEYS = {
+    "diffq": (*SHARED_QUANT_KEYS, "group_size", "min_bits", "max_bits", "init_bits",
+              "extra_bits", "noise"),
+    "uniform": (*SHARED_QUANT_KEYS, "bits"),
+    "lsq": (*SHARED_QUANT_KEYS, "bits"),
+}
+
+
 @dataclass(frozen=True)
 class QuantConfig(_Section):
-    """Quantizer choice and its constructor arguments."""
+    """The quantization method and its own settings (``QUANT_KEYS``): the recipe's ``quant``."""
 
     section: ClassVar = "quant"
-    choices: ClassVar = {"method": ("diffq", "uniform", "lsq"),
-                         "param": ("bits", "noise", "linear"),
-                         "noise": ("gaussian", "uniform"), "noise_source": ("pool", "fresh"),
-                         "grid": ("minmax", "channel", "learned")}
+    choices: ClassVar = {"method": tuple(QUANT_KEYS), "noise": ("gaussian", "uniform"),
+                         "grid": ("minmax", "learned")}
     bounds: ClassVar = {"group_size": _GE0, "min_size": _GE0, "extra_bits": _GE0,
                         "min_bits": _BITS, "init_bits": _BITS, "max_bits": _BITS, "bits": _BITS}
     method: str = "diffq"
-    group_size: int = 8
+    grid: str = "minmax"  # minmax (each tensor's range, the paper's) | learned (clipped, per row)
     min_size: float = 0.01
+    float16: bool = False
+    exclude: tuple[str, ...] = ()
+    group_size: int = 8
     min_bits: int | None = None  # None: the grid's floor, 1 on learned (+-alpha/2), else 2
     max_bits: int = 15
     init_bits: int = 8
     extra_bits: int = 0
+    noise: str = "uniform"  # a step wide (rounding's variance): +1.3-1.4 points at 2 bits' size
     bits: float = 8
-    param: str = "bits"
-    noise: str = "gaussian"
-    noise_source: str = "pool"
-    grid: str = "minmax"  # minmax | channel | learned: the quantization grid of every method
-    float16: bool = False
-    exclude: tuple[str, ...] = ()
 
     def _validate(self) -> None:
         if self.method == "lsq" and (self.bits != int(self.bits) or self.bits < 2):
@@ -128,6 +138,11 @@ class QuantConfig(_Section):
                              f"quant.max_bits, got {self.min_bits} <= {self.init_bits} <= "
                              f"{self.max_bits}; adjust one of them")
 
+    def settings(self) -> dict[str, Any]:
+        """The chosen method's own keys and values (what its quantizer is built from)."""
+        out = {k: getattr(self, k) for k in QUANT_KEYS[self.method]}
+        return {**out, "exclude": list(self.exclude)}
+
 
 @dataclass(frozen=True)
 class OptimConfig(_Section):
@@ -135,15 +150,14 @@ class OptimConfig(_Section):
 
     section: ClassVar = "optim"
     choices: ClassVar = {"name": ("sgd", "adamw"), "schedule": ("cosine", "step", "constant")}
-    bounds: ClassVar = {"lr": _GT0, "bits_lr": _GT0, "bits_travel": _GT0, "gamma": _GT0,
+    bounds: ClassVar = {"lr": _GT0, "bits_lr": _GT0, "gamma": _GT0,
                         "grad_clip": _GT0, "momentum": (0, 1, False), "weight_decay": _GE0,
                         "step_size": _GE1, "warmup_steps": _GE0}
     name: str = "sgd"
-    lr: float = 0.01
+    lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    bits_lr: float = 1e-3
-    bits_travel: float | None = None  # bits a width may travel: bits lr = travel / learning steps
+    bits_lr: float = 2e-2  # Adam on the widths and learned scales (the paper: 1e-3, 200 epochs)
     schedule: str = "cosine"
     step_size: int = 30
     gamma: float = 0.1
@@ -158,19 +172,19 @@ class TrainConfig(_Section):
     section: ClassVar = "train"
     choices: ClassVar = {"amp": ("none", "bf16", "fp16"), "logger": ("none", "tensorboard"),
                          "baseline": ("none", "ptq", "qat", "lsq", "all"),
-                         "target_size": ("true", "file"), "start_widths": ("size", "fisher")}
+                         "target_size": ("true", "file")}
     bounds: ClassVar = {"epochs": _GE1, "max_steps": _GE1, "log_every": _GE1, "seed": _GE0,
                         "float_epochs": _GE0, "freeze_bits": (0, 1, False), "bn_recalibrate": _GE0}
-    epochs: int = 3
-    float_epochs: int = 0
+    epochs: int = 9  # DiffQ epochs: the widths need steps to move (3 -> 9: about +1 point)
+    float_epochs: int | None = None  # None: 2 without starting weights, else 0
     max_steps: int | None = None
-    freeze_bits: float = 0.0  # last fraction of DiffQ's steps: widths frozen, true quantization
-    fill_budget: bool = False  # with a size target: widths raised to it too when they freeze
+    # Last fraction of DiffQ's steps with widths frozen, trained through true quantization:
+    # +2.5 / +2.0 / +0.7 points at 2 / 3 / 4 bits' size (resnet18 / Fashion-MNIST, 3 seeds).
+    freeze_bits: float = 0.25
     bn_recalibrate: int = 0  # batches re-estimating BatchNorm statistics on quantized weights
     mu: tuple[float, ...] | None = None  # None and no target: DEFAULT_MU
     target_mb: tuple[float, ...] = ()
     target_size: str = "true"  # what --target-mb and the comparisons measure: true | file
-    start_widths: str = "fisher"  # with a target: fisher (loss per bit) | size (small first)
     baseline: str = "ptq"
     seed: int = 0
     log_every: int = 10
@@ -215,6 +229,9 @@ class Recipe(_Section):
 
     def _validate(self) -> None:
         object.__setattr__(self, "description", self.description.strip())
+        if self.train.float_epochs is None:  # a random network is trained in float first
+            start = self.model.weights is not None or self.model.pretrained
+            object.__setattr__(self.train, "float_epochs", 0 if start else 2)
         if self.train.target_mb and self.quant.method != "diffq":
             raise InputError("train.target_mb (--target-mb) needs quant.method=diffq (learned "
                              f"bit widths), got quant.method={self.quant.method}")
@@ -276,9 +293,34 @@ def _unknown(key: str) -> InputError:
     return InputError(f"unknown recipe key '{key}'; {hint}")
 
 
+# Keys and values that measured no better and were removed: what to do instead, and why.
+REMOVED = {
+    "quant.param": "the sigmoid widths (the paper's) are the only ones recipes train; linear "
+                   "widths measured no more accurate over three pairs",
+    "optim.bits_travel": "it sized the rate of linear widths, which were removed; set "
+                         "optim.bits_lr",
+    "quant.noise_source": "the noise pool is always used (fresh noise measured within the "
+                          "seeds' spread, and slower)",
+    "train.start_widths": "a size target always starts from widths by loss per bit (fisher; "
+                          "the small-tensors-first start measured 1.6-4 points worse)",
+    "train.fill_budget": "a size target's run always lands on its target: the widths are "
+                         "raised to it when they freeze",
+}
+REMOVED_VALUES = {
+    ("quant.grid", "channel"): "use quant.grid=learned or minmax (the per-channel min/max grid "
+                               "measured no better than learned for the fine-tuned methods, in "
+                               "files 18-19 % larger than minmax's); files written on it still "
+                               "load",
+}
+
+
 def put_key(flat: dict[str, Any], key: str, value: Any) -> None:
     """Set dotted ``key`` in ``flat`` after checking it exists; a section takes a mapping."""
     key = str(key).strip()
+    if key in REMOVED:
+        raise InputError(f"recipe key '{key}' was removed: {REMOVED[key]}; delete it")
+    if isinstance(value, str) and (key, value) in REMOVED_VALUES:
+        raise InputError(f"{key}={value} was removed: {REMOVED_VALUES[key, value]}")
     if key in SECTIONS:
         if not isinstance(value, Mapping):
             example = f"{key}.{fields(SECTIONS[key])[0].name}=..."

@@ -92,7 +92,8 @@ def layer_bits(state: dict) -> tuple[list[dict], dict[int, int]]:
     (values per integer width), from a quantized state."""
     import torch
 
-    from diffq_cli.quant.state import entry_group_bits, group_lengths, numel_of
+    from diffq_cli.quant.sizes import group_lengths
+    from diffq_cli.quant.state import entry_group_bits, numel_of
 
     layers, hist = [], torch.zeros(16, dtype=torch.int64)
     for name, entry in state["quantized"].items():
@@ -111,7 +112,8 @@ def _start_bits(state: dict, start: list) -> tuple[list[float], dict[int, int]]:
     integer tensor per quantized layer, in the state's order)."""
     import torch
 
-    from diffq_cli.quant.state import group_lengths, numel_of
+    from diffq_cli.quant.sizes import group_lengths
+    from diffq_cli.quant.state import numel_of
 
     means, hist = [], torch.zeros(16, dtype=torch.int64)
     entries = list(state["quantized"].values())

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from diffq_cli.quant import grids, ops
+from diffq_cli.quant import ops
 
 _LOG4 = math.log(4.0)
 
@@ -39,33 +39,15 @@ def group_sums(quantizer, per_weight: dict) -> list[torch.Tensor | None]:
 def group_sensitivity(quantizer, grad_sums: list) -> list[torch.Tensor] | None:
     """``s`` per group (list aligned with the quantized parameters): the summed squared
     gradients ``grad_sums`` (``group_sums`` of them) times the squared range of the group's
-    grid *now* (tensor range on ``minmax``, row range on ``channel``, ``2 alpha`` on
-    ``learned``). None when any tensor lacks its sums."""
+    grid *now* (``grids``: the tensor's range on ``minmax``, ``2 alpha`` on ``learned``).
+    None when any tensor lacks its sums."""
     if any(g is None for g in grad_sums):
         return None
     out = []
     with torch.no_grad():
         for qp, sums in zip(quantizer._qparams, grad_sums, strict=True):
-            out.append(sums * _group_range(quantizer, qp) ** 2)
+            out.append(sums * quantizer._grid.group_range(qp) ** 2)
     return out
-
-
-def _group_range(quantizer, qp) -> torch.Tensor:
-    """Range of each group's grid (float64, CPU)."""
-    w = qp.param.detach().float()
-    grid = getattr(quantizer, "grid", "minmax")
-    if grid == "minmax":
-        return torch.full((qp.n_groups,), float(w.max() - w.min()), dtype=torch.float64)
-    rows, per_row = grids.rows_of(w.shape)
-    if grid == "learned":
-        row_range = 2.0 * qp.scale_param.detach().exp().float().reshape(rows)
-    else:
-        flat = w.reshape(rows, per_row)
-        row_range = flat.max(dim=1).values - flat.min(dim=1).values
-    # A group belongs to the row of its first weight (rows hold whole groups on every layer
-    # whose row length is a multiple of the group size; otherwise this is the nearest row).
-    first = torch.arange(qp.n_groups) * qp.group_size
-    return row_range.double().cpu()[first // per_row]
 
 
 def fit_widths_fn(current: list, sensitivity: list, unique, floor: int, ceiling: int,

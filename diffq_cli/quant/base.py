@@ -10,6 +10,7 @@ weights, and gradients reach them through the computed tensors.
 
 import weakref
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -18,8 +19,8 @@ from diffq_cli.quant import grids
 from diffq_cli.quant import state as state_io
 from diffq_cli.quant.install import Installer
 from diffq_cli.quant.params import QParam, discover
-from diffq_cli.quant.sizing import SizesAndState
-from diffq_cli.quant.switching import Switching, through_half
+from diffq_cli.quant.sizes import tensor_bits
+from diffq_cli.units import MIB_BITS, mib
 
 # model -> attached quantizer; weak so that a dropped model frees its quantizer.
 _ATTACHED: "weakref.WeakKeyDictionary[nn.Module, BaseQuantizer]" = weakref.WeakKeyDictionary()
@@ -28,6 +29,12 @@ _ATTACHED: "weakref.WeakKeyDictionary[nn.Module, BaseQuantizer]" = weakref.WeakK
 def attached_quantizer(model: nn.Module):
     """The quantizer attached to ``model``, or None."""
     return _ATTACHED.get(model)
+
+
+def through_half(p: torch.Tensor) -> torch.Tensor:
+    """``p`` rounded through float16 and back to its dtype (how ``float16=True`` stores it)."""
+    with torch.no_grad():
+        return p.detach().to(torch.float16).to(p.dtype)
 
 
 def restore_quantized_state(model: nn.Module, state: dict) -> None:
@@ -44,7 +51,7 @@ def restore_quantized_state(model: nn.Module, state: dict) -> None:
         state_io.restore(model, state)
 
 
-class BaseQuantizer(SizesAndState, Switching):
+class BaseQuantizer:
     """Shared machinery; subclasses fill the ``_prepare``/``_train_weights``/``_encode`` hooks.
 
     Args:
@@ -57,7 +64,8 @@ class BaseQuantizer(SizesAndState, Switching):
     """
 
     suffix = "_q"
-    grid = "minmax"  # subclasses taking ``grid=`` set it before calling this constructor
+    grid = "minmax"  # the grid's name; subclasses taking ``grid=`` call ``_set_grid`` first
+    _grid = grids.GRIDS["minmax"]
 
     def __init__(
         self,
@@ -103,6 +111,10 @@ class BaseQuantizer(SizesAndState, Switching):
         ]
         _ATTACHED[model] = self
 
+    def _set_grid(self, name: str) -> None:
+        self._grid = grids.get(name)
+        self.grid = name
+
     # ------------------------------------------------------------ subclass hooks
     def _prepare(self, qp: QParam) -> None:
         """Creates and registers the learned tensors of ``qp`` (if any)."""
@@ -120,7 +132,7 @@ class BaseQuantizer(SizesAndState, Switching):
 
     def _side_bits(self, qp: QParam) -> int:
         """Bits of per-channel scales that ``qp``'s saved entry carries."""
-        return grids.side_bits(self.grid, qp.param.shape)
+        return self._grid.side_bits(qp.param.shape)
 
     def _train_weights(self) -> list | None:
         """Weights seen by a training forward, one per QParam (None: use the floats)."""
@@ -217,17 +229,112 @@ class BaseQuantizer(SizesAndState, Switching):
         flat = state_io.decode(enc, qp.numel, qp.group_size)
         return flat.view(qp.param.shape).to(qp.param.dtype)
 
+    # ------------------------------------------------------------ sizes
+    def _float_bits(self) -> int:
+        return (16 if self.float16 else 32) * sum(p.numel() for _, p in self._others)
+
+    def true_model_size(self) -> float:
+        """Size in MB with integer bit widths and naive bit packing (no compression)."""
+        total = float(self._float_bits())
+        with torch.no_grad():
+            for qp in self._qparams:
+                total += tensor_bits(self._true_bits(qp), qp.numel, qp.group_size,
+                                              self._side_bits(qp))[1]
+        return total / MIB_BITS
+
+    def model_size(self, exact: bool = False, file: bool = False) -> torch.Tensor:
+        """Size in MiB as a 0-d tensor, usable in a loss. Here (fixed widths) it is the true
+        size and carries no gradient; DiffQ overrides it with a differentiable estimate.
+
+        Args:
+            exact: use the rounded widths of true quantization (the same here).
+            file: the entropy-coded file's estimated size (``file_model_size()``) instead.
+        """
+        return torch.tensor(self.file_model_size() if file else self.true_model_size())
+
+    def file_model_size(self) -> float:
+        """Estimated MiB of the entropy-coded artifact of the state now (what ``diffq size``
+        reports as the file), counted from the levels without coding them (``coded.py``)."""
+        from diffq_cli.quant.coded import file_bits
+
+        return file_bits(self) / MIB_BITS
+
+    def packed_model_size(self) -> float:
+        """MB of the tensors in ``get_quantized_state()`` (what ``torch.save`` stores)."""
+        return mib(state_io.state_nbytes(self.get_quantized_state()))
+
+    def compressed_model_size(self, level: int = 6) -> float:
+        """MB of the saved state after gzip-like (zlib) compression, without writing a file."""
+        return mib(len(state_io.compressed_bytes(self.get_quantized_state(), level)))
+
+    # ------------------------------------------------------------ state
+    def get_quantized_state(self) -> dict:
+        """The packed quantized state: plain tensors and primitives, keyed by parameter name.
+
+        ``torch.save`` it and ``torch.load`` it with the default ``weights_only=True``.
+        """
+        with torch.no_grad():
+            encoded = {qp.name: self._encode(qp) for qp in self._qparams}
+        return state_io.build_state(
+            type(self).__name__,
+            self._config(),
+            encoded,
+            {qp.name: qp for qp in self._qparams},
+            self._others,
+            dict(self.model.named_buffers()),
+            self.float16,
+        )
+
+    def restore_quantized_state(self, state: dict) -> None:
+        """Loads a state from ``get_quantized_state`` into the model (dequantized floats)."""
+        if self._quantized_backup is not None:
+            self.unquantize()
+        state_io.restore(self.model, state, skip={id(p) for p in self._bit_parameters()})
+        self._eval_cache.clear()
+
+    # ------------------------------------------------------------ manual switching
+    def quantize(self) -> None:
+        """Replaces the float weights by their quantized values (undo with ``unquantize``)."""
+        if self._quantized_backup is not None:
+            return
+        with torch.no_grad():
+            backup = []
+            for qp in self._qparams:
+                backup.append((qp.param, qp.param.detach().clone()))
+                qp.param.copy_(self._dequantized(qp))
+            if self.float16:
+                for _, p in self._others:
+                    if p.is_floating_point():
+                        backup.append((p, p.detach().clone()))
+                        p.copy_(through_half(p))
+        self._quantized_backup = backup
+
+    def unquantize(self) -> None:
+        """Restores the float weights saved by ``quantize``."""
+        if self._quantized_backup is None:
+            return
+        with torch.no_grad():
+            # Reversed: with detect_bound=False a Parameter may be backed up twice, and the
+            # first backup holds its float value.
+            for param, saved in reversed(self._quantized_backup):
+                param.copy_(saved)
+        self._quantized_backup = None
+
+    @contextmanager
+    def enter_quantize(self):
+        """Context manager: quantized weights inside, floats back on exit."""
+        self.quantize()
+        try:
+            yield
+        finally:
+            self.unquantize()
+
     # ------------------------------------------------------------ optimizer
-    def setup_optimizer(self, optimizer: torch.optim.Optimizer, lr: float = 1e-3,
-                        scale_lr: float | None = None, **kwargs):
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer, lr: float = 1e-3, **kwargs):
         """Adds the learned quantization parameters to ``optimizer`` as a new group.
 
         The group has no weight decay. ``kwargs`` go into the group (e.g. ``betas`` for Adam).
         Create the main optimizer before the quantizer, so that it does not already hold them.
-        ``scale_lr``: the per-channel scales of ``grid="learned"`` get a group of their own at
-        this rate (default: with the rest at ``lr``). A short run may give the widths a fast
-        rate (``optim.bits_travel``) that log-scales must not take: at 0.08 per step they
-        drift by e^3 in 40 steps.
         """
         params = self._bit_parameters()
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -236,15 +343,9 @@ class BaseQuantizer(SizesAndState, Switching):
                 "the optimizer already holds the quantizer's parameters: create the optimizer "
                 "before the quantizer, or pass a separate optimizer for them"
             )
-        scales = {id(qp.scale_param) for qp in self._qparams if qp.scale_param is not None}
-        groups = [(params, lr)]
-        if scale_lr is not None and scales and len(scales) < len(params):
-            groups = [([p for p in params if id(p) not in scales], lr),
-                      ([p for p in params if id(p) in scales], scale_lr)]
-        for group, rate in groups:
-            if group:
-                optimizer.add_param_group({"params": group, "lr": rate, "weight_decay": 0.0,
-                                           **kwargs})
+        if params:
+            optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": 0.0,
+                                       **kwargs})
         self._optimizer = optimizer
         self._optimizer_ready = True
 

@@ -18,7 +18,7 @@ import functools
 import torch
 
 from diffq_cli.quant import allocate
-from diffq_cli.quant.state import tensor_bits
+from diffq_cli.quant.sizes import tensor_bits
 from diffq_cli.quant.widths import FLOOR_NOISE
 from diffq_cli.units import MIB_BITS
 
@@ -77,8 +77,6 @@ def logits_for_bits(quantizer, bits: torch.Tensor) -> torch.Tensor:
     """
     lo_b, hi_b = quantizer.min_bits, quantizer.max_bits
     bits = bits.double().clamp(lo_b, hi_b)
-    if quantizer.param == "linear":
-        return bits.float()
     if hi_b == lo_b:
         return torch.zeros_like(bits, dtype=torch.float32)
     if quantizer.param == "bits":
@@ -97,19 +95,17 @@ def set_uniform_bits(quantizer, bits: float) -> None:
             qp.bit_param.fill_(float(logits_for_bits(quantizer, torch.tensor(float(bits)))))
 
 
-def start_at_size(quantizer, target_mb: float, sizer=None, sensitivity=None) -> float:
+def start_at_size(quantizer, target_mb: float, sensitivity: dict, sizer=None) -> float:
     """Sets starting widths whose true size is at most ``target_mb``, with no rounding surprise.
 
-    Every group gets an integer width ``k`` or ``k + 1``: the smallest tensors (first and last
-    layers, downsampling convolutions: the usual sensitive ones, and the cheapest to keep wide)
-    get ``k + 1`` while the size allows. Real bits sit exactly on those integers (``min_bits +
-    FLOOR_NOISE`` at the bottom, where an exact bound would freeze the logit), so the training noise
-    matches what rounding will give. Keeps ``init_bits`` when that already fits. Returns the
-    resulting true size in MB. ``sizer(unique, widths) -> MiB``: the size to fit (default the
-    true size; ``coded.CodedTables.widths_mb`` for the file). ``sensitivity`` ({name: loss
-    increase per unit of quantization noise variance, e.g. the summed squared gradients times
-    the squared range}): widths per tensor by expected loss per bit instead
-    (``allocate.start_widths``).
+    Whole tensors get integer widths by expected loss per bit (``allocate.start_widths``;
+    ``sensitivity``: {name: loss increase per unit of quantization noise variance, the summed
+    squared gradients times the squared range}); the tensor next in line gets as many of its
+    groups one bit wider as still fit, so the start spends the budget. Real bits sit exactly on
+    those integers (``min_bits + FLOOR_NOISE`` at the bottom, where an exact bound would freeze
+    the logit), so the training noise matches what rounding will give. Keeps ``init_bits`` when
+    that already fits. Returns the resulting true size in MB. ``sizer(unique, widths) -> MiB``:
+    the size to fit (default the true size; ``coded.CodedTables.widths_mb`` for the file).
     """
     unique = _check(quantizer)
     size_mb = sizer or functools.partial(_size_mb, quantizer)
@@ -118,32 +114,13 @@ def start_at_size(quantizer, target_mb: float, sizer=None, sensitivity=None) -> 
     if size_mb(unique, _full(unique, high)) <= target_mb:
         set_uniform_bits(quantizer, quantizer.init_bits)
         return quantizer.true_model_size()
-    if sensitivity is not None:
-        widths, order = allocate.start_widths(unique, sensitivity, size_mb, target_mb, low,
-                                               high)
-        k = None
-    else:
-        k = low
-        while k + 1 < high and size_mb(unique, _full(unique, k + 1)) <= target_mb:
-            k += 1
-        widths = _full(unique, k)
-        order = sorted(range(len(unique)), key=lambda i: unique[i].numel)  # smallest first
+    widths, order = allocate.start_widths(unique, sensitivity, size_mb, target_mb, low, high)
     for i in order:
-        if k is not None:  # the fisher start's tensor in line is known not to fit whole
-            base = widths[i]
-            widths[i] = base + 1
-            if size_mb(unique, widths) <= target_mb:
-                continue
-            widths[i] = base
-        # This tensor does not fit whole one bit wider: its first groups do, so the start
-        # spends the budget instead of stopping short.
         allocate.raise_prefix(size_mb, unique, widths, i, torch.arange(unique[i].n_groups),
                               target_mb)
-        break
     for qp, width in zip(unique, widths, strict=True):
         real = width.double() - quantizer.extra_bits
-        if quantizer.param != "linear":  # an exact bound would freeze a sigmoid's logit
-            real = real.clamp_min(quantizer.min_bits + FLOOR_NOISE)
+        real = real.clamp_min(quantizer.min_bits + FLOOR_NOISE)  # a bound would freeze a logit
         with torch.no_grad():
             qp.bit_param.copy_(logits_for_bits(quantizer, real).to(qp.bit_param.device))
     return quantizer.true_model_size()

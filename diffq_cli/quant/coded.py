@@ -29,7 +29,7 @@ import zlib
 
 import torch
 
-from diffq_cli.quant.state import group_lengths
+from diffq_cli.quant.sizes import group_lengths
 from diffq_cli.units import MIB_BITS
 
 TABLE_BITS = 48  # one table row: int16 symbol + int32 count

@@ -11,15 +11,12 @@ import functools
 import torch
 from torch import nn
 
-from diffq_cli.quant import grids
 from diffq_cli.quant.base import BaseQuantizer
 from diffq_cli.quant.coded import CodedTables
-from diffq_cli.quant.gridnoise import channel_noisy_and_again, learned_noisy_and_again
-from diffq_cli.quant.noise import FreshNoise, NoisePool
-from diffq_cli.quant.ops import minmax_levels, noisy_weight_and_again, straight_through
+from diffq_cli.quant.noise import NoisePool
 from diffq_cli.quant.params import QParam
 from diffq_cli.quant.registry import register
-from diffq_cli.quant.state import HEADER_BITS, group_lengths
+from diffq_cli.quant.sizes import group_lengths, header_bits
 from diffq_cli.quant.widths import MODES, BitsAndUnit, forget_hook, init_value, unit_bounds
 from diffq_cli.units import MIB_BITS
 
@@ -40,15 +37,13 @@ class DiffQuantizer(BaseQuantizer):
         exclude: fnmatch patterns of parameter names (full or short) to keep float.
         detect_bound: quantize a Parameter shared by several modules once.
         param: how one learned number gives a group's width (``quant/widths.py``): "bits"
-            (a sigmoid over [min_bits, max_bits], the paper's), "noise" (the noise scale in log
-            space) or "linear" (the width itself, clamped: moves ~``lr`` bits per Adam step).
-        noise: "gaussian" (std = step / 2) or "uniform" (on [-step/2, step/2]).
-        noise_source: "pool" (pre-generated exact noise read at random offsets, fast on CPU) or
-            "fresh" (new random numbers for every weight at every step).
-        grid: "minmax" (each tensor's [min, max], the reference), "channel" (each output
-            channel's [min, max]) or "learned" (a clipped zero-centred range per output
-            channel, learned with the bits; see ``grids.py``). Training noise is drawn on the
-            grid that evaluation rounds to.
+            (a sigmoid over [min_bits, max_bits], the paper's) or "noise" (the noise scale in
+            log space, the reference's other option).
+        noise: "gaussian" (std = step / 2, the paper's) or "uniform" (on [-step/2, step/2]:
+            rounding's variance, measured better at 2-3 bits' size; the CLI's default).
+        grid: "minmax" (each tensor's [min, max], the reference) or "learned" (a clipped
+            zero-centred range per output channel, learned with the bits; ``grids.py``).
+            Training noise is drawn on the grid that evaluation rounds to.
 
     Example:
         >>> quantizer = DiffQuantizer(model, group_size=8)
@@ -71,15 +66,12 @@ class DiffQuantizer(BaseQuantizer):
         detect_bound: bool = True,
         param: str = "bits",
         noise: str = "gaussian",
-        noise_source: str = "pool",
         grid: str = "minmax",
     ):
         if param not in MODES:
             raise ValueError(f"param must be one of {', '.join(MODES)}; got {param!r}")
         if noise not in ("gaussian", "uniform"):
             raise ValueError(f"noise must be 'gaussian' or 'uniform', got {noise!r}")
-        if noise_source not in ("pool", "fresh"):
-            raise ValueError(f"noise_source must be 'pool' or 'fresh', got {noise_source!r}")
         if not 1 <= min_bits <= init_bits <= max_bits <= 15:
             raise ValueError(
                 "need 1 <= min_bits <= init_bits <= max_bits <= 15, got "
@@ -88,8 +80,7 @@ class DiffQuantizer(BaseQuantizer):
         self.min_bits, self.max_bits = float(min_bits), float(max_bits)
         self.init_bits, self.extra_bits = float(init_bits), float(extra_bits)
         self.suffix, self.param, self.noise = suffix, param, noise
-        self.noise_source = noise_source
-        self.grid = grids.check_grid(grid)
+        self._set_grid(grid)
         self._bits_cache = None
         self._shape_cache = None
         self._tables = None  # coded.CodedTables, for model_size(file=True)
@@ -98,8 +89,7 @@ class DiffQuantizer(BaseQuantizer):
         self._noise = self._make_noise()
 
     def _config(self) -> dict:
-        keys = ("min_bits", "max_bits", "init_bits", "extra_bits", "param", "noise",
-                "noise_source", "grid")
+        keys = ("min_bits", "max_bits", "init_bits", "extra_bits", "param", "noise", "grid")
         return {**super()._config(), **{k: getattr(self, k) for k in keys}}
 
     # ------------------------------------------------------------ bits <-> logits
@@ -124,19 +114,17 @@ class DiffQuantizer(BaseQuantizer):
         module, attr = qp.bindings[0]
         module.register_parameter(attr + self.suffix, logit)
         qp.bit_param = logit
-        if self.grid == "learned":
-            # log(alpha) per output channel, in the bits' optimizer group (like LSQ's step):
-            # initialised at the MSE-optimal clip for the starting width.
-            alpha = grids.mse_alpha(qp.param.reshape(-1), qp.param.shape, round(self.init_bits))
-            qp.scale_param = nn.Parameter(alpha.log())
+        # A learned grid's log(alpha) per output channel, in the bits' optimizer group (like
+        # LSQ's step), starts at the MSE-optimal clip for the starting width.
+        scale = self._grid.init_scale(qp, self.init_bits)
+        if scale is not None:
+            qp.scale_param = nn.Parameter(scale)
             module.register_parameter(attr + "_alpha" + self.suffix, qp.scale_param)
 
     def _make_noise(self):
         unique = self._qparams
         device = unique[0].param.device if unique else torch.device("cpu")
-        if self.noise_source == "fresh" or not unique:
-            return FreshNoise(self.noise, device)
-        sizes = [qp.numel for qp in unique]
+        sizes = [qp.numel for qp in unique] or [1]
         return NoisePool(self.noise, max(sizes), sum(sizes), device)
 
     def _batched_bits(self, unique, reuse: bool = False):
@@ -165,23 +153,6 @@ class DiffQuantizer(BaseQuantizer):
         ``model_size()`` out of the loss too)."""
         self._frozen = bool(frozen)
 
-    def setup_optimizer(self, optimizer: torch.optim.Optimizer, lr: float = 1e-3,
-                        scale_lr: float | None = None, **kwargs):
-        """As ``BaseQuantizer.setup_optimizer``; with ``param="linear"`` each step of
-        ``optimizer`` is followed by a projection of the widths into [min_bits, max_bits] (a
-        width at a bound then moves back at once when the loss asks, instead of after Adam's
-        momentum has carried it far outside)."""
-        super().setup_optimizer(optimizer, lr, scale_lr, **kwargs)
-        if self.param == "linear":
-            self._hooks.append(optimizer.register_step_post_hook(self._project))
-
-    setup_opt = setup_optimizer
-
-    def _project(self, optimizer, args, kwargs) -> None:
-        with torch.no_grad():
-            for qp in self._qparams:
-                qp.bit_param.clamp_(self.min_bits, self.max_bits)
-
     @property
     def frozen(self) -> bool:
         """Whether ``freeze_bits()`` is on."""
@@ -202,37 +173,16 @@ class DiffQuantizer(BaseQuantizer):
         self._noise.refresh()
         windows = self._noise.windows([qp.numel for qp in unique])
         half = 0.5 if self.noise == "gaussian" else 1.0
-        if self.grid != "minmax":
-            return [functools.partial(self._grid_noisy, qp, b, u, noise, sign * half)
-                    for qp, b, u, (noise, sign) in zip(
-                        unique, bits.split([qp.n_groups for qp in unique]), units, windows,
-                        strict=True)]
         # Lazy: each noisy weight is computed when its layer is about to run (see install.py).
-        return [
-            functools.partial(
-                noisy_weight_and_again, qp.param, u, noise, qp.group_size, sign * half
-            )
-            for qp, u, (noise, sign) in zip(unique, units, windows, strict=True)
-        ]
-
-    def _grid_noisy(self, qp: QParam, bits, unit, noise, mult: float):
-        """(noisy training weight on a per-channel grid, its recompute function or None)."""
-        if self.grid == "learned":
-            return learned_noisy_and_again(qp.param, qp.scale_param.exp(), bits, noise,
-                                           qp.group_size, mult)
-        return channel_noisy_and_again(qp.param, unit, noise, qp.group_size, mult)
+        return [functools.partial(self._grid.noisy, qp, b, u, noise, sign * half)
+                for qp, b, u, (noise, sign) in zip(
+                    unique, bits.split([qp.n_groups for qp in unique]), units, windows,
+                    strict=True)]
 
     def _frozen_weight(self, qp: QParam):
-        """(``qp``'s weight truly quantized at its rounded widths, straight-through; no recipe)."""
-        if self.grid == "learned":  # the scales keep learning, LSQ-style
-            half = torch.exp2(grids.per_group(self._true_bits(qp), qp.numel, qp.group_size) - 1.0)
-            alpha = grids.per_row(qp.scale_param.exp(), qp.param.shape)
-            return grids.learned_fake(qp.param, alpha, half), None
-        if self.grid == "channel":
-            with torch.no_grad():
-                q = self._dequantized(qp)
-            return qp.param + (q - qp.param).detach(), None
-        return straight_through(qp.param, self._true_bits(qp), qp.group_size), None
+        """(``qp``'s weight truly quantized at its rounded widths, straight-through; no recipe);
+        a learned grid's scales keep learning, LSQ-style."""
+        return self._grid.fake(qp, self._true_bits(qp)), None
 
     def noise_state_dict(self) -> dict:
         """State of the noise source (for exact resumption of a training run)."""
@@ -247,10 +197,9 @@ class DiffQuantizer(BaseQuantizer):
 
     def _encode(self, qp: QParam, bits: torch.Tensor | None = None) -> dict:
         bits = self._true_bits(qp) if bits is None else bits
-        if self.grid != "minmax":
-            return grids.encode(self.grid, qp, bits, alpha=qp.scale_param)
-        levels, low, high, _ = minmax_levels(qp.param.reshape(-1), bits, qp.group_size)
-        return {"scheme": "minmax", "levels": levels, "bits": bits, "low": low, "high": high}
+        if qp.scale_param is not None:
+            return self._grid.encode(qp, bits, alpha=qp.scale_param)
+        return self._grid.encode(qp, bits)
 
     # ------------------------------------------------------------ size
     def refresh_file_tables(self) -> CodedTables:
@@ -260,7 +209,9 @@ class DiffQuantizer(BaseQuantizer):
         return self._tables
 
     def model_size(self, exact: bool = False, file: bool = False) -> torch.Tensor:
-        """Differentiable size in MB: learned bits of every weight, headers, kept floats.
+        """Differentiable size in MB: learned bits of every weight, plus the headers and kept
+        floats as the true size counts them (``sizes.py``: the headers follow the rounded
+        widths, so they carry no gradient).
 
         Args:
             exact: use the rounded bits of true quantization (not differentiable).
@@ -282,17 +233,18 @@ class DiffQuantizer(BaseQuantizer):
             groups = torch.tensor([qp.n_groups for qp in unique], device=device)
             self._shape_cache = (key, lengths.float(), groups)
             self._group_counts = [qp.n_groups for qp in unique]
+            self._side = sum(self._side_bits(qp) for qp in unique)
         _, lengths, groups = self._shape_cache
         if file:
             if self._tables is None:
                 self.refresh_file_tables()
             return self._tables.size_bits(bits + self.extra_bits, groups, lengths) / MIB_BITS
         payload = torch.dot(bits, lengths)
-        # Per tensor: min/max (64 bits) + header (8) + each group's width in bits_bits bits,
-        # bits_bits = bits needed for round(max bits) - min_bits. One fused multi-tensor max
-        # (segment_reduce is 20x slower on CPU), on device: no host sync.
-        top = torch.stack(torch._foreach_max(list(bits.detach().split(self._group_counts))))
-        bits_bits = torch.ceil(torch.log2(1 + (torch.round(top) - self.min_bits).clamp_min(0)))
-        side = 0 if self.grid == "minmax" else sum(self._side_bits(qp) for qp in unique)
-        headers = HEADER_BITS * len(unique) + side + torch.dot(bits_bits, groups.float())
+        # The true size's header rule, on the widths as true quantization rounds them. One
+        # fused multi-tensor max and min (segment_reduce is 20x slower on CPU), on device.
+        rounded = torch.clamp(torch.round(bits.detach() + self.extra_bits), 1, 15)
+        parts = list(rounded.split(self._group_counts))
+        spread = torch.stack(torch._foreach_max(parts)) + torch.stack(
+            torch._foreach_max(torch._foreach_neg(parts)))
+        headers = header_bits(spread, groups, self._side)
         return (payload + headers + self._float_bits()) / MIB_BITS

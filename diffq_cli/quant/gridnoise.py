@@ -1,7 +1,6 @@
-"""DiffQ's noisy training weight on the per-channel grids, without weight-sized autograd state.
+"""DiffQ's noisy training weight on the learned grid, without weight-sized autograd state.
 
-``channel`` (``ChannelNoisy``, at the end): the weight plus noise scaled by each row's span.
-``learned``: the weight is clamped to the range true quantization keeps, ``[-alpha + step/2,
+The weight is clamped to the range true quantization keeps, ``[-alpha + step/2,
 alpha - step/2]`` (the mid-rise levels' extremes) with ``step = alpha * 2**(1 - b)`` (``alpha``
 per output row, ``b`` per group), plus noise scaled by the same step. Written with plain
 autograd ops this keeps five or six weight-sized float tensors per layer alive until the
@@ -21,8 +20,8 @@ import math
 
 import torch
 
-from diffq_cli.quant.grids import channel_noisy, per_group, per_row, rows_of
-from diffq_cli.quant.ops import group_sums, sparse_at
+from diffq_cli.quant.grids import per_group, per_row, rows_of
+from diffq_cli.quant.ops import group_sums
 
 CHUNK = 1 << 18  # values per slice of rows (1 MiB of float32): passes stay in cache
 
@@ -160,78 +159,5 @@ def learned_noisy_and_again(weight, alpha, bits, noise, group_size: int, mult: f
     def again() -> torch.Tensor:
         with torch.no_grad():
             return _noisy(weight, alpha, bits, noise, group_size, mult)
-
-    return out, again
-
-
-class ChannelNoisy(torch.autograd.Function):
-    """DiffQ's training weight on the ``channel`` grid, ``w + noise * unit * mult * span`` with
-    ``span`` the max - min of each value's row, for a weight whose rows hold whole groups.
-
-    Plain autograd (``grids.channel_noisy``) expands the unit and the span to every value and
-    keeps those copies until the backward (P1 1.8x the float step on resnet18). Here they stay
-    one value per group and per row; the backward gives ``w`` the incoming gradient itself plus
-    the span's term on the two extremes of each row, as a sparse tensor for the second input
-    (``range_weight`` is ``weight`` again, so autograd adds it in place: no weight-sized copy).
-    ``span`` and ``extremes`` (flat indices of each row's max and min) come from one range pass
-    (``_channel_range``), constants here."""
-
-    @staticmethod
-    def forward(ctx, range_weight, weight, unit, noise, span, extremes, group_size, mult):
-        ctx.save_for_backward(weight, unit, noise, span, extremes)
-        ctx.group_size, ctx.mult = group_size, mult
-        return _channel_noisy(weight, unit, noise, span, group_size, mult)
-
-    @staticmethod
-    def backward(ctx, grad):
-        weight, unit, noise, span, extremes = ctx.saved_tensors
-        rows = span.shape[0]
-        g = grad.reshape(rows, -1, ctx.group_size).float()
-        # r[row, group] = sum over the group of grad * noise: the derivative wrt its factor.
-        r = torch.einsum("rgk,rgk->rg", g, noise.view(g.shape))
-        grad_unit = (r * (span * ctx.mult)[:, None]).reshape(-1).to(unit.dtype)
-        grad_range = None
-        if ctx.needs_input_grad[0]:
-            dspan = (r * unit.view(rows, -1)).sum(1).mul_(ctx.mult)  # d out / d span, per row
-            grad_range = sparse_at(extremes, torch.cat([dspan, -dspan]).to(grad.dtype),
-                                   weight.shape)
-        grad_weight = grad if ctx.needs_input_grad[1] else None
-        return grad_range, grad_weight, grad_unit, None, None, None, None, None
-
-
-def _channel_range(weight):
-    """(span = max - min per row, flat indices of each row's max then each row's min)."""
-    rows, cols = rows_of(weight.shape)
-    flat = weight.detach().reshape(rows, cols)
-    flat = flat if flat.dtype == torch.float32 else flat.float()
-    # max / min with indices: one pass each (aminmax over a dim is ~20x slower on a CPU).
-    high, imax = flat.max(1)
-    low, imin = flat.min(1)
-    base = torch.arange(rows, device=flat.device) * cols
-    return high - low, torch.cat([base + imax, base + imin])
-
-
-def _channel_noisy(weight, unit, noise, span, group_size: int, mult: float) -> torch.Tensor:
-    rows = span.shape[0]
-    w = weight.detach().reshape(rows, -1, group_size).float()
-    factor = unit.detach().view(rows, -1, 1) * (span * mult).view(-1, 1, 1)
-    return torch.addcmul(w, noise.view(w.shape), factor).view(weight.shape).to(weight.dtype)
-
-
-def channel_noisy_and_again(weight, unit, noise, group_size: int, mult: float):
-    """The ``channel`` grid's noisy weight (``ChannelNoisy`` when every row holds whole groups,
-    else plain autograd over per-value copies) and a function computing it again without
-    autograd, or None. ``unit``: one per group."""
-    if rows_of(weight.shape)[1] % group_size:  # groups straddle rows (rare, small layers)
-        unit_e = per_group(unit, weight.numel(), group_size)
-        return channel_noisy(weight, unit_e, noise, mult), None
-    with torch.no_grad():
-        span, extremes = _channel_range(weight)
-    out = ChannelNoisy.apply(weight, weight, unit, noise, span, extremes, group_size, mult)
-    unit = unit.detach()
-
-    def again() -> torch.Tensor:
-        with torch.no_grad():
-            return _channel_noisy(weight, unit, noise, span, group_size, mult)
 
     return out, again

@@ -1,21 +1,25 @@
-"""Per-channel quantization grids shared by every method: ``channel`` and ``learned``.
+"""The quantization grids, one object each, shared by every method: ``minmax`` and ``learned``.
 
-``minmax`` (the reference grid, ``ops.minmax_levels``) spans each tensor's [min, max]. Here a
-channel is a row of the weight (dim 0, the output channel; a 1-D tensor is one row):
+A grid quantizes (``encode``: integer levels and what decodes them), dequantizes (``decode``
+in ``state.py``, by the entry's scheme), draws DiffQ's training weight (``noisy``), gives the
+straight-through weight of true quantization (``fake``), counts its side information
+(``side_bits``) and prices a group's range (``group_range``, for ``allocate.py``). ``get(name)``
+is the one place a grid's name is looked up.
 
-- ``channel``: each row's own [min, max] (stored as two float16 per row), ``2**b - 1`` steps.
-- ``learned``: a zero-centred clipped range ``alpha`` per row (float16), shared by every width of
-  the row: a group of ``b`` bits uses ``step = alpha / 2**(b-1)`` and ``2**b`` levels placed
-  symmetrically between the multiples of the step (mid-rise), ``q = clamp(round(w / step -
-  1/2), -2**(b-1), 2**(b-1) - 1)``, ``value = (q + 1/2) * step``: the range is ``[-alpha +
-  step/2, alpha - step/2]``. Every value up to 7 bits is thus an odd multiple of ``alpha /
-  2**b``. Levels are stored offset to non-negative, ``q + 2**(b-1)``, so they pack on ``b`` bits
-  like the other schemes; the entry's ``offset`` is 1 (half steps added to ``q``).
-  Files written before the mid-rise levels have ``offset`` 0: ``value = q * step`` (one more
-  level below zero than above, a zero level), and still decode so. Mid-rise has 20 % less
-  squared error on a trained resnet18's weights at 2 bits, 8 % at 3, 3 % at 4 (``python
-  bench/grid_bench.py mse --weights ...``): the zero-level grid spends its fourth 2-bit level
-  on one side only.
+- ``minmax`` (the reference's, ``ops.minmax_levels``): each tensor's [min, max], ``2**b - 1``
+  steps, no side information besides the header.
+- ``learned``: a zero-centred clipped range ``alpha`` per row (dim 0, the output channel; a 1-D
+  tensor is one row), float16, shared by every width of the row: a group of ``b`` bits uses
+  ``step = alpha / 2**(b-1)`` and ``2**b`` levels placed symmetrically between the multiples of
+  the step (mid-rise), ``q = clamp(round(w / step - 1/2), -2**(b-1), 2**(b-1) - 1)``, ``value =
+  (q + 1/2) * step``: the range is ``[-alpha + step/2, alpha - step/2]``. Levels are stored
+  offset to non-negative, ``q + 2**(b-1)``, so they pack on ``b`` bits like the other schemes;
+  the entry's ``offset`` is 1 (half steps added to ``q``). Files written before the mid-rise
+  levels have ``offset`` 0: ``value = q * step`` (a zero level), and still decode so. Mid-rise
+  has 20 % less squared error on a trained resnet18's weights at 2 bits, 8 % at 3, 3 % at 4.
+
+Files on the per-row min/max grid (scheme ``channel``, no longer trained: the learned grid beat
+it for every method, in smaller files) keep decoding through ``channel_dequantize``.
 
 Groups of ``group_size`` values run along the flat weight and may straddle two rows: every
 kernel works per element, with the group's width and the row's scale each expanded to it.
@@ -27,7 +31,8 @@ import math
 
 import torch
 
-GRIDS = ("minmax", "channel", "learned")
+from diffq_cli.quant.ops import minmax_levels, noisy_weight_and_again, straight_through
+
 # Clip ratios (of the row's max |w|) searched for an MSE-optimal ``alpha``; above 1 because the
 # top level is ``alpha - step / 2``.
 CLIP_RATIOS = [0.05 * k for k in range(2, 26)]
@@ -35,24 +40,11 @@ RISE = 1  # ``offset`` of the learned levels written now: half steps added to q 
 _HALF_TINY = 2.0**-14  # smallest normal float16: scales stay representable and non-zero
 
 
-def check_grid(grid: str) -> str:
-    """``grid`` if it is a known grid, else ValueError naming the choices."""
-    if grid not in GRIDS:
-        raise ValueError(f"grid must be one of {', '.join(GRIDS)}, got {grid!r}")
-    return grid
-
-
 def rows_of(shape) -> tuple[int, int]:
     """(rows, values per row) of a weight: dim 0 is the channel; a 1-D tensor is one row."""
     numel = math.prod(shape)
     rows = shape[0] if len(shape) >= 2 and shape[0] > 0 else 1
     return rows, numel // rows
-
-
-def side_bits(grid: str, shape) -> int:
-    """Bits of per-channel side information a tensor of ``shape`` stores on ``grid``."""
-    rows = rows_of(shape)[0]
-    return {"minmax": 0, "channel": 32 * rows, "learned": 16 * rows}[grid]
 
 
 def per_group(x: torch.Tensor, numel: int, group_size: int) -> torch.Tensor:
@@ -79,20 +71,10 @@ def _narrow(levels: torch.Tensor, top: float) -> torch.Tensor:
     return levels.to(torch.uint8 if top < 255.5 else torch.int16)
 
 
-# ------------------------------------------------------------------ channel: per-row min/max
-def channel_levels(flat, shape, bits, group_size: int, qmax=None):
-    """(levels (narrow integers), scales (rows, 2) float16 of [low, high]) of a flat weight."""
-    flat = flat.detach().float()
-    rows = rows_of(shape)[0]
-    low, high = torch.aminmax(flat.view(rows, -1), dim=1)
-    scales = torch.stack([low, high], 1).half()
-    low_e, delta, qmax_e = _channel_steps(scales, bits, shape, group_size, qmax)
-    levels = torch.minimum(((flat - low_e) / delta).round_().clamp_min_(0), qmax_e)
-    return _narrow(levels, float(qmax_e.max()) if qmax_e.numel() else 0.0), scales
-
-
+# ------------------------------------------------------------------ channel: files only
 def channel_dequantize(levels, scales, bits, shape, group_size: int, qmax=None):
-    """Float32 flat values of ``channel_levels``' output."""
+    """Float32 flat values of a ``channel`` entry: per row [low, high] (float16 ``scales``),
+    ``qmax`` (or ``2**b - 1``) steps between them."""
     low_e, delta, _ = _channel_steps(scales, bits, shape, group_size, qmax)
     return levels.float() * delta + low_e
 
@@ -144,14 +126,6 @@ def learned_fake(weight, alpha_e, half_e):
     return ((q + 0.5) * step).view(weight.shape).to(weight.dtype)
 
 
-def channel_noisy(weight, unit_e, noise, mult: float):
-    """DiffQ's training weight on per-row min/max ranges: ``w + noise * unit * span_row``."""
-    w = weight.reshape(-1).float()
-    rows = w.view(rows_of(weight.shape)[0], -1)
-    span = per_row(rows.amax(1) - rows.amin(1), weight.shape)
-    return (w + noise * unit_e * span * mult).view(weight.shape).to(weight.dtype)
-
-
 def mse_alpha(flat, shape, bits: float, ratios=None) -> torch.Tensor:
     """Per-row ``alpha`` minimising the squared error of the ``learned`` grid at ``bits``,
     searched over clip ratios of the row's largest magnitude (float32, not yet rounded)."""
@@ -172,27 +146,102 @@ def mse_alpha(flat, shape, bits: float, ratios=None) -> torch.Tensor:
     return best
 
 
-def encode(grid: str, qp, bits, alpha=None, qmax=None) -> dict:
-    """A quantizer's ``_encode`` on a per-channel grid: levels, widths and float16 scales.
+class MinMax:
+    """Each tensor's [min, max] (the reference's grid)."""
 
-    Args:
-        qp: the QParam; bits: integer width per group.
-        alpha: ``learned`` only: log of the scales (a parameter), or None for the per-row
-            MSE-optimal clip at the first group's width (uniform quantization).
-        qmax: ``channel`` only: the largest level (fractional uniform bits), else ``2**b - 1``.
-    """
-    flat, shape = qp.param.detach().reshape(-1), tuple(qp.param.shape)
-    enc = {"scheme": grid, "bits": bits, "shape": shape}
-    if grid == "channel":
-        enc["levels"], enc["scales"] = channel_levels(flat, shape, bits, qp.group_size, qmax)
+    name = "minmax"
+
+    def side_bits(self, shape) -> int:
+        return 0
+
+    def init_scale(self, qp, bits: float):
+        """The learned scale parameter's start (None: this grid learns no scale)."""
+        return None
+
+    def encode(self, qp, bits, qmax=None) -> dict:
+        levels, low, high, _ = minmax_levels(qp.param.reshape(-1), bits, qp.group_size, qmax)
+        enc = {"scheme": "minmax", "levels": levels, "bits": bits, "low": low, "high": high}
         if qmax is not None:
             enc["qmax"] = qmax
         return enc
-    if alpha is None:
-        scales = to_half(mse_alpha(flat, shape, float(bits[0])))
-    else:
-        scales = to_half(alpha.detach().float().exp())
-    enc["levels"] = learned_levels(flat, shape, bits, qp.group_size, scales)
-    enc["scales"] = scales.half()
-    enc["offset"] = RISE
-    return enc
+
+    def noisy(self, qp, bits, unit, noise, mult: float):
+        """(DiffQ's noisy training weight, its recompute function or None)."""
+        return noisy_weight_and_again(qp.param, unit, noise, qp.group_size, mult)
+
+    def fake(self, qp, bits, qmax=None) -> torch.Tensor:
+        """The truly quantized weight with a straight-through gradient to the weight."""
+        return straight_through(qp.param, bits, qp.group_size, qmax)
+
+    def group_range(self, qp) -> torch.Tensor:
+        """Range of each group's grid (float64, CPU)."""
+        w = qp.param.detach().float()
+        return torch.full((qp.n_groups,), float(w.max() - w.min()), dtype=torch.float64)
+
+
+class Learned:
+    """A clipped zero-centred range ``alpha`` per row, learned (see the module docstring); a
+    quantizer without a learned scale (uniform) takes the per-row MSE-optimal one."""
+
+    name = "learned"
+
+    def side_bits(self, shape) -> int:
+        return 16 * rows_of(shape)[0]
+
+    def init_scale(self, qp, bits: float):
+        """log(alpha) per row: the MSE-optimal clip for ``bits``."""
+        return mse_alpha(qp.param.reshape(-1), qp.param.shape, round(bits)).log()
+
+    def encode(self, qp, bits, alpha=None) -> dict:
+        """``alpha``: the log of the scales (a parameter), or None for the per-row MSE-optimal
+        clip at the first group's width (uniform quantization)."""
+        flat, shape = qp.param.detach().reshape(-1), tuple(qp.param.shape)
+        if alpha is None:
+            scales = to_half(mse_alpha(flat, shape, float(bits[0])))
+        else:
+            scales = to_half(alpha.detach().float().exp())
+        return {"scheme": "learned", "bits": bits, "shape": shape, "scales": scales.half(),
+                "levels": learned_levels(flat, shape, bits, qp.group_size, scales),
+                "offset": RISE}
+
+    def noisy(self, qp, bits, unit, noise, mult: float):
+        from diffq_cli.quant.gridnoise import learned_noisy_and_again
+
+        return learned_noisy_and_again(qp.param, qp.scale_param.exp(), bits, noise,
+                                       qp.group_size, mult)
+
+    def fake(self, qp, bits, qmax=None) -> torch.Tensor:
+        """With a learned scale, LSQ-style (gradients to the scale too); without one, the
+        per-row MSE clip's levels, straight through to the weight."""
+        if qp.scale_param is None:
+            with torch.no_grad():
+                enc = self.encode(qp, bits)
+                q = learned_dequantize(enc["levels"], enc["scales"], bits, enc["shape"],
+                                       qp.group_size)
+            return qp.param + (q.view(qp.param.shape).to(qp.param.dtype) - qp.param).detach()
+        half = torch.exp2(per_group(bits, qp.numel, qp.group_size) - 1.0)
+        alpha = per_row(qp.scale_param.exp(), qp.param.shape)
+        return learned_fake(qp.param, alpha, half)
+
+    def group_range(self, qp) -> torch.Tensor:
+        rows, per_row_ = rows_of(qp.param.shape)
+        if qp.scale_param is not None:
+            row_range = 2.0 * qp.scale_param.detach().exp().float().reshape(rows)
+        else:
+            row_range = 2.0 * mse_alpha(qp.param.reshape(-1), qp.param.shape, 8)
+        # A group belongs to the row of its first weight (rows hold whole groups on every layer
+        # whose row length is a multiple of the group size; otherwise this is the nearest row).
+        first = torch.arange(qp.n_groups) * qp.group_size
+        return row_range.double().cpu()[first // per_row_]
+
+
+GRIDS = {"minmax": MinMax(), "learned": Learned()}
+
+
+def get(name: str):
+    """The grid called ``name``, or ValueError naming the choices."""
+    if name not in GRIDS:
+        hint = " (the per-channel min/max grid was removed: use 'learned')" \
+            if name == "channel" else ""
+        raise ValueError(f"grid must be one of {', '.join(GRIDS)}, got {name!r}{hint}")
+    return GRIDS[name]

@@ -12,10 +12,9 @@ quantized collapsed to chance. The state stores each tensor's grid as its ``offs
 are stored non-negative, ``value = (level - offset) * step``), so states written before this
 grid existed decode unchanged.
 
-With ``grid="channel"`` or ``"learned"`` each output channel (row) learns its own step on the
-signed grid, and the state stores it as the ``learned`` scheme of ``grids.py`` (``alpha = step *
-2**(b-1)`` per row, float16). ``channel`` starts each step at the paper's init on the row,
-``learned`` at the row's MSE-optimal clip.
+With ``grid="learned"`` each output channel (row) learns its own step on the signed grid,
+starting at the row's MSE-optimal clip, and the state stores it as the ``learned`` scheme of
+``grids.py`` (``alpha = step * 2**(b-1)`` per row, float16).
 """
 
 import math
@@ -27,7 +26,7 @@ from diffq_cli.quant import grids
 from diffq_cli.quant.base import BaseQuantizer
 from diffq_cli.quant.params import QParam
 from diffq_cli.quant.registry import register
-from diffq_cli.quant.state import HEADER_BITS
+from diffq_cli.quant.sizes import fixed_bits
 from diffq_cli.units import MIB_BITS
 
 
@@ -50,8 +49,8 @@ class LSQ(BaseQuantizer):
         suffix: name suffix of the registered parameters (``weight_lsq``), each the log of
             a tensor's step.
         min_size, float16, exclude, detect_bound: as in ``DiffQuantizer``.
-        grid: "minmax" (one step per tensor, the paper's), "channel" or "learned" (one step
-            per output channel; see the module docstring).
+        grid: "minmax" (one step per tensor, the paper's) or "learned" (one step per output
+            channel; see the module docstring).
     """
 
     def __init__(
@@ -65,12 +64,13 @@ class LSQ(BaseQuantizer):
         detect_bound: bool = True,
         grid: str = "minmax",
     ):
-        self.grid = grids.check_grid(grid)
+        self._set_grid(grid)
+        self._rows = grid == "learned"  # a step per output row, on the learned grid's scheme
         if int(bits) != bits or not 2 <= bits <= 15:
             raise ValueError(f"LSQ bits must be an integer between 2 and 15, got {bits}")
         self.bits, self.suffix = int(bits), suffix
         self._qn, self._qp = 2 ** (self.bits - 1), 2 ** (self.bits - 1) - 1
-        self._grid: dict[int, tuple[int, int]] = {}  # id(QParam) -> (lowest, highest) level
+        self._level_range: dict[int, tuple[int, int]] = {}  # id(QParam) -> (lowest, highest) level
         super().__init__(model, min_size, float16, exclude, detect_bound, group_size=0)
 
     def _config(self) -> dict:
@@ -78,13 +78,13 @@ class LSQ(BaseQuantizer):
 
     def _levels(self, qp: QParam) -> tuple[int, int]:
         """(lowest, highest) integer level of ``qp``'s grid, decided once at attach time."""
-        return self._grid[id(qp)]
+        return self._level_range[id(qp)]
 
     def _side_bits(self, qp: QParam) -> int:
-        return 0 if self.grid == "minmax" else grids.side_bits("learned", qp.param.shape)
+        return self._grid.side_bits(qp.param.shape)
 
     def _prepare(self, qp: QParam) -> None:
-        if self.grid != "minmax":
+        if self._rows:
             self._prepare_rows(qp)
             return
         with torch.no_grad():
@@ -92,7 +92,7 @@ class LSQ(BaseQuantizer):
         top = 2**self.bits - 1
         # One-signed tensors (a zero tensor counts as non-negative) use every level on their side.
         grid = (0, top) if lo >= 0 else (-top, 0) if hi <= 0 else (-self._qn, self._qp)
-        self._grid[id(qp)] = grid
+        self._level_range[id(qp)] = grid
         with torch.no_grad():
             # The paper's init, with the grid's largest level (a min/max init of one-signed
             # grids trained worse: 75 % against 92 % in tests/quant/test_lsq.py's model).
@@ -107,20 +107,16 @@ class LSQ(BaseQuantizer):
 
     def _prepare_rows(self, qp: QParam) -> None:
         """One log step per output channel on the signed grid."""
-        self._grid[id(qp)] = (-self._qn, self._qp)
+        self._level_range[id(qp)] = (-self._qn, self._qp)
         flat, shape = qp.param.detach().float().reshape(-1), qp.param.shape
         with torch.no_grad():
-            if self.grid == "learned":
-                step = grids.mse_alpha(flat, shape, self.bits) / self._qn
-            else:
-                rows = flat.view(grids.rows_of(shape)[0], -1)
-                step = 2 * rows.abs().mean(1) / math.sqrt(self._qp)
+            step = grids.mse_alpha(flat, shape, self.bits) / self._qn
         qp.bit_param = nn.Parameter(step.clamp_min(1e-8).log())
         module, attr = qp.bindings[0]
         module.register_parameter(attr + self.suffix, qp.bit_param)
 
     def _fake_quant(self, qp: QParam) -> torch.Tensor:
-        if self.grid != "minmax":
+        if self._rows:
             cols = grids.rows_of(qp.param.shape)[1]
             step = _grad_scale(qp.bit_param.float().exp(), 1 / math.sqrt(cols * self._qp))
             alpha = grids.per_row(step * self._qn, qp.param.shape)
@@ -140,9 +136,9 @@ class LSQ(BaseQuantizer):
         return torch.full((qp.n_groups,), self.bits, dtype=torch.int64)
 
     def _encode(self, qp: QParam) -> dict:
-        if self.grid != "minmax":
+        if self._rows:
             log_alpha = qp.bit_param.detach() + math.log(self._qn)
-            return grids.encode("learned", qp, self._true_bits(qp), alpha=log_alpha)
+            return self._grid.encode(qp, self._true_bits(qp), alpha=log_alpha)
         step = qp.bit_param.detach().float().exp().reshape(())
         low, high = self._levels(qp)
         levels = torch.clamp(torch.round(qp.param.detach().float().reshape(-1) / step), low, high)
@@ -161,6 +157,6 @@ class LSQ(BaseQuantizer):
         if file:
             return torch.tensor(self.file_model_size())
         total = self._float_bits() + sum(
-            self.bits * qp.numel + HEADER_BITS + self._side_bits(qp) for qp in self._qparams
+            fixed_bits(self.bits, qp.numel, self._side_bits(qp)) for qp in self._qparams
         )
         return torch.tensor(total / MIB_BITS)

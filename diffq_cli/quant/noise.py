@@ -1,9 +1,9 @@
 """Sources of the unit noise that DiffQ scales per group during training.
 
-``fresh`` draws new ``torch.randn`` / ``torch.rand`` values for every weight at every step: exact,
-but on CPU drawing 11.7M normals costs about a quarter of a ResNet-18 training step.
-
-``pool`` (the default) keeps a few pre-generated chunks of exact N(0, 1) (or U(-1/2, 1/2)) values.
+Drawing new ``torch.randn`` values for every weight at every step is exact, but on CPU 11.7M
+normals cost about a quarter of a ResNet-18 training step (and fresh noise measured within the
+seeds' spread of the pool). The pool keeps a few pre-generated chunks of exact N(0, 1) (or
+U(-1/2, 1/2)) values.
 Each parameter reads a window of one chunk at a fresh random offset, with a random sign, every
 step, and one chunk is partly redrawn every step. Each weight thus sees an exactly distributed
 noise value, drawn from millions of candidates, that changes every step; only the correlation
@@ -82,30 +82,4 @@ class NoisePool:
     def to(self, device: torch.device) -> "NoisePool":
         self.device = device
         self.chunks = [c.to(device) for c in self.chunks]
-        return self
-
-
-class FreshNoise:
-    """Fresh noise at every step (exact reference behaviour, slower on CPU)."""
-
-    def __init__(self, kind: str, device: torch.device):
-        self.kind = kind
-        self.device = device
-
-    def refresh(self) -> None:
-        pass
-
-    def windows(self, sizes: list[int]) -> list[tuple[torch.Tensor, float]]:
-        if self.kind == "gaussian":
-            return [(torch.randn(n, device=self.device), 1.0) for n in sizes]
-        return [(torch.rand(n, device=self.device).sub_(0.5), 1.0) for n in sizes]
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-    def to(self, device: torch.device) -> "FreshNoise":
-        self.device = device
         return self

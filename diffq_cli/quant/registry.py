@@ -1,14 +1,13 @@
 """Quantization methods by name: ``register`` a quantizer class once, ``build`` it from settings.
 
-A method is one quantizer class and one ``@register("name")``: ``build`` passes it the settings
-its constructor accepts (by signature, so a recipe's flat ``quant`` section serves every method)
-plus the registration's fixed arguments, and the constructor validates them.
+A method is one quantizer class and one ``@register("name")``: ``build`` passes it the given
+settings plus the registration's fixed arguments, and the constructor validates them. A setting
+the method does not take is an error (a TypeError naming it), never silently dropped.
 
 Example:
     >>> quantizer = build("diffq", model, {"group_size": 8, "min_size": 0.01})
 """
 
-import inspect
 from collections.abc import Mapping
 
 _METHODS: dict[str, tuple[type, dict]] = {}
@@ -30,19 +29,11 @@ def methods() -> list[str]:
     return sorted(_METHODS)
 
 
-def settings_for(name: str, settings: Mapping) -> dict:
-    """The subset of ``settings`` that method ``name``'s constructor takes, plus its fixed ones."""
-    cls, fixed = _lookup(name)
-    accepted = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in settings.items() if k in accepted and k not in ("self", "model")}
-    return {**kwargs, **fixed}
-
-
 def build(name: str, model, settings: Mapping):
     """The quantizer of method ``name`` attached to ``model``, configured from ``settings``."""
-    cls, _ = _lookup(name)
-    kwargs = settings_for(name, settings)
-    if "exclude" in kwargs and kwargs["exclude"] is not None:
+    cls, fixed = _lookup(name)
+    kwargs = {**settings, **fixed}
+    if kwargs.get("exclude") is not None:
         kwargs["exclude"] = list(kwargs["exclude"])
     return cls(model, **kwargs)
 

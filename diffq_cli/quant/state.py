@@ -36,33 +36,6 @@ FORMAT = "diffq_cli.quantized_state"
 VERSION = 1
 
 
-# Per quantized tensor: min and max as two float32 plus one byte of header.
-HEADER_BITS = 72
-
-
-def tensor_bits(bits: torch.Tensor, numel: int, group_size: int, side: int = 0
-                ) -> tuple[int, int]:
-    """(payload, total) bits of one quantized tensor with integer widths ``bits`` per group.
-
-    The total adds ``HEADER_BITS``, ``side`` (per-channel scales, see ``grids.side_bits``) and
-    each group's width packed on as many bits as the spread of widths needs;
-    ``true_model_size()`` and the size report of a saved state both count this way.
-    """
-    lengths = group_lengths(numel, group_size, bits.device)
-    payload = int((bits.to(torch.int64) * lengths).sum())
-    spread = int(bits.max() - bits.min()) if bits.numel() else 0
-    return payload, payload + HEADER_BITS + side + spread.bit_length() * bits.numel()
-
-
-def group_lengths(numel: int, group_size: int, device=None) -> torch.Tensor:
-    """Number of values in each group (the last one may be shorter)."""
-    groups = -(-numel // group_size)
-    lengths = torch.full((groups,), group_size, dtype=torch.int64, device=device)
-    if groups:
-        lengths[-1] = numel - (groups - 1) * group_size
-    return lengths
-
-
 def decode(enc: dict, numel: int, group_size: int) -> torch.Tensor:
     """Float32 flat values from an encoding made by a quantizer's ``_encode``."""
     if enc["scheme"] == "lsq":
@@ -71,7 +44,7 @@ def decode(enc: dict, numel: int, group_size: int) -> torch.Tensor:
         scales = enc["scales"].float()
         return grids.learned_dequantize(enc["levels"], scales, enc["bits"], enc["shape"],
                                         group_size, int(enc.get("offset", grids.RISE)))
-    if enc["scheme"] == "channel":
+    if enc["scheme"] == "channel":  # files written when that grid was trained
         return grids.channel_dequantize(enc["levels"], enc["scales"], enc["bits"], enc["shape"],
                                         group_size, enc.get("qmax"))
     qmax = enc.get("qmax")

@@ -3,14 +3,8 @@
 import torch
 
 from diffq_cli.quant.pack import unpack_levels
-from diffq_cli.quant.state import (
-    HEADER_BITS,
-    entry_group_bits,
-    entry_levels_data,
-    group_lengths,
-    numel_of,
-    tensor_bits,
-)
+from diffq_cli.quant.sizes import HEADER_BITS, group_lengths, tensor_bits
+from diffq_cli.quant.state import entry_group_bits, entry_levels_data, numel_of
 from diffq_cli.units import MIB_BITS, compression
 
 

@@ -3,12 +3,10 @@
 import torch
 from torch import nn
 
-from diffq_cli.quant import grids
 from diffq_cli.quant.base import BaseQuantizer
-from diffq_cli.quant.ops import minmax_levels, straight_through
 from diffq_cli.quant.params import QParam
 from diffq_cli.quant.registry import register
-from diffq_cli.quant.state import HEADER_BITS
+from diffq_cli.quant.sizes import fixed_bits
 from diffq_cli.units import MIB_BITS
 
 
@@ -24,9 +22,9 @@ class UniformQuantizer(BaseQuantizer):
             pass straight through the rounding (straight-through estimator). Without it, training
             uses the float weights and only evaluation is quantized.
         min_size, float16, exclude, detect_bound: as in ``DiffQuantizer``.
-        grid: "minmax" (the tensor's [min, max]), "channel" (each output channel's) or
-            "learned" (each output channel clipped at its MSE-optimal zero-centred range,
-            searched again at every quantization; needs whole ``bits``, 1 included).
+        grid: "minmax" (the tensor's [min, max]) or "learned" (each output channel clipped at
+            its MSE-optimal zero-centred range, searched again at every quantization; needs
+            whole ``bits``, 1 included).
     """
 
     def __init__(
@@ -42,11 +40,11 @@ class UniformQuantizer(BaseQuantizer):
     ):
         if not 1 <= bits <= 15:
             raise ValueError(f"bits must be between 1 and 15, got {bits}")
-        self.grid = grids.check_grid(grid)
+        self._set_grid(grid)
         if grid == "learned" and bits != int(bits):  # 1 bit: +-alpha/2 (mid-rise levels)
             raise ValueError(
                 f"grid='learned' needs whole bits, got {bits}; "
-                "use grid='channel' for fractional bits")
+                "use grid='minmax' for fractional bits")
         self.bits, self.qat = float(bits), bool(qat)
         self._qmax = 2.0**self.bits - 1
         # Integer width that holds the largest level round(2**bits - 1).
@@ -61,29 +59,17 @@ class UniformQuantizer(BaseQuantizer):
 
     def _encode(self, qp: QParam) -> dict:
         bits = self._true_bits(qp)
-        if self.grid != "minmax":
-            qmax = self._qmax if self.grid == "channel" else None
-            return grids.encode(self.grid, qp, bits, qmax=qmax)
-        levels, low, high, _ = minmax_levels(qp.param.reshape(-1), bits, qp.group_size, self._qmax)
-        return {
-            "scheme": "minmax",
-            "levels": levels,
-            "bits": bits,
-            "low": low,
-            "high": high,
-            "qmax": self._qmax,
-        }
+        if self.grid == "learned":  # whole bits: the mid-rise levels' own count
+            return self._grid.encode(qp, bits)
+        return self._grid.encode(qp, bits, qmax=self._qmax)
 
     def _train_weights(self):
         if not self.qat:
             return None
-        if self.grid != "minmax":  # straight-through on the per-channel grid
+        if self.grid == "learned":  # straight through the evaluation's own levels
             return [qp.param + (q - qp.param).detach()
                     for qp, q in zip(self._qparams, self._eval_weights(), strict=True)]
-        return [
-            straight_through(qp.param, self._true_bits(qp), qp.group_size, self._qmax)
-            for qp in self._qparams
-        ]
+        return [self._grid.fake(qp, self._true_bits(qp), self._qmax) for qp in self._qparams]
 
     def model_size(self, exact: bool = False, file: bool = False) -> torch.Tensor:
         """Size in MB with ``bits`` per weight (fractional bits counted as they are); with
@@ -91,6 +77,6 @@ class UniformQuantizer(BaseQuantizer):
         if file:
             return torch.tensor(self.file_model_size())
         bits = self._width if exact else self.bits
-        total = self._float_bits() + sum(bits * qp.numel + HEADER_BITS + self._side_bits(qp)
+        total = self._float_bits() + sum(fixed_bits(bits, qp.numel, self._side_bits(qp))
                                          for qp in self._qparams)
         return torch.tensor(total / MIB_BITS)

@@ -6,16 +6,8 @@
   widths barely leave their start.
 - ``noise``: the noise unit ``1 / (2**b - 1)`` interpolated in log space (the reference's other
   option).
-- ``linear``: ``b = x`` clamped to ``[lo, hi]``: Adam moves a width by about the learning rate
-  (in bits) per step, everywhere in the range, so ``optim.bits_lr`` reads as "bits per step"
-  and a recipe can size it to the steps it has. At a bound the gradient is kept only when it
-  points back inside (a projected step), so ``x`` never wanders far outside the range. A
-  width below ``lo + FLOOR_NOISE`` trains with that width's noise (the noise the sigmoid's
-  floor has always had: its start sits ``FLOOR_NOISE`` above ``min_bits``, where its logit
-  can still move), and its gradient passes through that floor straight. Measured: at 2 bits'
-  size on resnet18 / Fashion-MNIST, where every group sits at the floor, linear widths
-  trained at exactly 2 bits' noise lost 0.54 point to the sigmoid (one seed of three 2.4);
-  with this floor they are level (docs/benchmarks.md).
+A width at the floor starts ``FLOOR_NOISE`` above ``min_bits`` (a sigmoid's logit at the bound
+proper would be infinite and never move again).
 """
 
 import math
@@ -23,8 +15,8 @@ import weakref
 
 import torch
 
-MODES = ("bits", "noise", "linear")
-FLOOR_NOISE = 0.3  # bits above min_bits: the least noise a width at the floor trains with
+MODES = ("bits", "noise")
+FLOOR_NOISE = 0.3  # bits above min_bits where a width placed at the floor starts
 
 
 class BitsAndUnit(torch.autograd.Function):
@@ -42,10 +34,7 @@ class BitsAndUnit(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lo, hi, mode, *logits):
         flat = torch.cat([x.detach().reshape(-1).float() for x in logits])
-        if mode == "linear":
-            bits = flat.clamp_(lo, hi)
-            unit = torch.exp2(bits.clamp_min(_noise_floor(lo, hi))).sub_(1).reciprocal_()
-        elif mode == "noise":
+        if mode == "noise":
             unit = torch.sigmoid(flat).mul_(hi - lo).add_(lo).exp_()
             bits = unit.reciprocal().add_(1).log2_()
         else:
@@ -62,10 +51,7 @@ class BitsAndUnit(torch.autograd.Function):
         logits = ctx.saved_tensors
         lo, hi = ctx.lo, ctx.hi
         flat = torch.cat([x.reshape(-1).float() for x in logits])
-        if ctx.mode == "linear":
-            grad = _linear_grad(flat, lo, hi, grad_bits, grad_unit)
-        else:
-            grad = _sigmoid_grad(flat, lo, hi, ctx.mode == "noise", grad_bits, grad_unit)
+        grad = _sigmoid_grad(flat, lo, hi, ctx.mode == "noise", grad_bits, grad_unit)
         sizes = [x.numel() for x in logits]
         parts = grad.split(sizes)
         return (None, None, None,
@@ -99,22 +85,6 @@ def _unit_grad(bits, grad_bits, grad_unit):
     return grad
 
 
-def _noise_floor(lo, hi) -> float:
-    return min(lo + FLOOR_NOISE, hi)
-
-
-def _linear_grad(flat, lo, hi, grad_bits, grad_unit):
-    # Below the noise floor the noise's gradient passes straight through, at the floor's
-    # slope: with none, only the size term would act there and every width that entered
-    # [lo, floor) would slide to lo (measured: the run then drifted 4 % under its aim).
-    bits = flat.clamp(lo, hi).clamp_min_(_noise_floor(lo, hi))
-    grad = _unit_grad(bits, grad_bits, grad_unit)
-    # Projected at the bounds: above ``hi`` only a step down (a positive gradient) passes,
-    # below ``lo`` only a step up.
-    grad = torch.where(flat > hi, grad.clamp_min(0), grad)
-    return torch.where(flat < lo, grad.clamp_max(0), grad)
-
-
 def unit_bounds(min_bits: float, max_bits: float) -> tuple[float, float]:
     """log of the noise unit (1 / (2**b - 1)) at max_bits and at min_bits (``noise`` mode)."""
     return -math.log(2**max_bits - 1), -math.log(2**min_bits - 1)
@@ -122,8 +92,6 @@ def unit_bounds(min_bits: float, max_bits: float) -> tuple[float, float]:
 
 def init_value(mode: str, init_bits: float, min_bits: float, max_bits: float) -> float:
     """The parameter value that gives the width ``init_bits`` in ``mode``."""
-    if mode == "linear":
-        return init_bits
     if max_bits == min_bits:
         return 0.0
     if mode == "bits":

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from diffq_cli.config.load import dump_recipe
 from diffq_cli.fileio import atomic_write, plain_json
-from diffq_cli.run.float_stage import float_start
 from diffq_cli.run.outputs import file_mb_of, row_of, save_run, write_artifact
 from diffq_cli.run.rundir import check_run_dir, output_dir
 from diffq_cli.run.targets import check_targets
@@ -167,6 +166,8 @@ def _start(job: _Job):
         if not job.ctx.resume:  # an earlier run's epochs (even float-stage ones) are not ours
             (job.run_dir / "metrics.jsonl").unlink(missing_ok=True)
     if t.float_epochs:
+        from diffq_cli.run.train import float_start
+
         float_start(model, recipe, job.loaders[0], job.run_dir, job.ctx)
     job.start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     job.float_acc = job.accuracy(model)
@@ -180,7 +181,7 @@ def _diffq_runs(job: _Job) -> tuple[list, list, str]:
     """One DiffQ run per mu or size target, each from the starting weights: (metrics per run,
     the last run's layer rows, its label)."""
     from diffq_cli.quant.summary import summarize_state
-    from diffq_cli.run.train import run_label, train_one
+    from diffq_cli.run.train import run_label, train
 
     t = job.recipe.train
     plans = [(None, x) for x in t.target_mb] or [(mu, None) for mu in t.mu]
@@ -191,8 +192,8 @@ def _diffq_runs(job: _Job) -> tuple[list, list, str]:
         run_dir = job.run_dir if len(plans) == 1 else job.run_dir / sub
         if job.ctx.dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-        result = train_one(job.fresh_model(job.start_weights), job.recipe, mu, job.loaders,
-                           run_dir, job.ctx, target)
+        result = train(job.fresh_model(job.start_weights), job.recipe, job.loaders, run_dir,
+                       job.ctx, mu=mu, target_mb=target)
         quantizer = result["quantizer"]
         state = quantizer.get_quantized_state()
         sizes = summarize_state(state)
@@ -248,7 +249,7 @@ def _trained_rows(job: _Job, runs: list, method: str, table: dict) -> list:
     size (``table``: ``baselines.uniform_sizes``) is nearest each DiffQ result's, same epochs;
     each in ``<method><bits>/``."""
     from diffq_cli.run import baselines
-    from diffq_cli.run.train import train_one
+    from diffq_cli.run.train import train
 
     widths = baselines.baseline_widths(table, [r[job.size_key] for r in runs],
                                        min_bits=2 if method == "lsq" else 1)  # LSQ: signed
@@ -256,8 +257,8 @@ def _trained_rows(job: _Job, runs: list, method: str, table: dict) -> list:
     for bits in widths:
         recipe = baselines.baseline_recipe(job.recipe, method, bits)
         run_dir = job.run_dir / f"{method}{bits}"
-        result = train_one(job.fresh_model(job.start_weights), recipe, 0.0, job.loaders,
-                           run_dir, job.ctx)
+        result = train(job.fresh_model(job.start_weights), recipe, job.loaders, run_dir,
+                       job.ctx)
         quantizer = result["quantizer"]
         row = {"method": method, "label": f"{bits} bits", "bits": bits,
                "accuracy": result["accuracy"], "true_mb": quantizer.true_model_size(),

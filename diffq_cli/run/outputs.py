@@ -39,8 +39,8 @@ def save_run(job, run_dir: Path, label, target, result, state, sizes) -> dict:
     # The coded file's size as estimated from the levels (quant/coded.py), beside the real one
     # written below: how well --size file can aim.
     metrics["file_estimate_mb"] = quantizer.file_model_size()
-    if hasattr(quantizer, "refresh_file_tables"):  # DiffQ: the tables' estimate too, at the
-        tables = quantizer.refresh_file_tables()  # integer widths the file holds
+    if job.recipe.quant.method == "diffq":  # the tables' estimate too, at the integer widths
+        tables = quantizer.refresh_file_tables()  # the file holds
         metrics["file_table_mb"] = tables.widths_mb(quantizer.quantized,
                                                     integer_widths(quantizer))
     metrics.update(write_artifact(job, run_dir / "model.th", state, job.recipe, metrics))

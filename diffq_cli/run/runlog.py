@@ -24,9 +24,8 @@ def mean_bits(quantizer) -> float | None:
 
     from diffq_cli.quant.diffq import DiffQuantizer
 
-    if not isinstance(quantizer, DiffQuantizer):
-        bits = getattr(quantizer, "bits", None)  # uniform, LSQ: one fixed width
-        return None if bits is None else float(bits)
+    if not isinstance(quantizer, DiffQuantizer):  # uniform, LSQ: one fixed width
+        return float(quantizer.bits)
     from diffq_cli.quant.budget import learned_bits
 
     unique = quantizer.quantized  # shared parameters appear once

@@ -1,5 +1,5 @@
 """How much each weight's quantization noise would cost the loss, measured once on the float
-model of a size-target run with ``train.start_widths: fisher``: the start gives whole tensors
+model of a size-target run: the start gives whole tensors
 their widths by it, and the fit at the freeze lowers / raises groups by it
 (``quant/allocate.py`` has the model).
 
@@ -14,7 +14,7 @@ import torch
 from diffq_cli.models.factory import logits
 from diffq_cli.run.steps import to_device
 
-BATCHES = 8  # batches of squared gradients for train.start_widths: fisher
+BATCHES = 8  # batches of squared gradients for a size target's start
 
 
 def grad_squares(model, loader, ctx, channels_last: bool, batches: int = BATCHES) -> dict:

@@ -11,11 +11,9 @@ import torch
 
 def build_quantizer(model, q):
     """The quantizer a recipe's ``quant`` section asks for, attached to ``model``."""
-    import dataclasses
-
     from diffq_cli.quant import registry
 
-    return registry.build(q.method, model, dataclasses.asdict(q))
+    return registry.build(q.method, model, q.settings())
 
 
 def build_optimizer(params, o):
@@ -98,18 +96,3 @@ def optimize(loss, optimizers, scaler, grad_clip) -> None:
 def make_scaler(ctx, amp: str):
     """fp16 loss scaling on CUDA; a disabled scaler (a no-op) otherwise."""
     return torch.amp.GradScaler("cuda", enabled=amp == "fp16" and ctx.device.type == "cuda")
-
-
-MAX_BITS_PER_STEP = 0.1
-
-
-def bits_lr(o, learning_steps: int, q) -> float:
-    """The learning rate of the quantizer's parameters (``q``: the recipe's ``quant``):
-    ``optim.bits_lr``, or for DiffQ's linear widths with ``optim.bits_travel`` the rate at
-    which a width can travel that many bits over the steps where widths learn (Adam moves a
-    linear width by about its lr, in bits, per step). A travel means nothing for a sigmoid's
-    logit or LSQ's steps: they keep ``bits_lr``."""
-    if o.bits_travel is None or (q.method, q.param) != ("diffq", "linear"):
-        return o.bits_lr
-    # At most a tenth of a bit per step: a few-step run must not jump over whole widths.
-    return min(o.bits_travel / max(learning_steps, 1), MAX_BITS_PER_STEP)

@@ -118,104 +118,97 @@ def file_sizer(quantizer, file: bool):
     return quantizer.refresh_file_tables().widths_mb if file else None
 
 
-def start_control(quantizer, mu: float, target_mb: float | None, file: bool = False,
-                  sensitivity: dict | None = None, bits_opt=None):
-    """A fixed mu, or (with a target) the controller, every group starting at the aimed size
-    (the true size, or with ``file`` the entropy-coded file's; with ``sensitivity``, widths
-    per tensor by expected loss per bit, ``run/sensitivity.py``). Linear widths aiming at the
-    true size are also projected onto the aim after every step of ``bits_opt``
-    (``quant/project.py``): the budget is held while they learn."""
-    if target_mb is None:
-        return FixedMu(mu)
-    from diffq_cli.quant.budget import start_at_size
-    from diffq_cli.quant.project import project_to_budget
+class SizeTarget:
+    """The size side of one DiffQ run: the start, the penalty each step, the freeze, the end.
 
-    control = MuController(target_mb)
-    start_at_size(quantizer, control.aim_mb, file_sizer(quantizer, file), sensitivity)
-    if bits_opt is not None and not file and getattr(quantizer, "param", None) == "linear":
-        # Registered after the quantizer's own clamp into [min_bits, max_bits], so it runs next.
-        bits_opt.register_step_post_hook(
-            lambda *_: project_to_budget(quantizer, control.aim_mb, control.offset, fill=True))
-    return control
+    With ``target_mb`` the widths start at the aimed size by expected loss per bit (measured on
+    the float model, ``run/sensitivity.py``), mu is the controller's, and when the widths
+    freeze they are fitted to the target by the same price (lowered until they fit, raised
+    while they fit), so the run lands on it. Without, mu is fixed and nothing is fitted.
 
+    Args:
+        quantizer: the run's DiffQuantizer.
+        mu: the fixed penalty (ignored with a target).
+        target_mb: the budget (true size, or with ``file_mb`` the artifact's), or None.
+        file_mb: ``() -> MiB`` of the artifact the state now would be written to, when the
+            penalty and the target are the coded file's (``--size file``), else None.
+        squares: squared gradients of the float model per parameter (``grad_squares``), with
+            a target.
+    """
 
-def size_term(run, target_mb, file: bool = False):
-    """``add_terms`` of the DiffQ stage (``run``: train.py's ``_Run``): the size penalty (the
-    true size, or with ``file`` the coded file's, see ``quant/coded.py``) and the controller's
-    dual step. Every ``CALIBRATE_EVERY`` steps the controller learns how far the penalty is from
-    the size it aims at; aiming at the file, the coded tables are measured again first."""
-    from torch.nn.parallel import DistributedDataParallel
+    def __init__(self, quantizer, mu: float, target_mb: float | None, file_mb=None,
+                 squares: dict | None = None, ctx=None):
+        from diffq_cli.quant.allocate import group_sensitivity
 
-    quantizer, control = run.quantizer, run.control
-
-    def add(task):
-        if getattr(quantizer, "frozen", False):  # widths final: no size term, mu stays put
-            if isinstance(run.stage.net, DistributedDataParallel):
-                # DDP reduces gradients in buckets and waits for every parameter it wraps: a
-                # parameter left out of the graph would leave its bucket (weights included)
-                # unreduced. A zero-weighted size keeps the widths in it; they are no longer
-                # in any optimizer, so their (zero) gradients move nothing.
-                return task.float() + 0.0 * quantizer.model_size(), run.frozen_size
-            return task.float(), run.frozen_size
-        due = run.stage.step % CALIBRATE_EVERY == 0
-        if due and file:  # with --mu too: the tables follow the weights
-            quantizer.refresh_file_tables()
-        size = quantizer.model_size(file=file)
-        loss = task.float() + control.mu * size
+        self.quantizer, self.target_mb, self.file_mb = quantizer, target_mb, file_mb
+        self.file = file_mb is not None
+        self.control = FixedMu(mu) if target_mb is None else MuController(target_mb)
+        self._grad_sums = None
         if target_mb is not None:
+            from diffq_cli.quant.budget import start_at_size
+            from diffq_cli.run.sensitivity import group_grad_sums, tensor_sensitivity
+
+            start_at_size(quantizer, self.control.aim_mb,
+                          tensor_sensitivity(quantizer.model, squares, ctx),
+                          file_sizer(quantizer, self.file))
+            self._grad_sums = group_grad_sums(quantizer, squares, ctx)
+        self._price = lambda: (None if self._grad_sums is None
+                               else group_sensitivity(quantizer, self._grad_sums))
+
+    @property
+    def mu(self) -> float:
+        return self.control.mu
+
+    def penalty(self, step: int):
+        """``(mu * model_size(), model_size())`` for this step, and the controller's dual step.
+        Every ``CALIBRATE_EVERY`` steps the controller learns how far the penalty is from the
+        size it aims at; aiming at the file, the coded tables are measured again first."""
+        quantizer, control = self.quantizer, self.control
+        due = step % CALIBRATE_EVERY == 0
+        if due and self.file:  # with --mu too: the tables follow the weights
+            quantizer.refresh_file_tables()
+        size = quantizer.model_size(file=self.file)
+        if self.target_mb is not None:
             if due:
-                now = quantizer.file_model_size() if file else quantizer.true_model_size()
+                now = quantizer.file_model_size() if self.file else quantizer.true_model_size()
                 control.calibrate(float(size.detach()), now)
             control.update(float(size.detach()))  # dual ascent on mu
-        return loss, size
+        return control.mu * size, size
 
-    return add
+    def fit(self, late: bool = False) -> dict:
+        """Fits the integer widths to the target (``quant.budget.fit_budget``), by loss per
+        bit: at the freeze, lowered until they fit and raised while they fit (training follows);
+        ``late`` (the end, when no frozen phase fitted them), only lowered where over. Aiming
+        at the file, the coded tables aim below it (``FILE_AIM``), the coder measures, and the
+        aim is corrected (a few rounds) until the file fits (and, filling, is over
+        ``FILE_FLOOR`` of it). {} without a target."""
+        from diffq_cli.quant.budget import fit_budget
 
+        quantizer, target_mb, fill = self.quantizer, self.target_mb, not late
+        if target_mb is None:
+            return {}
+        price = self._price()
+        if not self.file:
+            return fit_budget(quantizer, target_mb, fill=fill, sensitivity=price)
+        if late and self.file_mb() <= target_mb:  # only lowering: a file that fits stays
+            return {"fits": True, "true_mb": quantizer.true_model_size(),
+                    "file_mb": self.file_mb(), "lowered": 0, "raised": 0, "tau": 0.0}
+        sizer, share = file_sizer(quantizer, True), 0.995 if late else FILE_AIM
+        aim = target_mb * share
+        for _ in range(FILE_ROUNDS):
+            fit = fit_budget(quantizer, aim, fill=fill, sizer=sizer, sensitivity=price)
+            real = self.file_mb()
+            fit.update(file_mb=real, fits=real <= target_mb)
+            if real <= target_mb and (late or real >= target_mb * FILE_FLOOR):
+                break
+            aim *= target_mb * share / real
+        return fit
 
-def fit_widths(quantizer, target_mb: float, fill: bool = False, file_mb=None,
-               sensitivity: list | None = None) -> dict:
-    """Fits the integer widths to a target (``quant.budget.fit_budget``): the true size; or,
-    given ``file_mb() -> MiB`` (the real file of the state now), the file: the coded tables
-    aim below it (``FILE_AIM`` with ``fill``, where training follows; just under it when only
-    lowering what is over), the coder measures, and the aim is corrected (a few rounds) until
-    the file fits (and, with ``fill``, is over ``FILE_FLOOR`` of the target). ``sensitivity``
-    (per group): which groups change, by expected loss per bit (``quant/allocate.py``)."""
-    from diffq_cli.quant.budget import fit_budget
+    def state_dict(self) -> dict:
+        return self.control.state_dict()
 
-    if file_mb is None:
-        return fit_budget(quantizer, target_mb, fill=fill, sensitivity=sensitivity)
-    if not fill:  # only lowering what is over: a file that fits stays as it is
-        real = file_mb()
-        if real <= target_mb:
-            return {"fits": True, "true_mb": quantizer.true_model_size(), "file_mb": real,
-                    "lowered": 0, "raised": 0, "tau": 0.0}
-    sizer, share = file_sizer(quantizer, True), FILE_AIM if fill else 0.995
-    aim = target_mb * share
-    for _ in range(FILE_ROUNDS):
-        fit = fit_budget(quantizer, aim, fill=fill, sizer=sizer, sensitivity=sensitivity)
-        real = file_mb()
-        fit.update(file_mb=real, fits=real <= target_mb)
-        if real <= target_mb and (not fill or real >= target_mb * FILE_FLOOR):
-            break
-        aim *= target_mb * share / real
-    return fit
-
-
-def fit_target(quantizer, target_mb: float | None, reporter, file_mb=None, label=None,
-               sensitivity: list | None = None) -> dict:
-    """With a target, lowers the widths that cost least until the size fits (``fit_widths``);
-    says how many groups it lowered."""
-    if target_mb is None:
-        return {}
-    fit = fit_widths(quantizer, target_mb, file_mb=file_mb, sensitivity=sensitivity)
-    if fit["lowered"]:
-        what = (f"file {fit['file_mb']:.3f} MiB" if "file_mb" in fit
-                else f"true size {fit['true_mb']:.3f} MiB")
-        how = ("by loss per bit" if sensitivity is not None
-               else f"by rounding {fit['tau']:.3f} bits lower")
-        reporter.note(f"{label or f'target={target_mb:g}MiB'}: lowered {fit['lowered']} group "
-                      f"widths {how}; {what}")
-    return fit
+    def load_state_dict(self, state: dict) -> None:
+        self.control.load_state_dict(state)
 
 
 def size_bounds(model, recipe, file: bool = False) -> tuple[float, float]:

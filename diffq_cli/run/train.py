@@ -1,57 +1,41 @@
-"""The DiffQ stage: fine-tuning for one mu or one size target (the float stage is
-``float_stage.py``, the shared step loop ``loop.py``).
+"""One training function for every stage of a run: the float stage, a DiffQ run (one mu or one
+size target) and the uniform QAT / LSQ baselines.
 
-Read top to bottom. ``train_one`` sets up the optimizers, the quantizer and the mu controller
-(``_setup``), resumes from ``checkpoint.pt`` if asked (``_resume``), then runs epochs: each one
-trains (``loop.run_epoch``), evaluates on truly quantized
-weights (``_evaluate``) and writes ``metrics.jsonl`` and an atomic checkpoint (``_save``). At the
-end the rounding is fitted to the size target, if one was given (``_finish``).
+Read ``train`` top to bottom: the set-up (the order matters and is said where it does), the
+resumption from ``checkpoint.pt``, then the epochs. Each step is the forward, the size penalty
+(DiffQ), the NaN check, the backward and the optimizers' steps, then the freeze of the widths
+when it is due (DiffQ's last ``train.freeze_bits`` of the steps). Each epoch ends with the
+evaluation on truly quantized weights, ``metrics.jsonl`` and an atomic checkpoint. At the end a
+size target is checked once more and what the widths learned is counted.
 """
 
-import functools
+import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from diffq_cli.errors import TrainingError
 from diffq_cli.fileio import atomic_write, torch_bytes
-from diffq_cli.quant.allocate import group_sensitivity
 from diffq_cli.quant.budget import integer_widths, moved_groups
 from diffq_cli.quant.calibrate import recalibrate_batchnorm
-from diffq_cli.run.loop import Stage, make_stage, run_epoch
 from diffq_cli.run.runlog import float_records, mean_bits, run_log, write_metrics
-from diffq_cli.run.sensitivity import grad_squares, group_grad_sums, tensor_sensitivity
+from diffq_cli.run.sensitivity import grad_squares
 from diffq_cli.run.steps import (
-    bits_lr,
+    autocast,
     build_optimizer,
     build_quantizer,
+    make_scaler,
+    optimize,
     rng_state,
+    set_lr,
     set_rng_state,
+    to_device,
 )
-from diffq_cli.run.targets import fit_target, fit_widths, size_term, start_control
+from diffq_cli.run.targets import SizeTarget
 from diffq_cli.units import human
 
-
-@dataclass
-class _Run:
-    """One DiffQ run: the model, its quantizer and controller, the stage and its history."""
-
-    model: torch.nn.Module
-    quantizer: object
-    control: object
-    stage: Stage
-    label: str
-    history: list
-    bits_opt: torch.optim.Optimizer | None = None
-    start_widths: list | None = None  # DiffQ: each group's integer width at the start
-    fit: dict | None = None  # the fit to the size target made when the widths froze
-    frozen_size: torch.Tensor | None = None  # true size once the widths are final
-    grad_sums: list | None = None  # fisher: squared gradients per group, to price the fit
-
-    def sensitivity(self) -> list | None:  # each group's loss per unit of 4^-bits, or None
-        return None if self.grad_sums is None else group_sensitivity(self.quantizer, self.grad_sums)
+FLOAT_SHUFFLE = 10_000  # the float stage's shuffle seeds: epoch + this, apart from the runs'
 
 
 def run_label(quant, mu: float | None, target_mb: float | None, size: str = "true") -> str:
@@ -65,147 +49,215 @@ def run_label(quant, mu: float | None, target_mb: float | None, size: str = "tru
     return f"{'file' if size == 'file' else 'target'}={target_mb:g}MiB"
 
 
-def _aims_file(recipe) -> bool:
-    """Whether DiffQ's size penalty and target are the coded file's (``--size file``)."""
-    return recipe.train.target_size == "file" and recipe.quant.method == "diffq"
+def train(model, recipe, loaders, run_dir: Path, ctx, mu: float = 0.0,
+          target_mb: float | None = None, stage: str = "quantized") -> dict:
+    """Trains ``model`` for one stage of the run; returns its metrics.
 
-
-def _setup(model, recipe, mu, target_mb, ctx, loader) -> _Run:
+    Args:
+        model: the model on ``ctx.device``, with the starting weights.
+        recipe: the resolved recipe (``quant.method`` says which quantizer).
+        loaders: (train, val) data loaders.
+        run_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go.
+        ctx: run context (``device``, ``reporter``, ``resume``, ``dist``, ``file_mb``).
+        mu: DiffQ's size penalty (with ``target_mb``: adapted, see ``targets.SizeTarget``).
+        target_mb: a DiffQ size budget in MiB (the true size, or the file's with ``--size
+            file``); the widths start at it and are fitted to it when they freeze.
+        stage: ``"float"`` for plain float training (``train.float_epochs``, no quantizer, no
+            evaluation), else the quantized stage of ``quant.method``.
+    """
     o, t = recipe.optim, recipe.train
-    steps_per_epoch = len(loader)
-    sensitivity = squares = None
-    if target_mb is not None and t.start_widths == "fisher":  # on the float model, first
-        squares = grad_squares(model, loader, ctx, t.channels_last)
-        sensitivity = tensor_sensitivity(model, squares, ctx)
-    # Order matters: the main optimizer exists before the quantizer adds the bit parameters,
-    # and DDP wraps the model after both (it must see the bit parameters as its own).
-    optimizer = build_optimizer(model.parameters(), o)
-    quantizer = build_quantizer(model, recipe.quant)
-    # The paper: a separate Adam for the bits. Fused: one kernel for all logits (5x faster on CPU
-    # than the per-tensor loop), available for float32 parameters on CPU and CUDA.
-    total = t.epochs * steps_per_epoch
-    if t.max_steps is not None:
-        total = min(t.max_steps, total)
-    lr = bits_lr(o, total - round(total * t.freeze_bits), recipe.quant)
-    bits_opt = torch.optim.Adam([{"params": []}], lr=lr, fused=True)
-    quantizer.setup_optimizer(bits_opt, lr=lr, scale_lr=o.bits_lr)  # scales: never travelled
-    control = start_control(quantizer, mu, target_mb, _aims_file(recipe), sensitivity, bits_opt)
-    label = run_label(recipe.quant, mu, target_mb, t.target_size)
-    stage = make_stage(ctx.dist.wrap(model), [optimizer, bits_opt], ctx, recipe, steps_per_epoch,
-                       total)
-    grad_sums = None if squares is None else group_grad_sums(quantizer, squares, ctx)
-    return _Run(model, quantizer, control, stage, label, [], bits_opt,
-                integer_widths(quantizer), grad_sums=grad_sums)
+    train_loader, val_loader = loaders
+    floating = stage == "float"
+    diffq = not floating and recipe.quant.method == "diffq"
+    file = diffq and t.target_size == "file"
+    epochs = t.float_epochs if floating else t.epochs
+    total = min(epochs * len(train_loader), t.max_steps or math.inf)
+    label = "float" if floating else run_label(recipe.quant, mu, target_mb, t.target_size)
 
+    # Set-up. Order matters: the squared gradients are the float model's, measured first; the
+    # main optimizer exists before the quantizer adds the bit parameters; DDP wraps the model
+    # after both (it must see the bit parameters as its own).
+    squares = grad_squares(model, train_loader, ctx, t.channels_last) if target_mb else None
+    optimizers = [build_optimizer(model.parameters(), o)]
+    quantizer = size = None
+    if not floating:
+        quantizer = build_quantizer(model, recipe.quant)
+        # The paper: a separate Adam for the bits. Fused: one kernel for all logits (5x faster
+        # on CPU than the per-tensor loop), for float32 parameters on CPU and CUDA.
+        optimizers.append(torch.optim.Adam([{"params": []}], lr=o.bits_lr, fused=True))
+        quantizer.setup_optimizer(optimizers[1], lr=o.bits_lr)
+    if diffq:
+        file_mb = None
+        if file:  # the artifact this state would be written to (outputs.py), or the estimate
+            file_mb = ((lambda: ctx.file_mb(quantizer)) if ctx.file_mb
+                       else quantizer.file_model_size)
+        size = SizeTarget(quantizer, mu, target_mb, file_mb, squares, ctx)
+    start_widths = integer_widths(quantizer)
+    net = ctx.dist.wrap(model)
+    scaler = make_scaler(ctx, t.amp)
+    criterion = torch.nn.CrossEntropyLoss()
+    freeze_at = total - round(total * t.freeze_bits) if diffq and t.freeze_bits else None
+    step = epoch = 0
+    history, fit, frozen_size = [], {}, None
 
-def _resume(run: _Run, ckpt_path: Path, ctx) -> None:
-    ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)
-    optimizer, bits_opt = run.stage.optimizers[0], run.bits_opt
-    run.model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    saved = ckpt["bits_optimizer"]
-    if sum(len(g["params"]) for g in saved["param_groups"]) < sum(
-            len(g["params"]) for g in bits_opt.param_groups):
-        _drop_widths(bits_opt, run.quantizer)  # saved after the widths froze
-    bits_opt.load_state_dict(saved)
-    run.stage.scaler.load_state_dict(ckpt["scaler"])
-    run.quantizer.load_noise_state_dict(ckpt["noise"])
-    set_rng_state(ckpt["rng"])
-    if "aim" in ckpt:  # checkpoints written before --target-mb existed
-        run.control.load_state_dict(ckpt["aim"])
-    run.stage.epoch, run.stage.step, run.history = ckpt["epoch"], ckpt["step"], ckpt["history"]
-    ctx.reporter.note(
-        f"resumed {run.label} from {ckpt_path} at epoch {run.stage.epoch}, step {run.stage.step}"
-    )
-
-
-def _evaluate(run: _Run, val_loader, recipe, ctx, target_mb, seen_loss, start) -> dict:
-    """The epoch's line of ``metrics.jsonl``, with the quantized accuracy on all ranks."""
-    quantizer, stage = run.quantizer, run.stage
-    acc = ctx.dist.accuracy(run.model, val_loader, ctx.device)  # over all ranks' shards
-    record = {
-        "stage": recipe.quant.method,  # "diffq", or "uniform" / "lsq" for a baseline
-        "mu": run.control.mu,
-        "target_mb": target_mb,
-        "epoch": stage.epoch,
-        "step": stage.step,
-        "loss": seen_loss,
-        "accuracy": acc,
-        "true_mb": quantizer.true_model_size(),
-        "model_size": float(quantizer.model_size(file=_aims_file(recipe)).detach()),
-        **({"file_mb": quantizer.file_model_size()} if _aims_file(recipe) else {}),
-        **moved_groups(run.start_widths, integer_widths(quantizer)),
-        "lr": stage.optimizers[0].param_groups[0]["lr"],
-        "seconds": time.time() - start,
-    }
-    run.history.append(record)
-    mu = f"mu {human(run.control.mu, 'mu')}, " if recipe.quant.method == "diffq" else ""
-    ctx.reporter.note(
-        f"{run.label} epoch {stage.epoch}/{recipe.train.epochs} step {stage.step}: {mu}"
-        f"loss {human(record['loss'], 'loss')}, quantized accuracy {human(acc, 'pct')}, "
-        f"true size {human(record['true_mb'], 'mib')}"
-    )
-    return record
-
-
-def _save(run: _Run, ckpt_path: Path, metrics_path: Path, kept: list, mu) -> None:
-    optimizer, bits_opt = run.stage.optimizers[0], run.bits_opt
-    write_metrics(metrics_path, kept + run.history)
-    checkpoint = {
-        "model": run.model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "bits_optimizer": bits_opt.state_dict(),
-        "scaler": run.stage.scaler.state_dict(),
-        "noise": run.quantizer.noise_state_dict(),
-        "rng": rng_state(),
-        "epoch": run.stage.epoch,
-        "step": run.stage.step,
-        "history": run.history,
-        "mu": mu,
-        "aim": run.control.state_dict(),
-    }
-    atomic_write(ckpt_path, torch_bytes(checkpoint))
-
-
-def _freeze_when_due(run: _Run, recipe, ctx, target_mb) -> None:
-    """For the last ``train.freeze_bits`` of the steps: widths frozen and forwards see true
-    quantization with a straight-through gradient, so the weights train for the rounding the
-    evaluation applies instead of for noise. With a size target the widths are fitted to it
-    first (lowered until they fit; with ``train.fill_budget`` also raised while they fit), so
-    the frozen phase trains the very widths the artifact keeps and nothing changes after it.
-    The widths leave the bits' optimizer; a learned grid's scales stay in it and keep training."""
-    stage, quantizer = run.stage, run.quantizer
-    train = recipe.train
-    freeze_steps = round(stage.total * train.freeze_bits)
-    if (freeze_steps and stage.step >= stage.total - freeze_steps
-            and hasattr(quantizer, "freeze_bits") and not quantizer.frozen):
+    def freeze_when_due() -> None:
+        """The last ``train.freeze_bits`` of the steps train the weights for the rounding the
+        evaluation applies: widths fitted to the target (if any), then frozen (out of the bits'
+        optimizer; a learned grid's scales stay and keep training), forwards through true
+        quantization with a straight-through gradient, no size term."""
+        nonlocal fit, frozen_size
+        if freeze_at is None or step < freeze_at or quantizer.frozen:
+            return
         if target_mb is not None:
-            # A file target is always filled: the coded size moves with the weights, so the
-            # start's margin cannot be trusted to hold, and a file budget is there to be used.
-            file_mb = _file_mb(run, recipe, ctx)
-            priced = run.sensitivity()
-            fit = fit_widths(quantizer, target_mb, train.fill_budget or file_mb is not None,
-                             file_mb, priced)
-            run.fit = fit
-            size = (f"file {fit['file_mb']:.3f} MiB" if "file_mb" in fit
+            fit = size.fit()
+            what = (f"file {fit['file_mb']:.3f} MiB" if "file_mb" in fit
                     else f"true size {fit['true_mb']:.3f} MiB")
-            how = "by loss per bit" if priced is not None else "by their real bits"
-            ctx.reporter.note(f"{run.label}: widths fitted to the target {how}: "
-                              f"{fit['raised']} raised, {fit['lowered']} lowered, {size}")
+            ctx.reporter.note(f"{label}: widths fitted to the target by loss per bit: "
+                              f"{fit['raised']} raised, {fit['lowered']} lowered, {what}")
         quantizer.freeze_bits()
-        _drop_widths(run.bits_opt, quantizer)
-        run.frozen_size = torch.tensor(quantizer.true_model_size())  # logged from now on
-        ctx.reporter.note(f"{run.label}: widths frozen at step {stage.step}, last "
-                          f"{stage.total - stage.step} steps train through true quantization")
+        _drop_widths(optimizers[1], quantizer)
+        frozen_size = torch.tensor(quantizer.true_model_size())  # logged from now on
+        ctx.reporter.note(f"{label}: widths frozen at step {step}, last {total - step} steps "
+                          "train through true quantization")
+
+    # Resumption: a run that was interrupted goes on from its last epoch.
+    ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
+    kept = float_records(metrics_path)  # the float stage's epochs stay in the file
+    if not floating and ctx.resume and ctx.dist.agree(ckpt_path.exists(), str(ckpt_path)):
+        ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizers[0].load_state_dict(ckpt["optimizer"])
+        saved = ckpt["bits_optimizer"]
+        if sum(len(g["params"]) for g in saved["param_groups"]) < sum(
+                len(g["params"]) for g in optimizers[1].param_groups):
+            _drop_widths(optimizers[1], quantizer)  # saved after the widths froze
+        optimizers[1].load_state_dict(saved)
+        scaler.load_state_dict(ckpt["scaler"])
+        quantizer.load_noise_state_dict(ckpt["noise"])
+        set_rng_state(ckpt["rng"])
+        if size is not None and "aim" in ckpt:  # checkpoints before --target-mb have no aim
+            size.load_state_dict(ckpt["aim"])
+        epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
+        ctx.reporter.note(f"resumed {label} from {ckpt_path} at epoch {epoch}, step {step}")
+
+    if diffq:
+        freeze_when_due()  # at once with train.freeze_bits=1, or where a resumed run stopped
+    log = run_log(ctx, label, t, total, run_dir)
+    bits = None if floating else (lambda: mean_bits(quantizer))  # read only when logged
+
+    def calibrate():  # train.bn_recalibrate: BatchNorm statistics of the quantized model
+        return recalibrate_batchnorm(model, train_loader, t.bn_recalibrate)
+
+    with ctx.reporter.progress(total - step, label) as bar:
+        try:
+            while epoch < epochs and step < total:
+                started, seen, loss_sum = time.time(), 0, 0.0
+                net.train()
+                ctx.dist.set_epoch(train_loader, epoch + FLOAT_SHUFFLE * floating, t.seed)
+                for x, y in train_loader:
+                    if step >= total:
+                        break
+                    x, y = to_device(x, y, ctx, t.channels_last)
+                    set_lr(optimizers[0], o, step, total, len(train_loader))
+                    with autocast(ctx.device, t.amp):
+                        loss = criterion(net(x), y).float()
+                    size_mb = frozen_size
+                    if size is not None and not quantizer.frozen:
+                        term, size_mb = size.penalty(step)  # mu * model_size(), float32
+                        loss = loss + term
+                    elif size is not None and ctx.dist.distributed:
+                        # DDP waits for every parameter it wraps: a zero-weighted size keeps
+                        # the frozen widths (in no optimizer now) in the graph.
+                        loss = loss + 0.0 * quantizer.model_size()
+                    value = float(loss.detach())  # one sync per step: the NaN check and logs
+                    if not math.isfinite(value):
+                        raise TrainingError(
+                            f"float pre-training loss became {value}; lower optim.lr"
+                            if floating else f"loss became {value} at step {step} ({label}); "
+                            f"lower optim.lr or mu. The last good checkpoint is kept in "
+                            f"{ckpt_path}")
+                    optimize(loss, optimizers, scaler, o.grad_clip)
+                    step, seen, loss_sum = step + 1, seen + 1, loss_sum + value
+                    bar.update(loss=f"{value:.3f}")
+                    log.step(step, value, optimizers[0].param_groups[0]["lr"], len(y),
+                             size=size_mb, bits=bits)
+                    if diffq:
+                        freeze_when_due()
+                epoch += 1
+                record = {"stage": "float" if floating else recipe.quant.method,
+                          "epoch": epoch, "step": step, "loss": loss_sum / max(seen, 1)}
+                if floating:
+                    record.update(lr=optimizers[0].param_groups[0]["lr"],
+                                  seconds=time.time() - started)
+                    history.append(record)
+                    ctx.reporter.note(f"float epoch {epoch}/{epochs} step {step}: loss "
+                                      f"{human(record['loss'], 'loss')} (mean over the epoch)")
+                    log.epoch(record)
+                    if ctx.dist.is_main:
+                        write_metrics(metrics_path, history)
+                    continue
+                calibrate()
+                record.update(_evaluation(model, quantizer, size, val_loader, ctx, target_mb,
+                                          file, start_widths))
+                record.update(lr=optimizers[0].param_groups[0]["lr"],
+                              seconds=time.time() - started)
+                history.append(record)
+                mu_text = f"mu {human(size.mu, 'mu')}, " if diffq else ""
+                ctx.reporter.note(
+                    f"{label} epoch {epoch}/{epochs} step {step}: {mu_text}loss "
+                    f"{human(record['loss'], 'loss')}, quantized accuracy "
+                    f"{human(record['accuracy'], 'pct')}, true size "
+                    f"{human(record['true_mb'], 'mib')}")
+                log.epoch(record)
+                if ctx.dist.is_main:
+                    write_metrics(metrics_path, kept + history)
+                    atomic_write(ckpt_path, torch_bytes({
+                        "model": model.state_dict(), "optimizer": optimizers[0].state_dict(),
+                        "bits_optimizer": optimizers[1].state_dict(),
+                        "scaler": scaler.state_dict(), "noise": quantizer.noise_state_dict(),
+                        "rng": rng_state(), "epoch": epoch, "step": step, "history": history,
+                        "mu": mu, **({"aim": size.state_dict()} if size else {})}))
+        finally:
+            log.close()  # flushes TensorBoard scalars even when a step fails
+    model.eval()
+    if floating:
+        return {"history": history}
+
+    # The end: a target is checked once more (widths are lowered here only where no frozen
+    # phase fitted them; the accuracy is then measured again).
+    late = size.fit(late=True) if size is not None else {}
+    if late.get("lowered"):
+        what = (f"file {late['file_mb']:.3f} MiB" if "file_mb" in late
+                else f"true size {late['true_mb']:.3f} MiB")
+        ctx.reporter.note(f"{label}: lowered {late['lowered']} group widths by loss per bit; "
+                          f"{what}")
+    accuracy = history[-1]["accuracy"] if history and not late.get("lowered") else None
+    if accuracy is None:
+        calibrate()
+        accuracy = ctx.dist.accuracy(model, val_loader, ctx.device)
+    if fit:
+        late = {**fit, **late, "lowered": fit["lowered"] + late.get("lowered", 0)}
+    moved = moved_groups(start_widths, integer_widths(quantizer))
+    if moved:
+        ctx.reporter.note(f"{label}: {moved['groups_moved']} of {moved['groups']} groups "
+                          f"({100 * moved['moved_fraction']:.0f} %) ended at a width other than "
+                          f"their start (mean change {moved['moved_mean_bits']:.2f} bits)")
+    return {"quantizer": quantizer, "history": history, "mu": size.mu if size else mu,
+            "fit": late, "accuracy": accuracy, "moved": moved, "start_widths": start_widths}
 
 
-def _file_mb(run: _Run, recipe, ctx):
-    """Aiming at the file: ``() -> MiB`` of the artifact the state now would be written to
-    (``ctx.file_mb``, set by the finetune, or the quantizer's estimate); else None."""
-    if not _aims_file(recipe):
-        return None
-    measure = getattr(ctx, "file_mb", None)
-    return (lambda: measure(run.quantizer)) if measure else run.quantizer.file_model_size
+def _evaluation(model, quantizer, size, val_loader, ctx, target_mb, file, start_widths) -> dict:
+    """The epoch's measures of ``metrics.jsonl``: quantized accuracy on all ranks, sizes, and
+    how many widths moved."""
+    return {
+        "mu": size.mu if size is not None else 0.0,
+        "target_mb": target_mb,
+        "accuracy": ctx.dist.accuracy(model, val_loader, ctx.device),  # all ranks' shards
+        "true_mb": quantizer.true_model_size(),
+        "model_size": float(quantizer.model_size(file=file).detach()),
+        **({"file_mb": quantizer.file_model_size()} if file else {}),
+        **moved_groups(start_widths, integer_widths(quantizer)),
+    }
 
 
 def _drop_widths(optimizer, quantizer) -> None:
@@ -220,81 +272,13 @@ def _drop_widths(optimizer, quantizer) -> None:
         group["params"] = [p for p in group["params"] if id(p) not in widths]
 
 
-def _finish(run: _Run, val_loader, ctx, target_mb, calibrate, recipe) -> dict:
-    """Checks the size target once more (widths are lowered here only when no frozen phase
-    fitted them; the accuracy is then measured again) and what the widths learned."""
-    run.model.eval()
-    late = fit_target(run.quantizer, target_mb, ctx.reporter, _file_mb(run, recipe, ctx),
-                      run.label, run.sensitivity() if target_mb is not None else None)
-    accuracy = run.history[-1]["accuracy"] if run.history and not late.get("lowered") else None
-    if accuracy is None:
-        calibrate()
-        accuracy = ctx.dist.accuracy(run.model, val_loader, ctx.device)
-    fit = late
-    if run.fit:
-        fit = {**run.fit, **late, "lowered": run.fit["lowered"] + late.get("lowered", 0)}
-    moved = moved_groups(run.start_widths, integer_widths(run.quantizer))
-    if moved:
-        ctx.reporter.note(f"{run.label}: {moved['groups_moved']} of {moved['groups']} groups "
-                          f"({100 * moved['moved_fraction']:.0f} %) ended at a width other than "
-                          f"their start (mean change {moved['moved_mean_bits']:.2f} bits)")
-    return {"quantizer": run.quantizer, "history": run.history, "mu": run.control.mu,
-            "fit": fit, "accuracy": accuracy, "moved": moved, "start_widths": run.start_widths}
-
-
-def train_one(model, recipe, mu, loaders, run_dir: Path, ctx, target_mb=None) -> dict:
-    """Fine-tunes ``model`` with DiffQ for one ``mu`` or one size target; returns the metrics.
-
-    Args:
-        model: the float model on ``ctx.device``, with the starting weights.
-        recipe: the resolved recipe.
-        mu: the model-size penalty (with ``target_mb``: ignored, mu is adapted, see ``aim``).
-        loaders: (train, val) data loaders.
-        run_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go.
-        ctx: run context (``device``, ``reporter``, ``resume``, ``dist``: distributed helpers).
-        target_mb: a true-size budget in MiB: mu becomes a Lagrange multiplier and the final
-            rounding is made to fit (``diffq_cli.run.targets``, ``quant.budget``).
-    """
-    train_loader, val_loader = loaders
-    run = _setup(model, recipe, mu, target_mb, ctx, train_loader)
-    ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
-    kept = float_records(metrics_path)  # the float stage's epochs stay in the file
-    if ctx.resume and ctx.dist.agree(ckpt_path.exists(), str(ckpt_path)):  # every rank loads
-        _resume(run, ckpt_path, ctx)
-
-    stage, t = run.stage, recipe.train
-    log = run_log(ctx, run.label, t, stage.total, run_dir)
-    add_terms = size_term(run, target_mb, _aims_file(recipe))
-    bits = functools.partial(mean_bits, run.quantizer)
-    # train.bn_recalibrate: BatchNorm statistics of the quantized model, before each evaluation
-    calibrate = functools.partial(recalibrate_batchnorm, run.model, train_loader,
-                                  t.bn_recalibrate)
-
-    def nan(value):
-        return TrainingError(
-            f"loss became {value} at step {stage.step} ({run.label}); lower optim.lr or mu. "
-            f"The last good checkpoint is kept in {ckpt_path}"
-        )
-
-    _freeze_when_due(run, recipe, ctx, target_mb)  # a resumed run may be in that phase
-    with ctx.reporter.progress(stage.total - stage.step, run.label) as bar:
-
-        def on_step(value, n, size):
-            bar.update(loss=f"{value:.3f}")
-            log.step(stage.step, value, stage.optimizers[0].param_groups[0]["lr"], n,
-                     size=size, bits=bits)
-            _freeze_when_due(run, recipe, ctx, target_mb)
-
-        try:
-            while stage.epoch < t.epochs and stage.step < stage.total:
-                start = time.time()
-                _, mean_loss = run_epoch(stage, train_loader, recipe, ctx, add_terms, on_step, nan)
-                calibrate()
-                log.epoch(_evaluate(run, val_loader, recipe, ctx, target_mb, mean_loss, start))
-                if ctx.dist.is_main:
-                    _save(run, ckpt_path, metrics_path, kept, mu)
-        finally:
-            log.close()  # flushes TensorBoard scalars even when a step fails
-    return _finish(run, val_loader, ctx, target_mb, calibrate, recipe)
-
-
+def float_start(model, recipe, train_loader, run_dir: Path, ctx) -> None:
+    """The float stage, saved as ``float.pt`` so that ``--resume`` does not redo it."""
+    path = run_dir / "float.pt"
+    if ctx.resume and ctx.dist.agree(path.exists(), str(path)):
+        model.load_state_dict(torch.load(path, map_location=ctx.device, weights_only=True))
+        ctx.reporter.note(f"resumed: float weights from {path}")
+        return
+    train(model, recipe, (train_loader, None), run_dir, ctx, stage="float")
+    if ctx.dist.is_main:
+        atomic_write(path, torch_bytes(model.state_dict()))

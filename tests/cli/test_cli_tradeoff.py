@@ -170,22 +170,16 @@ def test_an_lsq_run_is_labelled_lsq_in_the_table(tmp_path):
     assert [r["method"] for r in summary["runs"]] == ["lsq"]
 
 
-def test_fill_budget_spends_the_target_before_the_widths_freeze(tmp_path):
-    """train.fill_budget: when the widths freeze, a run under its target gets the groups nearest
-    their next width raised while the size fits, so it ends at the target, not under it."""
-    ends = {}
-    for fill in ("false", "true"):
-        out = tmp_path / fill
-        result = run(CliRunner(), "finetune", *FAST, "--max-steps", "4", "--target-mb", "4",
-                     "--baseline", "none", "train.freeze_bits=0.5", f"train.fill_budget={fill}",
-                     "--output", out)
-        assert result.exit_code == 0, result.output
-        raised = re.search(r"widths fitted to the target[^:]*: [1-9]\d* raised", result.stderr)
-        assert (raised is not None) == (fill == "true"), result.stderr
-        (diffq,) = json.loads((out / "summary.json").read_text())["runs"]
-        ends[fill] = diffq["true_mb"]
-    assert ends["false"] < ends["true"] <= 4.0
-    assert ends["true"] > 4.0 * 0.995  # one group's width is a few bytes: the budget is spent
+def test_a_target_run_spends_its_budget_when_the_widths_freeze(tmp_path):
+    """When the widths freeze, a run under its target gets the groups nearest their next width
+    raised while the size fits, so it ends at the target, not under it (always: no key)."""
+    out = tmp_path / "fill"
+    result = run(CliRunner(), "finetune", *FAST, "--max-steps", "4", "--target-mb", "4",
+                 "--baseline", "none", "train.freeze_bits=0.5", "--output", out)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"widths fitted to the target[^:]*: [1-9]\d* raised", result.stderr)
+    (diffq,) = json.loads((out / "summary.json").read_text())["runs"]
+    assert 4.0 * 0.995 < diffq["true_mb"] <= 4.0  # one group's width is a few bytes: spent
 
 
 def test_widths_fit_at_the_freeze_and_nothing_moves_after_it(tmp_path):
@@ -194,8 +188,7 @@ def test_widths_fit_at_the_freeze_and_nothing_moves_after_it(tmp_path):
     them; the run lands in [0.98 X, X] and says how many widths its learning moved."""
     out = tmp_path / "run"
     result = run(CliRunner(), "finetune", *FAST, "--epochs", "2", "--target-mb", "4",
-                 "--baseline", "none", "train.freeze_bits=0.5", "quant.param=linear",
-                 "optim.bits_travel=3", "train.fill_budget=true", "--output", out)
+                 "--baseline", "none", "train.freeze_bits=0.5", "--output", out)
     assert result.exit_code == 0, result.output
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     first, second = [r for r in records if r.get("stage") == "diffq"]
@@ -255,7 +248,7 @@ def test_a_mu_run_can_price_the_file(tmp_path):
 def test_a_fisher_start_fits_the_target_and_mixes_layer_widths(tmp_path):
     out = tmp_path / "fisher"
     result = run(CliRunner(), "finetune", *FAST, "--max-steps", "2", "--target-mb", "4",
-                 "train.start_widths=fisher", "train.freeze_bits=0.5", "--baseline", "none",
+                 "train.freeze_bits=0.5", "--baseline", "none",
                  "--output", out, "--json")
     assert result.exit_code == 0, result.output
     # The fit at the freeze prices groups by the same squared gradients as the start.

@@ -1,6 +1,7 @@
 """Recipes: shipped YAMLs, overrides, flags, validation errors, dump/load round trip."""
 
 import dataclasses
+import re
 
 import pytest
 
@@ -13,6 +14,7 @@ from diffq_cli.config.load import (
     recipe_to_dict,
 )
 from diffq_cli.config.schema import (
+    QUANT_KEYS,
     DataConfig,
     QuantConfig,
     Recipe,
@@ -51,12 +53,61 @@ def test_default_recipe_matches_the_brief():
     assert output_dir(r) == "runs/resnet18-digits-mu0.001"
 
 
-def test_every_shipped_recipe_keeps_the_papers_sigmoid_widths():
-    """Linear widths moved more groups but measured no more accurate (docs/benchmarks.md):
-    every recipe keeps the sigmoid, and no travel (it would only apply to linear widths)."""
-    for name in SHIPPED:
-        r = load_recipe(name)
-        assert (r.quant.param, r.optim.bits_travel) == ("bits", None), name
+def test_a_recipe_of_model_and_data_only_gets_the_default_recipes_diffq_settings(tmp_path):
+    """One source of defaults: what a recipe leaves out takes the best measured value, the
+    same the default recipe trains with."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("model: {name: resnet18}\ndata: {dataset: digits}\n")
+    mine, default = load_recipe(str(path)), load_recipe()
+    for r in (mine, default):
+        assert (r.quant.noise, r.train.freeze_bits, r.optim.bits_lr) == ("uniform", 0.25, 2e-2)
+    assert recipe_to_dict(mine)["quant"] == recipe_to_dict(default)["quant"]
+    assert (mine.train.epochs, mine.train.float_epochs) == (default.train.epochs,
+                                                            default.train.float_epochs)
+    assert load_recipe(str(path), ["model.pretrained=true"]).train.float_epochs == 0
+
+
+@pytest.mark.parametrize("name", ["cifar10-resnet18", "cifar100-mobilenetv2",
+                                  "imagenet-deit-tiny"])
+def test_paper_recipes_set_the_papers_diffq_settings_explicitly(name):
+    text = recipe_text(name)
+    for key in ("noise: gaussian", "freeze_bits: 0.0", "bits_lr: 1.0e-3"):
+        assert key in text, (name, key)
+    assert "the paper's settings" in text.split("description:")[0]
+    r = load_recipe(name)
+    assert (r.quant.noise, r.train.freeze_bits, r.optim.bits_lr) == ("gaussian", 0.0, 1e-3)
+
+
+@pytest.mark.parametrize("override, removed", [
+    ("quant.param=linear", "quant.param"),
+    ("optim.bits_travel=3", "optim.bits_travel"),
+    ("train.start_widths=size", "train.start_widths"),
+    ("train.fill_budget=true", "train.fill_budget"),
+    ("quant.noise_source=fresh", "quant.noise_source"),
+    ("quant.grid=channel", "quant.grid=channel"),
+])
+def test_options_that_lost_are_refused_with_what_to_do(override, removed):
+    with pytest.raises(InputError, match=f"{re.escape(removed)}.* was removed: .+") as err:
+        load_recipe("default", [override])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("method, key", [("lsq", "quant.group_size=8"),
+                                         ("uniform", "quant.noise=gaussian"),
+                                         ("diffq", "quant.bits=4")])
+def test_a_key_the_method_does_not_take_is_an_error_naming_both(method, key):
+    with pytest.raises(InputError, match=rf"'{key.split('=')[0]}' is not a setting of "
+                                         rf"quant.method={method} \(its keys: .*bits"):
+        load_recipe("default", [f"quant.method={method}", key])
+
+
+def test_each_method_dumps_only_its_own_keys_and_the_dump_loads_back(tmp_path):
+    for method in QUANT_KEYS:
+        r = load_recipe("default", [f"quant.method={method}"])
+        assert set(recipe_to_dict(r)["quant"]) == {"method", *QUANT_KEYS[method]}
+        path = tmp_path / f"{method}.yaml"
+        path.write_text(dump_recipe(r))
+        assert load_recipe(str(path)) == r
 
 
 def test_paper_recipes():
@@ -72,12 +123,12 @@ def test_paper_recipes():
 def test_overrides_dotted_lists_floats_bools():
     r = load_recipe("default", ["optim.lr=1e-3", "train.mu=[1e-3, 1e-2]", "data.augment=true",
                                 "quant.exclude=[fc.*, '*.bias']", "train.epochs=2",
-                                "quant.bits=4", "train.max_steps=null", "output=out/run"])
+                                "train.max_steps=null", "output=out/run"])
     assert r.optim.lr == 1e-3 and isinstance(r.optim.lr, float)
     assert r.train.mu == (1e-3, 1e-2)
     assert r.data.augment is True
     assert r.quant.exclude == ("fc.*", "*.bias")
-    assert r.train.epochs == 2 and r.quant.bits == 4.0 and r.train.max_steps is None
+    assert r.train.epochs == 2 and r.train.max_steps is None
     assert output_dir(r) == "out/run"
 
 
@@ -204,14 +255,22 @@ def test_dataclasses_are_frozen_and_coerce_direct_construction():
         Recipe(data={"dataset_name": "x"})
 
 
-def test_default_yaml_documents_every_key():
-    text = recipe_text("default")
-    for key, value in recipe_to_dict(load_recipe()).items():
-        if key != "name":
-            assert f"\n{key}:" in text, key
-        for sub in value if isinstance(value, dict) else ():
-            assert f"\n  {sub}:" in text, f"{key}.{sub}"
+def test_the_cli_docs_list_every_key_with_its_built_in_value():
+    """The built-in values live in the schema; docs/cli.md's table lists each one."""
+    from pathlib import Path
 
+    text = (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
+    built_in = recipe_to_dict(Recipe())
+    keys = [f"{s}.{k}" for s, v in built_in.items() if isinstance(v, dict) for k in v]
+    keys += ["output", "quant.bits", *(f"quant.{k}" for k in QUANT_KEYS["diffq"])]
+    for key in keys:
+        assert f"| `{key}` |" in text, key
+
+
+def test_the_default_recipe_lists_what_a_user_edits_not_every_default():
+    text = recipe_text("default")
+    assert "freeze_bits" not in text and "bits_lr" not in text and "noise:" not in text
+    assert load_recipe().train.freeze_bits == Recipe().train.freeze_bits
 
 def test_importing_recipe_does_not_import_yaml():
     import subprocess
@@ -226,7 +285,6 @@ def test_min_bits_defaults_to_the_grid_s_floor():
     from diffq_cli.config.load import Recipe
 
     assert Recipe().quant.min_bits == 2
-    assert Recipe(quant={"grid": "channel"}).quant.min_bits == 2
     assert Recipe(quant={"grid": "learned"}).quant.min_bits == 1
     assert Recipe(quant={"grid": "learned", "min_bits": 2}).quant.min_bits == 2
     assert Recipe(quant={"min_bits": 1}).quant.min_bits == 1

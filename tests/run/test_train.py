@@ -7,8 +7,6 @@ import torch
 from torch import nn
 
 from diffq_cli import DiffQuantizer
-from diffq_cli.config.schema import OptimConfig, QuantConfig
-from diffq_cli.run.steps import MAX_BITS_PER_STEP, bits_lr
 from diffq_cli.run.steps import optimize as _optimize
 from diffq_cli.run.steps import rng_state as _rng_state
 from diffq_cli.run.steps import set_rng_state as _set_rng_state
@@ -20,7 +18,7 @@ def _setup(seed=0):
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    quantizer = DiffQuantizer(net, group_size=8, min_size=0, noise_source="fresh")
+    quantizer = DiffQuantizer(net, group_size=8, min_size=0)
     bits_opt = torch.optim.Adam([{"params": []}], lr=1e-2)
     quantizer.setup_optimizer(bits_opt, lr=1e-2)
     return net, quantizer, opt, bits_opt
@@ -76,16 +74,3 @@ def test_rng_state_holds_cuda_generators():
     first = torch.rand(4, device="cuda")
     _set_rng_state(state)
     assert torch.equal(torch.rand(4, device="cuda"), first)
-
-
-def test_a_travel_sets_the_linear_widths_rate_and_nothing_else():
-    """optim.bits_travel: DiffQ's linear widths move travel / learning steps bits per step (at
-    most MAX_BITS_PER_STEP); a sigmoid's logit, LSQ's steps (the default recipe's LSQ
-    baseline) and a run without a travel keep optim.bits_lr."""
-    o = OptimConfig(bits_lr=0.02, bits_travel=3)
-    linear = QuantConfig(method="diffq", param="linear")
-    assert bits_lr(o, 60, linear) == pytest.approx(0.05)
-    assert bits_lr(o, 5, linear) == MAX_BITS_PER_STEP
-    assert bits_lr(o, 60, QuantConfig(method="diffq", param="bits")) == 0.02
-    assert bits_lr(o, 60, QuantConfig(method="lsq", param="linear")) == 0.02
-    assert bits_lr(OptimConfig(bits_lr=0.02), 60, linear) == 0.02
