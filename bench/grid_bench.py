@@ -1,7 +1,7 @@
-"""Quantization grids (``quant.grid``: minmax, channel, learned): weight error and accuracy.
+"""Quantization grids (``quant.grid``: minmax, learned): weight error, and sizes to aim at.
 
-    python bench/grid_bench.py mse                  # (a) weight MSE table, seconds
-    python bench/grid_bench.py accuracy --seeds 0 1 2   # (b) digits, every method x grid x bits
+    python bench/grid_bench.py mse [--weights float.pt]   # (a) weight MSE table, seconds
+    python bench/grid_bench.py targets --model test_resnet --input-size 32   # (b)
 
 (a) Relative weight MSE (``sum (q - w)^2 / sum w^2``) of post-training quantization on each grid
 at 2/3/4 bits: Gaussian and Laplace tensors (64 x 1152, rows scaled 0.2..2), the conv
@@ -11,18 +11,12 @@ sets of the ``learned`` grid, each at its own MSE-optimal clip: with a zero leve
 for ``q`` in ``[-2**(b-1), 2**(b-1) - 1]`` (shipped before the mid-rise levels) and symmetric
 narrow ``[-(2**(b-1) - 1), 2**(b-1) - 1]``.
 
-(b) Per grid and seed, one ``bench/tradeoff.py`` call on test_resnet / digits (one shared float
-model): DiffQ aimed at the true size of uniform 2/3/4 bits on that grid, uniform QAT, LSQ and
-PTQ at 2/3/4 bits. Prints accuracy mean ± sd per (method, width, grid) and the paired
-difference to minmax (same seed), and writes it to ``bench/out/grid_accuracy.md``.
+(b) The true size of uniform 2/3/4 bits of a model on each grid (side information included,
+rounded up, above DiffQ's floor): the ``targets`` of a ``bench/sweep.py`` spec that compares
+DiffQ with uniform QAT and LSQ at those widths.
 """
 
 import argparse
-import json
-import shutil
-import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -82,26 +76,34 @@ def _rel_mse(weights, grid: str, bits: int, levels: str = "") -> float:
 
 
 def mse_table(weights=None) -> str:
-    lines = ["| tensor | bits | minmax | channel | learned (mid-rise) | learned, zero level | "
-             "learned narrow | minmax / learned |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| tensor | bits | minmax | learned (mid-rise) | learned, zero level | "
+             "learned narrow | minmax / learned |", "|---|---|---|---|---|---|---|"]
     for name, w in _tensors(weights).items():
         for bits in BITS:
-            e = {g: _rel_mse(w, g, bits) for g in ("minmax", "channel", "learned")}
+            e = {g: _rel_mse(w, g, bits) for g in ("minmax", "learned")}
             e["zero"] = _rel_mse(w, "learned", bits, levels="zero")
             e["narrow"] = _rel_mse(w, "learned", bits, levels="narrow")
-            lines.append(f"| {name} | {bits} | {e['minmax']:.4f} | {e['channel']:.4f} | "
+            lines.append(f"| {name} | {bits} | {e['minmax']:.4f} | "
                          f"{e['learned']:.4f} | {e['zero']:.4f} | {e['narrow']:.4f} | "
                          f"{e['minmax'] / e['learned']:.1f}x |")
     return "\n".join(lines)
 
 
-def _targets(grid: str, input_size: int) -> list[float]:
-    """True size of uniform 2/3/4 bits of test_resnet on ``grid`` (side information included)."""
+def targets(model_name: str, grid: str, input_size: int, in_chans: int = 3,
+            num_classes: int = 10) -> list[float]:
+    """True size in MiB of uniform 2/3/4 bits of ``model_name`` on ``grid`` (side information
+    included), rounded up (a target is a cap) and above DiffQ's floor (a target below it is
+    refused).
+
+    >>> targets("test_resnet", "minmax", 32)  # doctest: +SKIP
+    [0.123, 0.166, 0.21]
+    """
     from diffq_cli.models.factory import create_model
     from diffq_cli.quant import DiffQuantizer, UniformQuantizer
     from diffq_cli.quant.budget import size_floor
 
-    model = create_model("test_resnet", num_classes=10, in_chans=3, input_size=input_size)
+    model = create_model(model_name, num_classes=num_classes, in_chans=in_chans,
+                         input_size=input_size)
     q = DiffQuantizer(model, group_size=8, grid=grid)
     floor = size_floor(q)  # a target below DiffQ's floor is refused
     q.detach()
@@ -114,97 +116,25 @@ def _targets(grid: str, input_size: int) -> list[float]:
     return sizes
 
 
-def _tradeoff(args: list[str]) -> str:
-    cmd = [sys.executable, "bench/tradeoff.py", "--recipe", "default", "--model", "test_resnet",
-           "--data-dir=", "--train-subset", "1438", "--val-subset", "359", "--input-size", "32",
-           "--svg=", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
-    return done.stdout
-
-
-def _key(row: dict, targets: list[float]):
-    """(method, bits) of a tradeoff row; DiffQ rows by the uniform width they aim at."""
-    if row["method"] == "diffq":
-        label = row["label"]
-        for bits, t in zip(BITS, targets, strict=True):
-            if f"{t:g}" in label:
-                return "diffq", bits
-        return None
-    bits = row.get("bits")
-    if bits is None or int(bits) not in BITS:
-        return None
-    return row["method"], int(bits)
-
-
-def accuracy(a) -> str:
-    OUT.mkdir(parents=True, exist_ok=True)
-    weights = OUT / "grid-float.pt"
-    results = {}  # (method, bits) -> grid -> seed -> accuracy
-    for seed in a.seeds:
-        for grid in a.grids:
-            targets = _targets(grid, 32)
-            out = OUT / f"grid-{grid}-s{seed}.json"
-            if not out.exists():
-                start = (["--weights", str(weights)] if weights.exists()
-                         else [f"--float-epochs={a.float_epochs}"])
-                printed = _tradeoff([*start, "--seed", str(seed), "--grid", grid, "--epochs",
-                           str(a.epochs), "--qat-bits", *map(str, BITS), "--lsq-bits",
-                           *map(str, BITS), "--targets", *map(str, targets), "--out", str(out),
-                           *a.overrides])
-                if not weights.exists():  # the float model every later call starts from
-                    shutil.copy(printed.rsplit("float weights: ", 1)[1].strip(), weights)
-            for row in json.loads(out.read_text())["rows"]:
-                key = _key(row, targets)
-                if key:
-                    results.setdefault(key, {}).setdefault(grid, {})[seed] = row["accuracy"]
-    return _accuracy_table(results, a.grids)
-
-
-def _ms(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
-def _accuracy_table(results: dict, grids: list[str]) -> str:
-    others = [g for g in grids if g != "minmax"]
-    head = ["method", "bits", *(f"{g} acc %" for g in grids), *(f"{g} - minmax" for g in others)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    order = {"diffq": 0, "qat": 1, "lsq": 2, "ptq": 3}
-    for key in sorted(results, key=lambda k: (order.get(k[0], 9), k[1])):
-        by_grid = results[key]
-        cells = [key[0], str(key[1])]
-        cells += [_ms(list(by_grid[g].values())) if g in by_grid else "—" for g in grids]
-        for g in others:
-            seeds = sorted(set(by_grid.get(g, {})) & set(by_grid.get("minmax", {})))
-            diffs = [by_grid[g][s] - by_grid["minmax"][s] for s in seeds]
-            cells.append(_ms(diffs) if diffs else "—")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=("mse", "accuracy"))
-    p.add_argument("overrides", nargs="*", help="key=value recipe overrides (accuracy)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("part", choices=("mse", "targets"))
     p.add_argument("--weights", default=None, help="mse: also a trained model's float.pt")
-    p.add_argument("--grids", nargs="+", default=["minmax", "channel", "learned"])
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--float-epochs", type=int, default=3)
+    p.add_argument("--model", default="test_resnet", help="targets: the model")
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--in-chans", type=int, default=3, help="1 for Fashion-MNIST")
+    p.add_argument("--grids", nargs="+", default=["minmax", "learned"])
     a = p.parse_args()
     torch.set_num_threads(1)
+    if a.part == "targets":
+        for grid in a.grids:
+            sizes = targets(a.model, grid, a.input_size, a.in_chans)
+            print(f"{grid}: targets: [{', '.join(f'{x:g}' for x in sizes)}]  "
+                  f"# uniform {'/'.join(map(str, BITS))} bits")
+        return
     OUT.mkdir(parents=True, exist_ok=True)
-    if a.part == "mse":
-        text = "Relative weight MSE, post-training quantization per grid\n\n" + mse_table(a.weights)
-        path = OUT / "grid_mse.md"
-    else:
-        text = (f"test_resnet / digits, {a.epochs} epoch(s) per method, seeds "
-                f"{' '.join(map(str, a.seeds))}; accuracy %, mean ± sd over seeds; paired "
-                f"difference to minmax (same seed)\n\n" + accuracy(a))
-        path = OUT / "grid_accuracy.md"
+    text = "Relative weight MSE, post-training quantization per grid\n\n" + mse_table(a.weights)
+    path = OUT / "grid_mse.md"
     path.write_text(text + "\n")
     print(text)
     print(f"\nwritten: {path}")

@@ -34,8 +34,7 @@ if variant != "float":
         q = diffq.DiffQuantizer(model, group_size=8)
     else:
         from diffq_cli import DiffQuantizer
-        kwargs = {"learned": {"grid": "learned"}, "channel": {"grid": "channel"},
-                  "file": {}}.get(variant, {"noise_source": variant})
+        kwargs = {"learned": {"grid": "learned"}}.get(variant, {})  # pool, file: the default
         q = DiffQuantizer(model, group_size=8, **kwargs)
     bits_opt = torch.optim.Adam([{"params": []}], fused=True)
     q.setup_optimizer(bits_opt, lr=1e-3)
@@ -75,7 +74,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)  # +-20 MiB per process
     parser.add_argument("--reference", action="store_true", help="also the reference DiffQ")
     args = parser.parse_args()
-    variants = ["float", "pool", "fresh", "learned", "channel", "file"] + (
+    variants = ["float", "pool", "learned", "file"] + (
         ["reference"] if args.reference else [])
     rows = {v: peak(v, args.steps, args.repeats) for v in variants}
     base, weights = rows["float"]

@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from diffq_cli import DiffQuantizer, __version__  # noqa: E402
 from diffq_cli.quant.pack import pack, unpack  # noqa: E402
-from diffq_cli.quant.project import project_to_budget  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "quant_bench.json"
 TARGETS = {"p1_ratio": 1.3, "p1_stretch": 1.10, "p2_seconds": 0.1, "p3_vs_reference": 1.5}
@@ -84,11 +83,10 @@ def small_cnn():
 
 
 # ------------------------------------------------------------------------------------- P1
-def make_step(model, quantizer, x, y, mu=1e-3, file=False, project=False):
+def make_step(model, quantizer, x, y, mu=1e-3, file=False):
     """One training step: main SGD on the weights, fused Adam on the bits (if any); ``file``:
     the size penalty is the coded file's (``--size file``; its tables refreshed every 10
-    steps, as the finetune loop does); ``project``: linear widths held at a budget
-    (the size they start at) after each step, as ``--target-mb`` does."""
+    steps, as the finetune loop does)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     bits_opt = None
     if quantizer is not None:
@@ -96,7 +94,6 @@ def make_step(model, quantizer, x, y, mu=1e-3, file=False, project=False):
         # Fused Adam, as `diffq finetune` uses: one kernel for all bit logits (5x faster on CPU).
         bits_opt = torch.optim.Adam([{"params": []}], fused=True)
         q.setup_optimizer(bits_opt, lr=1e-3)
-        budget = float(q.model_size().detach()) if project else None
     model.train()
     count = [0]
 
@@ -113,8 +110,6 @@ def make_step(model, quantizer, x, y, mu=1e-3, file=False, project=False):
         opt.step()
         if bits_opt is not None:
             bits_opt.step()
-            if budget is not None:
-                project_to_budget(q, budget, fill=True)
 
     return step
 
@@ -125,16 +120,12 @@ def bench_p1(ref, steps: int, warmup: int) -> dict:
     variants = {
         "float": None,
         "pool": lambda m: DiffQuantizer(m, group_size=8),
-        "fresh": lambda m: DiffQuantizer(m, group_size=8, noise_source="fresh"),
         "learned": lambda m: DiffQuantizer(m, group_size=8, grid="learned"),
-        "channel": lambda m: DiffQuantizer(m, group_size=8, grid="channel"),
-        "file": lambda m: DiffQuantizer(m, group_size=8),
-        "linear": lambda m: DiffQuantizer(m, group_size=8, param="linear"),
+        "file": lambda m: DiffQuantizer(m, group_size=8),  # the --size file penalty
     }
     if ref is not None:
         variants["reference"] = lambda m: ref.DiffQuantizer(m, group_size=8)
-    steps_fn = {name: make_step(resnet18(), q, x, y, file=name == "file",
-                                project=name == "linear")
+    steps_fn = {name: make_step(resnet18(), q, x, y, file=name == "file")
                 for name, q in variants.items()}
     times = {name: [] for name in variants}
     for i in range(warmup + steps):  # interleaved, so load changes hit every variant alike
@@ -252,7 +243,7 @@ def report(res: dict) -> None:
                 extra += f", stretch {stretch}: {verdict(ratio, stretch)}]"
         print(f"  {name:<10} {sec * 1e3:8.1f} ms{extra}")
     if "ratio_reference" in p1:
-        for name in ("pool", "fresh"):
+        for name in ("pool",):
             overhead = (p1[f"ratio_{name}"] - 1) / max(p1["ratio_reference"] - 1, 1e-9)
             print(
                 f"  ours-{name}/reference step time: "

@@ -14,12 +14,22 @@ Prints markdown tables and writes ``bench/out/target_bench.json``.
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tradeoff import FASHION, finetune  # noqa: E402
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+def finetune(args: list[str], out: Path) -> dict:
+    """One ``diffq finetune --json`` run; its summary."""
+    cmd = [sys.executable, "-m", "diffq_cli", "finetune", *args, "--output", str(out),
+           "--overwrite", "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout)
 
 
 def default_part(work: Path) -> dict:

@@ -19,8 +19,8 @@ def header_bits(spread, groups, side=0):
     """Bits of a quantized tensor besides its levels: ``HEADER_BITS`` + ``side`` + each of its
     ``groups`` widths on ``spread.bit_length()`` bits (``spread``: widest minus narrowest
     width). Given tensors (one spread and group count per tensor), the sum over them."""
-    if torch.is_tensor(spread):
-        width = torch.ceil(torch.log2(spread.float() + 1))
+    if torch.is_tensor(spread):  # bit_length in integer steps (spreads are below 16)
+        width = sum((spread >= 2**k).float() for k in range(4))
         return HEADER_BITS * spread.numel() + side + torch.dot(width, groups.float())
     return HEADER_BITS + side + int(spread).bit_length() * groups
 

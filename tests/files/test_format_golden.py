@@ -46,10 +46,10 @@ LEVELS = {
 }
 # The tiny DiffQ model on the learned grid as written before its levels moved to mid-rise
 # (entries with offset 0: value = q * step); tests/golden.py:write_golden_learned0.
+GOLDEN_LEARNED0 = "e76e6328c58ab93ddbe348790b3492e99c9edd17ce42592e456547c81b607456"
 # The tiny DiffQ model on the per-channel min/max grid, which training no longer offers
 # (tests/golden.py:write_golden_channel): its files must keep decoding as written.
 GOLDEN_CHANNEL = "623749aa81620b65a00217746b3595a25098091ee2862c599cd2c9f8983d6a0b"
-GOLDEN_LEARNED0 = "e76e6328c58ab93ddbe348790b3492e99c9edd17ce42592e456547c81b607456"
 # Version 2 (entropy-coded): the tiny DiffQ model (bit-packed and constant streams) and a wider
 # peaked model at 4 bits (an ANS stream), written by tests/golden.py:write_golden_v2. Their coded
 # states pin the coder's output: a constriction release that codes differently changes them.

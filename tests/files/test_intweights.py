@@ -23,8 +23,6 @@ ARTIFACTS = {  # name: (quantizer options, integer dtype expected, exact expecte
     "learned": ({"grid": "learned", "max_bits": 8}, "int8", True),
     "minmax-4bit": ({"min_bits": 4, "max_bits": 4, "init_bits": 4}, "uint8", True),
     "minmax-2to4": ({"min_bits": 2, "max_bits": 4, "init_bits": 3}, "uint8", False),
-    "channel-2to4": ({"grid": "channel", "min_bits": 2, "max_bits": 4, "init_bits": 3},
-                     "uint8", False),
 }
 
 
@@ -58,6 +56,36 @@ def test_integers_give_the_quantized_weights(artifacts, name):
     x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(int_model(x), model(x), rtol=0, atol=1e-5)
+
+
+def test_channel_grid_file_integers_give_its_weights():
+    """A file on the per-channel min/max grid (no longer trained: tests/golden.py's
+    write_golden_channel) keeps its integer form, per row ``low + q * step``: its rows mix
+    widths (2 to 8 bits), so on each row's common grid, near-exact, uint8 or int16."""
+    from pathlib import Path
+
+    from golden import golden_input, golden_model
+
+    from diffq_cli import restore_quantized_state
+
+    _, obj = read_file(Path(__file__).parent / "golden" / "golden_v2_channel.th")
+    state = obj["state"]
+    assert {e["scheme"] for e in state["quantized"].values()} == {"channel"}
+    model = golden_model()
+    restore_quantized_state(model, state)
+    model.eval()
+    mapped = int_weights(state)
+    assert set(mapped) == set(state["quantized"])
+    assert {str(w["q"].dtype) for w in mapped.values()} == {"torch.uint8", "torch.int16"}
+    int_model = IntModel(model, state, mapped).eval()
+    weights = int_model.weights()
+    for pname, w in mapped.items():
+        assert w["offset"] is not None and not w["exact"]
+        torch.testing.assert_close(weights[pname], model.get_parameter(pname), rtol=2e-7,
+                                   atol=1e-7)
+    with torch.no_grad():
+        torch.testing.assert_close(int_model(golden_input()), model(golden_input()), rtol=0,
+                                   atol=1e-5)
 
 
 def test_many_widths_in_a_row_stay_float(tmp_path):

@@ -62,18 +62,16 @@ CONFIGS = {
     "diffq-g8": (DiffQuantizer, {"group_size": 8}),
     "diffq-g0": (DiffQuantizer, {"group_size": 0}),
     "diffq-g1-uniform-noise": (DiffQuantizer, {"group_size": 1, "noise": "uniform"}),
-    "diffq-g8-param-noise-fresh": (
-        DiffQuantizer,
-        {"group_size": 8, "param": "noise", "noise_source": "fresh"},
-    ),
+    "diffq-g8-param-noise": (DiffQuantizer, {"group_size": 8, "param": "noise"}),
     "uniform-4": (UniformQuantizer, {"bits": 4}),
     "uniform-4-qat": (UniformQuantizer, {"bits": 4, "qat": True}),
     "lsq-4": (LSQ, {"bits": 4}),
-    # per-channel grids; groups of 10 straddle the rows of conv2 (144) and fc1 (128)
+    # the learned grid (a scale per output row); groups of 10 straddle the rows of conv2 (144)
+    # and fc1 (128)
     "diffq-g10-learned": (DiffQuantizer, {"group_size": 10, "grid": "learned"}),
-    "diffq-g8-channel": (DiffQuantizer, {"group_size": 8, "grid": "channel"}),
+    "diffq-g8-learned": (DiffQuantizer, {"group_size": 8, "grid": "learned"}),
     "uniform-4-qat-learned": (UniformQuantizer, {"bits": 4, "qat": True, "grid": "learned"}),
-    "lsq-4-channel": (LSQ, {"bits": 4, "grid": "channel"}),
+    "lsq-4-learned": (LSQ, {"bits": 4, "grid": "learned"}),
 }
 
 

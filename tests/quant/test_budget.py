@@ -11,7 +11,7 @@ from diffq_cli.quant.budget import (
     size_at_bits,
     size_floor,
 )
-from diffq_cli.quant.state import tensor_bits
+from diffq_cli.quant.sizes import HEADER_BITS, header_bits, tensor_bits
 from tests.quant.conftest import make_net
 
 
@@ -32,6 +32,16 @@ def _spread_around_3_5():
     return q
 
 
+def test_header_rule_is_the_same_on_tensors_and_on_integers():
+    """The differentiable size sums headers over tensors (one spread per tensor, on device);
+    the true size counts one tensor at a time: each width on spread.bit_length() bits."""
+    spreads, groups = torch.arange(15), torch.arange(1, 16) * 7
+    for s, g in zip(spreads.tolist(), groups.tolist(), strict=True):
+        assert header_bits(s, g, 16) == HEADER_BITS + 16 + s.bit_length() * g
+    want = sum(header_bits(s, g) for s, g in zip(spreads.tolist(), groups.tolist(), strict=True))
+    assert float(header_bits(spreads.float(), groups, 48)) == want + 48
+
+
 def test_floor_is_every_group_at_min_bits():
     q = _quantizer(min_bits=2)
     expected = q._float_bits()
@@ -43,7 +53,7 @@ def test_floor_is_every_group_at_min_bits():
     assert size_floor(q) < size_at_bits(q, 4) < q.true_model_size()
 
 
-@pytest.mark.parametrize("param", ["bits", "noise", "linear"])
+@pytest.mark.parametrize("param", ["bits", "noise"])
 def test_logits_for_bits_inverts_the_parametrisation(param):
     q = _quantizer(param=param)
     bits = torch.tensor([2.0, 2.7, 5.4, 8.0, 14.2, 15.0])
@@ -118,39 +128,62 @@ def test_budget_helpers_need_a_diffquantizer():
         size_floor(q)
 
 
-def test_start_at_size_mixes_two_integer_widths_small_tensors_wide_first():
-    from diffq_cli.quant.budget import start_at_size
+def _next_bit_gain(sensitivity, qp, width):
+    """Loss removed per stored bit by one more bit on every group of ``qp`` at ``width``."""
+    return sensitivity[qp.name] * 4.0**-width / qp.numel
+
+
+def test_start_at_size_gives_integer_widths_greedily_by_loss_per_bit():
+    from diffq_cli.quant.budget import integer_widths, start_at_size
 
     q = _quantizer(min_size=1e-4)
     target = (size_at_bits(q, 3) + size_at_bits(q, 4)) / 2
-    got = start_at_size(q, target)
+    sensitivity = {qp.name: 1.0 for qp in q._qparams}
+    got = start_at_size(q, target, sensitivity)
     assert got == pytest.approx(q.true_model_size()) and got <= target
-    widths = {qp.name: q._true_bits(qp) for qp in q._qparams}
-    assert set(torch.cat(list(widths.values())).tolist()) == {3, 4}
-    # Smallest tensors wide first; the first tensor that does not fit whole gets 4 bits on a
-    # prefix of its groups, so at most one tensor mixes the two widths...
+    widths = dict(zip([qp.name for qp in q._qparams], integer_widths(q), strict=True))
+    # Whole tensors by loss per bit; only the tensor next in line gets a prefix of its groups
+    # one bit wider, so at most one tensor mixes widths, and two adjacent ones.
+    mixed = [qp for qp in q._qparams if len(set(widths[qp.name].tolist())) > 1]
+    assert len(mixed) == 1
+    (next_in_line,) = mixed
+    low = int(widths[next_in_line.name].min())
+    assert int(widths[next_in_line.name].max()) == low + 1
+    # Greedy: the next in line's bit was worth the most of the bits left (every tensor below
+    # max_bits), and every bit given was worth at least as much.
+    line = _next_bit_gain(sensitivity, next_in_line, low)
+    for qp in q._qparams:
+        if qp is next_in_line:
+            continue
+        b = int(widths[qp.name][0])
+        assert bool((widths[qp.name] == b).all())
+        if b < q.max_bits:
+            assert _next_bit_gain(sensitivity, qp, b) <= line
+        if b > q.min_bits:
+            assert _next_bit_gain(sensitivity, qp, b - 1) >= line
+    # With equal sensitivities the gain is 4**-b / numel: the smallest tensors get wider.
     by_size = sorted(q._qparams, key=lambda qp: qp.numel)
     means = [float(widths[qp.name].float().mean()) for qp in by_size]
-    assert means == sorted(means, reverse=True)
-    assert sum(len(set(w.tolist())) > 1 for w in widths.values()) <= 1
-    # ...and the start spends the budget: short of it by less than one more group (its width
-    # and the per-group header bit that mixing widths adds).
+    assert means == sorted(means, reverse=True) and means[0] > means[-1]
+    # The start spends the budget: short of it by less than one more group (its width and the
+    # per-group header bit that mixing widths adds).
     slack = max(qp.n_groups + qp.group_size for qp in q._qparams) / (8 * 2**20)
     assert target - got < slack
     # The real bits sit on the integers: no gap between training noise and rounding.
     for b in learned_bits(q):
         assert torch.allclose(b, torch.round(b), atol=1e-3)
-    assert start_at_size(q, 1e6) == pytest.approx(size_at_bits(q, q.init_bits))
+    assert start_at_size(q, 1e6, sensitivity) == pytest.approx(size_at_bits(q, q.init_bits))
 
 
 def test_moved_groups_counts_the_widths_that_left_their_start():
     from diffq_cli.quant.budget import integer_widths, moved_groups
 
-    q = _quantizer(param="linear")
+    q = _quantizer()
     start = integer_widths(q)
+    assert bool((start[0][:3] == 8).all())
     with torch.no_grad():
-        qp = q._qparams[0]
-        qp.bit_param[:3] -= torch.tensor([1.0, 2.0, 0.2])  # two widths move, one stays
+        qp = q._qparams[0]  # two widths move (by 1 and 2 bits), one stays
+        qp.bit_param[:3] = logits_for_bits(q, torch.tensor([7.0, 6.0, 7.8]))
     moved = moved_groups(start, integer_widths(q))
     total = sum(qp.n_groups for qp in q._qparams)
     assert moved == {"groups": total, "groups_moved": 2, "moved_fraction": 2 / total,

@@ -121,7 +121,7 @@ def test_start_at_size_can_aim_at_the_file():
     q = DiffQuantizer(_net(), group_size=8)
     target = 0.5 * (_file_mb(_at(q, 2)) + _file_mb(_at(q, 3)))
     tables = q.refresh_file_tables()
-    start_at_size(q, target, sizer=tables.widths_mb)
+    start_at_size(q, target, {qp.name: 1.0 for qp in q.quantized}, sizer=tables.widths_mb)
     assert 0.99 * target <= tables.widths_mb(q.quantized, integer_widths(q)) <= target
     # The start widths come in runs (the first groups of a tensor one bit wider), which the
     # coder packs a little under their order-0 bound: the file is at most the target.

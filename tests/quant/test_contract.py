@@ -182,23 +182,28 @@ def test_sizes_are_consistent(h, qconfig, batch):
     assert true / 1.5 <= estimate.item() <= 1.5 * true
 
 
-def test_differentiable_size_equals_true_size_at_integer_bits(h):
+@pytest.mark.parametrize("grid", ["minmax", "learned"])
+@pytest.mark.parametrize("spread", [0, 4])
+def test_differentiable_size_equals_true_size_at_integer_bits(h, grid, spread):
     """Two independent code paths (the batched differentiable estimate and the per-tensor
-    count of the rounded widths) agree exactly when every learned width is an integer."""
+    count of the rounded widths) agree exactly when every learned width is an integer: the
+    differentiable size charges each tensor's header (and the learned grid's scales) by the
+    true size's rule, on the spread of its rounded widths (0: one width, no per-group bits)."""
     net = h.make_net(0)
-    quantizer = DiffQuantizer(net, group_size=8, min_bits=2, max_bits=10, init_bits=6)
+    quantizer = DiffQuantizer(net, group_size=8, min_bits=2, max_bits=10, init_bits=6,
+                              grid=grid)
     with torch.no_grad():
-        for i, p in enumerate(quantizer._bit_parameters()):
-            # Widths 3..7 by group: sigmoid(logit) = (b - 2) / 8 exactly representable.
-            b = 3 + torch.arange(p.numel()) % 5 + i % 2
+        for i, qp in enumerate(quantizer._qparams):
+            # Widths from 3 by group: sigmoid(logit) = (b - 2) / 8 exactly representable.
+            b = 3 + torch.arange(qp.n_groups) % (spread + 1) + i % 2
             t = (b.float() - 2) / 8
-            p.copy_(torch.log(t / (1 - t)))
+            qp.bit_param.copy_(torch.log(t / (1 - t)))
     true = quantizer.true_model_size()
     assert quantizer.model_size().item() == pytest.approx(true, rel=1e-6)
     # and the differentiable estimate moves with the widths while the floats stay counted
     with torch.no_grad():
-        for p in quantizer._bit_parameters():
-            p.add_(1.0)
+        for qp in quantizer._qparams:
+            qp.bit_param.add_(1.0)
     assert quantizer.model_size().item() > true
 
 

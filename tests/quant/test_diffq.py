@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from diffq_cli import LSQ, DiffQuantizer, UniformQuantizer, restore_quantized_state
-from diffq_cli.quant.noise import FreshNoise, NoisePool
+from diffq_cli.quant.noise import NoisePool
 from diffq_cli.quant.ops import noisy_weight
 from diffq_cli.quant.state import entry_group_bits as entry_bits
 
@@ -23,10 +23,9 @@ def _float_out(h, x, train=True):
 
 # ---------------------------------------------------------------------------- training noise
 @pytest.mark.parametrize("noise", ["gaussian", "uniform"])
-@pytest.mark.parametrize("source", ["pool", "fresh"])
-def test_training_forwards_are_noisy_and_eval_is_not(h, batch, noise, source):
+def test_training_forwards_are_noisy_and_eval_is_not(h, batch, noise):
     net = h.make_net(0)
-    quantizer, _ = h.attach(DiffQuantizer, net, group_size=8, noise=noise, noise_source=source)
+    quantizer, _ = h.attach(DiffQuantizer, net, group_size=8, noise=noise)
     reference = _float_out(h, batch)
     net.train()
     with torch.no_grad():
@@ -294,8 +293,8 @@ def test_setup_opt_alias_adds_one_group(h):
     "kwargs",
     [
         {"param": "log"},
+        {"param": "linear"},
         {"noise": "laplace"},
-        {"noise_source": "disk"},
         {"min_bits": 4, "init_bits": 3},
         {"max_bits": 16},
         {"group_size": -1},
@@ -442,8 +441,6 @@ def test_pool_windows_have_the_right_statistics(kind, std):
         assert float(values.abs().max()) <= 0.5
     else:
         assert float(values.abs().max()) > 3.5  # real tails, not a clipped distribution
-    fresh = torch.cat([w for w, _ in FreshNoise(kind, torch.device("cpu")).windows([100_000])])
-    assert float(fresh.std()) == pytest.approx(std, rel=0.02)
 
 
 def test_pool_gives_different_windows_each_step():
@@ -547,17 +544,16 @@ def test_separate_optimizer_for_the_bits(h, batch):
     assert not torch.equal(net.fc1.weight, weight)
 
 
-def test_learned_scales_can_have_their_own_learning_rate(h):
-    # Widths at a short run's fast rate, the learned grid's log-scales at their own.
+def test_learned_scales_share_the_widths_group(h):
+    # The learned grid's log-scales go with the widths: one group at ``lr``, no weight decay.
     opt = torch.optim.Adam([{"params": []}])
-    quantizer = DiffQuantizer(h.make_net(0), group_size=8, grid="learned", param="linear")
-    quantizer.setup_optimizer(opt, lr=0.08, scale_lr=0.01)
-    by_lr = {group["lr"]: {id(p) for p in group["params"]} for group in opt.param_groups}
-    assert by_lr[0.08] == {id(qp.bit_param) for qp in quantizer._qparams}
-    assert by_lr[0.01] == {id(qp.scale_param) for qp in quantizer._qparams}
-    alone = torch.optim.Adam([{"params": []}])  # without scale_lr: one group, as before
-    DiffQuantizer(h.make_net(0), grid="learned").setup_optimizer(alone, lr=0.08)
-    assert [g["lr"] for g in alone.param_groups[1:]] == [0.08]
+    quantizer = DiffQuantizer(h.make_net(0), group_size=8, grid="learned")
+    quantizer.setup_optimizer(opt, lr=0.08)
+    assert len(opt.param_groups) == 2
+    group = opt.param_groups[1]
+    assert group["lr"] == 0.08 and group["weight_decay"] == 0.0
+    expected = {id(p) for qp in quantizer._qparams for p in (qp.bit_param, qp.scale_param)}
+    assert {id(p) for p in group["params"]} == expected
 
 
 def test_model_size_after_a_separate_backward(h, batch):
@@ -577,7 +573,7 @@ def test_model_size_after_a_separate_backward(h, batch):
     assert torch.allclose(net.fc1.weight_diffq.grad, alone.model.fc1.weight_diffq.grad)
 
 
-@pytest.mark.parametrize("param", ["bits", "noise", "linear"])
+@pytest.mark.parametrize("param", ["bits", "noise"])
 def test_bits_and_unit_function_matches_the_plain_chain(param):
     """The fused logits -> (bits, unit) Function gives the autograd chain's values and
     gradients (for either output alone and both together)."""
@@ -588,13 +584,9 @@ def test_bits_and_unit_function_matches_the_plain_chain(param):
     lo, hi = (-math.log(2**15 - 1), -math.log(3)) if param == "noise" else (2.0, 15.0)
     gen = torch.Generator().manual_seed(0)
     logits = (torch.randn(300, generator=gen) * 3).requires_grad_()
-    if param == "linear":  # widths inside the range (at the bounds the step is projected)
-        logits = (torch.rand(300, generator=gen) * 12 + 2.5).requires_grad_()
     g_bits, g_unit = torch.randn(300, generator=gen), torch.randn(300, generator=gen) * 1e3
 
     def chain(x):
-        if param == "linear":
-            return x.clamp(lo, hi), 1 / (torch.exp2(x.clamp(lo, hi)) - 1)
         t = torch.sigmoid(x)
         if param == "bits":
             bits = lo + (hi - lo) * t
@@ -635,60 +627,3 @@ def test_frozen_bits_train_through_true_quantization():
     quantizer.freeze_bits(False)
     net.train()
     assert not torch.equal(net(x), evaluated)  # noise again
-
-
-def test_linear_widths_move_about_the_learning_rate_per_step_and_stay_in_range():
-    """param="linear": Adam moves a width by about its lr, in bits, at any width (the sigmoid
-    moves one at 3 of [2, 15] bits by 0.92 bit per unit of its logit, less further down)."""
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(32, 32))
-    moved = {}
-    for param in ("linear", "bits"):
-        quantizer = DiffQuantizer(net, group_size=8, min_size=0, init_bits=3, param=param)
-        opt = torch.optim.Adam([{"params": []}], lr=0.05)
-        quantizer.setup_optimizer(opt, lr=0.05)
-        start = quantizer._bits_and_unit(quantizer._qparams[0].bit_param.detach())[0]
-        for _ in range(20):  # the size alone: every width goes down
-            opt.zero_grad()
-            quantizer.model_size().backward()
-            opt.step()
-        end = quantizer._bits_and_unit(quantizer._qparams[0].bit_param.detach())[0]
-        moved[param] = float((start - end).mean())
-        quantizer.detach()
-    assert moved["linear"] == pytest.approx(1.0, abs=0.05)  # 20 steps x 0.05 bits
-    assert moved["bits"] < 0.7
-    # At the floor the width stays at min_bits, and the parameter does not run away below it.
-    quantizer = DiffQuantizer(net, group_size=8, min_size=0, init_bits=2.2, param="linear")
-    opt = torch.optim.Adam([{"params": []}], lr=0.1)
-    quantizer.setup_optimizer(opt, lr=0.1)
-    for _ in range(30):
-        opt.zero_grad()
-        quantizer.model_size().backward()
-        opt.step()
-    qp = quantizer._qparams[0]
-    bits, _ = quantizer._bits_and_unit(qp.bit_param.detach())
-    assert torch.all(bits == 2.0) and torch.all(qp.bit_param == 2.0)  # projected after a step
-
-
-def test_linear_widths_below_the_noise_floor_train_with_its_noise():
-    """param="linear": a width under min_bits + FLOOR_NOISE trains with that width's noise
-    (the noise the sigmoid's floor has), and the noise's gradient passes straight through the
-    floor (at the floor's slope), so the loss can still pull a width back up from there."""
-    from diffq_cli.quant.widths import FLOOR_NOISE, BitsAndUnit
-
-    lo, hi = 2.0, 15.0
-    x = torch.tensor([2.0, 2.1, 2.29, 2.3, 3.0, 1.5]).requires_grad_()
-    bits, unit = BitsAndUnit.apply(lo, hi, "linear", x)
-    floor_unit = 1 / (2 ** (lo + FLOOR_NOISE) - 1)
-    torch.testing.assert_close(bits.detach(), x.detach().clamp(lo, hi))
-    torch.testing.assert_close(unit[[0, 1, 2, 3, 5]].detach(), torch.full((5,), floor_unit))
-    assert float(unit[4]) == pytest.approx(1 / 7)
-    unit.sum().backward()
-    at_floor = x.grad[3]
-    assert at_floor < 0 and x.grad[4] < 0  # wider: less noise
-    # Below min_bits too: a negative gradient is a step up, which the projection lets pass.
-    torch.testing.assert_close(x.grad[[0, 1, 2, 5]], at_floor.expand(4))
-    x.grad = None
-    bits, _ = BitsAndUnit.apply(lo, hi, "linear", x)
-    bits.sum().backward()
-    assert torch.all(x.grad[:5] == 1)  # the size's gradient passes at the floor

@@ -1,4 +1,4 @@
-"""Per-channel grids (``grid="channel"`` / ``"learned"``): levels, files, training, calibration."""
+"""The per-channel grid (``grid="learned"``): levels, files, training, calibration."""
 
 import math
 
@@ -33,17 +33,14 @@ def mse(layer, quantizer) -> float:
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
-def test_learned_and_channel_beat_minmax_on_a_gaussian_tensor(bits):
+def test_learned_beats_minmax_on_a_gaussian_tensor(bits):
     errors = {}
     for grid in grids.GRIDS:
         layer = linear(64, 96)
         q = UniformQuantizer(layer, bits=bits, min_size=0, grid=grid)
         errors[grid] = mse(layer, q)
         q.detach()
-    assert errors["channel"] < errors["minmax"]
     assert errors["learned"] < errors["minmax"]
-    if bits <= 3:  # at 4 bits and 96 values per row the rows' own min/max can do as well
-        assert errors["learned"] < errors["channel"]
     if bits == 2:
         assert errors["learned"] < 0.5 * errors["minmax"]
 
@@ -107,12 +104,11 @@ def test_learned_1_bit_groups_are_plus_minus_half_alpha():
     assert torch.equal(ints["q"].float() * ints["scale"][:, None], values)
 
 
-@pytest.mark.parametrize("grid", ["channel", "learned"])
-def test_groups_straddling_rows_use_each_value_s_row_and_group(grid):
+def test_groups_straddling_rows_use_each_value_s_row_and_group():
     """Rows of 7 values, groups of 4: most groups hold values of two rows."""
     layer = linear(5, 7, seed=3)
     # A different width per group, checked value by value.
-    q = DiffQuantizer(layer, min_size=0, group_size=4, grid=grid, min_bits=2, max_bits=6,
+    q = DiffQuantizer(layer, min_size=0, group_size=4, grid="learned", min_bits=2, max_bits=6,
                       init_bits=4)
     q.no_optimizer()
     with torch.no_grad():
@@ -125,26 +121,18 @@ def test_groups_straddling_rows_use_each_value_s_row_and_group(grid):
     scales = entry["scales"].float()
     for i in range(35):
         r, b = i // 7, bits[i // 4]
-        if grid == "learned":
-            step = float(scales[r]) / 2 ** (b - 1)
-            level = min(max(math.floor(float(w.view(-1)[i]) / step), -(2 ** (b - 1))),
-                        2 ** (b - 1) - 1)
-            want = (level + 0.5) * step
-        else:
-            low, high = float(scales[r, 0]), float(scales[r, 1])
-            delta = (high - low) / (2**b - 1)
-            want = low + min(max(round((float(w.view(-1)[i]) - low) / delta), 0), 2**b - 1) * delta
+        step = float(scales[r]) / 2 ** (b - 1)
+        level = min(max(math.floor(float(w.view(-1)[i]) / step), -(2 ** (b - 1))),
+                    2 ** (b - 1) - 1)
+        want = (level + 0.5) * step
         assert float(got.view(-1)[i]) == pytest.approx(want, rel=1e-5, abs=1e-6), (i, r, b)
 
 
 @pytest.mark.parametrize("cls,kwargs", [
-    (DiffQuantizer, {"group_size": 10, "grid": "channel"}),
     (DiffQuantizer, {"group_size": 10, "grid": "learned", "init_bits": 3}),
-    (UniformQuantizer, {"bits": 3, "grid": "channel"}),
-    (UniformQuantizer, {"bits": 2.5, "grid": "channel"}),
+    (UniformQuantizer, {"bits": 3, "grid": "learned"}),
     (UniformQuantizer, {"bits": 3, "grid": "learned", "qat": True}),
     (UniformQuantizer, {"bits": 1, "grid": "learned", "qat": True}),  # +-alpha/2
-    (LSQ, {"bits": 3, "grid": "channel"}),
     (LSQ, {"bits": 3, "grid": "learned"}),
 ])
 def test_file_round_trip_through_the_coded_artifact(h, cls, kwargs, batch):
@@ -156,7 +144,7 @@ def test_file_round_trip_through_the_coded_artifact(h, cls, kwargs, batch):
     state = h.save_load(quantizer.get_quantized_state())
     check_state_deep(state)
     schemes = {e["scheme"] for e in state["quantized"].values()}
-    assert schemes == {"learned" if cls is LSQ else kwargs["grid"]}
+    assert schemes == {"learned"}
     coded = h.save_load(encode_state(state))
     decoded, disk = decode_state(coded, FORMAT, VERSION)
     for name, entry in state["quantized"].items():
@@ -233,17 +221,24 @@ def test_learned_alpha_starts_at_the_mse_optimal_clip():
 def test_bad_grid_values_are_refused():
     net = nn.Linear(64, 64)
     for cls in (DiffQuantizer, UniformQuantizer, LSQ):
-        with pytest.raises(ValueError, match="grid must be one of minmax, channel, learned"):
+        with pytest.raises(ValueError, match="grid must be one of minmax, learned"):
             cls(net, grid="rows")
+        with pytest.raises(ValueError, match="grid must be one of minmax, learned"):
+            cls(net, grid="channel")  # files on it still decode; training no longer offers it
     with pytest.raises(ValueError, match="grid='learned' needs whole bits"):
         UniformQuantizer(net, bits=2.5, grid="learned")
+    assert {name: grid.name for name, grid in grids.GRIDS.items()} == {
+        "minmax": "minmax", "learned": "learned"}
+    assert grids.get("learned") is grids.GRIDS["learned"]
+    with pytest.raises(ValueError, match="per-channel min/max grid was removed"):
+        grids.get("channel")
 
 
 def test_recipe_key_quant_grid_validates():
     from diffq_cli.config.load import Recipe
 
     assert Recipe(quant={"grid": "learned"}).quant.grid == "learned"
-    with pytest.raises(ValueError, match=r"quant\.grid.*minmax, channel, learned"):
+    with pytest.raises(ValueError, match=r"quant\.grid.*minmax, learned"):
         Recipe(quant={"grid": "rows"})
 
 

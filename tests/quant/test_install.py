@@ -28,7 +28,7 @@ def _grads(seed, light: bool, monkeypatch):
     net = nn.Sequential(Block(), Block(), nn.Linear(32, 4))
     layers = {f"{i}.{c}": getattr(net[i], c) for i in (0, 1) for c in "ab"}
     net[0].watch = net[1].watch = layers
-    quantizer = DiffQuantizer(net, group_size=4, min_size=0, noise_source="fresh")
+    quantizer = DiffQuantizer(net, group_size=4, min_size=0)
     quantizer.no_optimizer()
     net.train()
     torch.manual_seed(seed + 1)

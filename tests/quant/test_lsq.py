@@ -8,6 +8,8 @@ from torch import nn
 
 from diffq_cli import LSQ, restore_quantized_state
 from diffq_cli.data.loaders import _digits
+from diffq_cli.quant import grids
+from diffq_cli.quant.state import dequantize_entry
 
 
 class Scales(nn.Module):
@@ -52,7 +54,7 @@ def test_states_written_with_the_old_signed_grid_still_decode():
     quantizer = LSQ(model, bits=2, min_size=0)
     quantizer.no_optimizer()
     for qp in quantizer._qparams:  # what LSQ wrote before one-signed grids existed
-        quantizer._grid[id(qp)] = (-2, 1)
+        quantizer._level_range[id(qp)] = (-2, 1)
     state = quantizer.get_quantized_state()
     assert all(e["offset"] == 2 for e in state["quantized"].values())
     plain = Scales()
@@ -61,6 +63,39 @@ def test_states_written_with_the_old_signed_grid_still_decode():
         step = qp.bit_param.detach().exp()
         want = torch.clamp(torch.round(getattr(model, name).detach() / step), -2, 1) * step
         torch.testing.assert_close(getattr(plain, name).detach(), want)
+
+
+def test_learned_grid_learns_one_step_per_row():
+    """grid="learned": a log step per output row, starting at the row's MSE-optimal clip
+    (``alpha = step * 2**(b-1)``), stored as the learned scheme, each trained by its row."""
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 8, bias=False)
+    with torch.no_grad():  # rows of different scales
+        layer.weight.mul_(torch.linspace(0.2, 2.0, 8)[:, None])
+    w = layer.weight.detach().clone()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.01)
+    quantizer = LSQ(layer, bits=3, min_size=0, grid="learned")
+    quantizer.setup_optimizer(opt, lr=0.01)
+    (qp,) = quantizer._qparams
+    assert qp.bit_param.shape == (8,)
+    alpha = qp.bit_param.detach().exp() * 4
+    torch.testing.assert_close(alpha, grids.mse_alpha(w.reshape(-1), w.shape, 3))
+    assert float(alpha.max() / alpha.min()) > 5  # each row its own scale
+    entry = quantizer.get_quantized_state()["quantized"]["weight"]
+    assert entry["scheme"] == "learned" and entry["offset"] == grids.RISE
+    assert torch.equal(entry["scales"], grids.to_half(alpha).half())
+    assert quantizer._side_bits(qp) == 16 * 8
+    values = dequantize_entry(entry)
+    scales = entry["scales"].float()[:, None]
+    odd = values / (scales / 8)  # mid-rise on 3 bits: odd multiples of alpha / 8, in +-7
+    assert torch.equal(odd.remainder(2), torch.ones_like(odd)) and float(odd.abs().max()) <= 7
+    layer.train()
+    opt.zero_grad()
+    layer(torch.randn(16, 32)).pow(2).sum().backward()
+    assert bool((qp.bit_param.grad != 0).all())  # every row's step learns
+    before = qp.bit_param.detach().clone()
+    opt.step()
+    assert bool((qp.bit_param.detach() != before).all())
 
 
 class DeepBN(nn.Module):

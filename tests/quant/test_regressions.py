@@ -143,17 +143,24 @@ def test_saved_state_loads_with_weights_only(h, tmp_path):
 
 def test_recipe_methods_are_the_registered_quantizers():
     """The recipe's quant.method choices and the registry name the same methods, and each
-    builds its class from a flat settings dict (keys its constructor does not take ignored)."""
+    builds its class from the settings given (plus the registration's fixed ones); a key its
+    constructor does not take is an error naming it, never silently dropped."""
     from torch import nn
 
     from diffq_cli.config.schema import QuantConfig
     from diffq_cli.quant import LSQ, DiffQuantizer, UniformQuantizer, registry
 
     assert sorted(QuantConfig.choices["method"]) == registry.methods()
-    settings = {"group_size": 4, "bits": 3, "min_size": 0.0, "exclude": ("*.bias",)}
-    for name, cls in (("diffq", DiffQuantizer), ("uniform", UniformQuantizer), ("lsq", LSQ)):
-        quantizer = registry.build(name, nn.Linear(8, 8), settings)
+    common = {"min_size": 0.0, "exclude": ("*.bias",)}
+    for name, cls, own in (("diffq", DiffQuantizer, {"group_size": 4}),
+                           ("uniform", UniformQuantizer, {"bits": 3}),
+                           ("lsq", LSQ, {"bits": 3})):
+        quantizer = registry.build(name, nn.Linear(8, 8), {**common, **own})
         assert type(quantizer) is cls and quantizer.exclude == ["*.bias"]
-    assert registry.build("uniform", nn.Linear(8, 8), settings).qat  # the recipe method trains
+        for key, value in own.items():
+            assert getattr(quantizer, key) == value
+    assert registry.build("uniform", nn.Linear(8, 8), {"bits": 3}).qat  # the recipe method trains
+    with pytest.raises(TypeError, match="bits"):
+        registry.build("diffq", nn.Linear(8, 8), {"group_size": 4, "bits": 3})
     with pytest.raises(ValueError, match="choose one of: diffq, lsq, uniform"):
-        registry.build("nope", nn.Linear(8, 8), settings)
+        registry.build("nope", nn.Linear(8, 8), common)
