@@ -20,8 +20,7 @@ import math
 
 import torch
 
-from diffq_cli.quant.grids import per_group, per_row, rows_of
-from diffq_cli.quant.ops import group_sums
+from diffq_cli.quant.ops import group_sums, per_group, per_row, rows_of
 
 CHUNK = 1 << 18  # values per slice of rows (1 MiB of float32): passes stay in cache
 

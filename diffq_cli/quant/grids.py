@@ -31,34 +31,21 @@ import math
 
 import torch
 
-from diffq_cli.quant.ops import minmax_levels, noisy_weight_and_again, straight_through
+from diffq_cli.quant.gridnoise import learned_noisy_and_again
+from diffq_cli.quant.ops import (
+    minmax_levels,
+    noisy_weight_and_again,
+    per_group,
+    per_row,
+    rows_of,
+    straight_through,
+)
 
 # Clip ratios (of the row's max |w|) searched for an MSE-optimal ``alpha``; above 1 because the
 # top level is ``alpha - step / 2``.
 CLIP_RATIOS = [0.05 * k for k in range(2, 26)]
 RISE = 1  # ``offset`` of the learned levels written now: half steps added to q (mid-rise)
 _HALF_TINY = 2.0**-14  # smallest normal float16: scales stay representable and non-zero
-
-
-def rows_of(shape) -> tuple[int, int]:
-    """(rows, values per row) of a weight: dim 0 is the channel; a 1-D tensor is one row."""
-    numel = math.prod(shape)
-    rows = shape[0] if len(shape) >= 2 and shape[0] > 0 else 1
-    return rows, numel // rows
-
-
-def per_group(x: torch.Tensor, numel: int, group_size: int) -> torch.Tensor:
-    """Per-element copy (numel,) of one value per group (the last group may be shorter)."""
-    full = numel // group_size
-    out = x[:full].repeat_interleave(group_size)
-    if numel > full * group_size:
-        out = torch.cat([out, x[full:].expand(numel - full * group_size)])
-    return out
-
-
-def per_row(x: torch.Tensor, shape) -> torch.Tensor:
-    """Per-element copy (numel,) of one value per row."""
-    return x.repeat_interleave(rows_of(shape)[1])
 
 
 def to_half(x: torch.Tensor) -> torch.Tensor:
@@ -150,6 +137,7 @@ class MinMax:
     """Each tensor's [min, max] (the reference's grid)."""
 
     name = "minmax"
+    per_row = False  # one range per tensor
 
     def side_bits(self, shape) -> int:
         return 0
@@ -184,6 +172,7 @@ class Learned:
     quantizer without a learned scale (uniform) takes the per-row MSE-optimal one."""
 
     name = "learned"
+    per_row = True  # one scale per output row; whole widths only (1 bit: +-alpha/2)
 
     def side_bits(self, shape) -> int:
         return 16 * rows_of(shape)[0]
@@ -205,8 +194,6 @@ class Learned:
                 "offset": RISE}
 
     def noisy(self, qp, bits, unit, noise, mult: float):
-        from diffq_cli.quant.gridnoise import learned_noisy_and_again
-
         return learned_noisy_and_again(qp.param, qp.scale_param.exp(), bits, noise,
                                        qp.group_size, mult)
 

@@ -65,7 +65,7 @@ class LSQ(BaseQuantizer):
         grid: str = "minmax",
     ):
         self._set_grid(grid)
-        self._rows = grid == "learned"  # a step per output row, on the learned grid's scheme
+        self._rows = self._grid.per_row  # a step per output row, stored as the learned scheme
         if int(bits) != bits or not 2 <= bits <= 15:
             raise ValueError(f"LSQ bits must be an integer between 2 and 15, got {bits}")
         self.bits, self.suffix = int(bits), suffix

@@ -12,6 +12,27 @@ import torch
 _ROW = 4096  # row length of the two-stage arg-max search
 
 
+def rows_of(shape) -> tuple[int, int]:
+    """(rows, values per row) of a weight: dim 0 is the channel; a 1-D tensor is one row."""
+    numel = math.prod(shape)
+    rows = shape[0] if len(shape) >= 2 and shape[0] > 0 else 1
+    return rows, numel // rows
+
+
+def per_group(x: torch.Tensor, numel: int, group_size: int) -> torch.Tensor:
+    """Per-element copy (numel,) of one value per group (the last group may be shorter)."""
+    full = numel // group_size
+    out = x[:full].repeat_interleave(group_size)
+    if numel > full * group_size:
+        out = torch.cat([out, x[full:].expand(numel - full * group_size)])
+    return out
+
+
+def per_row(x: torch.Tensor, shape) -> torch.Tensor:
+    """Per-element copy (numel,) of one value per row."""
+    return x.repeat_interleave(rows_of(shape)[1])
+
+
 def split_groups(flat: torch.Tensor, group_size: int):
     """(main part viewed as (full, group_size), tail) of a flat tensor; the tail may be empty."""
     full = flat.numel() // group_size

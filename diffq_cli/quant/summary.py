@@ -3,7 +3,7 @@
 import torch
 
 from diffq_cli.quant.pack import unpack_levels
-from diffq_cli.quant.sizes import HEADER_BITS, group_lengths, tensor_bits
+from diffq_cli.quant.sizes import group_lengths, header_bits, tensor_bits
 from diffq_cli.quant.state import entry_group_bits, entry_levels_data, numel_of
 from diffq_cli.units import MIB_BITS, compression
 
@@ -20,18 +20,19 @@ def entropy_bits(entry: dict) -> float:
 
     The levels of each width are counted against their own histogram (per tensor and width,
     the model the version-2 artifact codes with), the per-group widths against theirs, plus
-    ``HEADER_BITS``. No coder that sees one symbol at a time without context does better.
+    the header (``sizes.header_bits``). No coder that sees one symbol at a time without context
+    does better.
     """
     numel, gs = numel_of(entry["shape"]), entry["group_size"]
     bits = entry_group_bits(entry)
     if not numel:
-        return float(HEADER_BITS)
+        return float(header_bits(0, 0))
     levels = unpack_levels(entry_levels_data(entry), bits, numel, gs).to(torch.int64)
     widths = bits.repeat_interleave(group_lengths(numel, gs))
     # One histogram per width: key = width * 2**15 + level.
     counts = torch.bincount(widths * 2**15 + levels, minlength=16 * 2**15).view(16, 2**15)
     total = sum(_order0_bits(row) for row in counts[int(bits.min()) : int(bits.max()) + 1])
-    return total + _order0_bits(torch.bincount(bits)) + HEADER_BITS
+    return total + _order0_bits(torch.bincount(bits)) + header_bits(0, 0)
 
 
 def summarize_state(state: dict) -> dict:

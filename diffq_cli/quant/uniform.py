@@ -41,7 +41,7 @@ class UniformQuantizer(BaseQuantizer):
         if not 1 <= bits <= 15:
             raise ValueError(f"bits must be between 1 and 15, got {bits}")
         self._set_grid(grid)
-        if grid == "learned" and bits != int(bits):  # 1 bit: +-alpha/2 (mid-rise levels)
+        if self._grid.per_row and bits != int(bits):  # 1 bit: +-alpha/2 (mid-rise levels)
             raise ValueError(
                 f"grid='learned' needs whole bits, got {bits}; "
                 "use grid='minmax' for fractional bits")
@@ -59,14 +59,14 @@ class UniformQuantizer(BaseQuantizer):
 
     def _encode(self, qp: QParam) -> dict:
         bits = self._true_bits(qp)
-        if self.grid == "learned":  # whole bits: the mid-rise levels' own count
+        if self._grid.per_row:  # whole bits: the mid-rise levels' own count
             return self._grid.encode(qp, bits)
         return self._grid.encode(qp, bits, qmax=self._qmax)
 
     def _train_weights(self):
         if not self.qat:
             return None
-        if self.grid == "learned":  # straight through the evaluation's own levels
+        if self._grid.per_row:  # straight through the evaluation's own levels (cached)
             return [qp.param + (q - qp.param).detach()
                     for qp, q in zip(self._qparams, self._eval_weights(), strict=True)]
         return [self._grid.fake(qp, self._true_bits(qp), self._qmax) for qp in self._qparams]
