@@ -14,21 +14,19 @@ Design (why it looks like this):
   bits' Adam momentum adds (the size reacts ~10 steps after mu changes).
 - **Anti-windup.** While mu is pinned at a bound the integral does not accumulate, so mu comes
   back as soon as the sign of the error flips.
-- **Steer the true size.** ``model_size()`` uses real-valued bits and charges every group the
-  width of its widest possible range (``bits_bits``); the artifact rounds and charges only the
-  spread actually used, ~5 % less at 3-4 bits. Every ``CALIBRATE_EVERY`` steps the loop
+- **Steer the true size.** ``model_size()`` uses real-valued bits, the artifact rounds them
+  (headers are counted alike: ``quant/sizes.py``). Every ``CALIBRATE_EVERY`` steps the loop
   measures both and the controller steers ``model_size() - offset``, the estimate of the true
   size, not the raw penalty.
 - **Aim a little below X** (``AIM`` = 0.97): rounding moves the true size a little between
-  calibrations; the margin keeps the final rounding fix (``quant.budget.fit_budget``) to a
-  handful of groups.
+  calibrations; the fit when the widths freeze (``SizeTarget.fit``) then spends what is left.
 - **Start at the budget.** Adam moves each logit by at most about ``bits_lr`` per step, so a
   short fine-tune cannot travel from 8 bits down to 3; the run therefore starts at integer
-  widths ``k``/``k+1`` whose true size is at the aim (``quant.budget.start_at_size``: smallest
-  tensors wide first, never above ``init_bits``) and spends its steps redistributing bits
-  between groups, which is what DiffQ learns. A uniform real-valued start (e.g. 2.4 bits
-  everywhere) was tried first: it rounds to 2 bits everywhere, trains with less noise than it is
-  evaluated with, and collapsed resnet18 on Fashion-MNIST at a 3 MB target.
+  widths whose true size is at the aim, chosen per tensor by expected loss per bit
+  (``quant.budget.start_at_size``), and spends its steps redistributing bits between groups,
+  which is what DiffQ learns. A uniform real-valued start (e.g. 2.4 bits everywhere) was tried
+  first: it rounds to 2 bits everywhere, trains with less noise than it is evaluated with, and
+  collapsed resnet18 on Fashion-MNIST at a 3 MB target.
 """
 
 import math
