@@ -112,14 +112,11 @@ def write_golden_v2(data_dir) -> None:
                       {"expected_logits": logits.tolist()})
 
 
-def write_golden_learned0(path) -> None:
-    """Wrote tests/files/golden/golden_v2_learned0.th with the code of the learned grid's
-    zero-level levels (commit 3e8c05b, run once): the tiny DiffQ model on ``grid="learned"``,
-    and in its metrics the logits of a model restored from that state."""
+def _write_restored(path, state) -> None:
+    """Saves ``state`` as an artifact whose metrics hold the logits of a model restored from it."""
     from diffq_cli import restore_quantized_state
     from diffq_cli.files.artifact import save_artifact
 
-    state = golden_diffq(golden_model(), grid="learned").get_quantized_state()
     model = golden_model()
     restore_quantized_state(model, state)
     with torch.no_grad():
@@ -128,6 +125,13 @@ def write_golden_learned0(path) -> None:
             "input_size": 6}
     save_artifact(path, state, spec, {"dataset": None}, {"quant": {"method": "DiffQuantizer"}},
                   {"expected_logits": logits.tolist()})
+
+
+def write_golden_learned0(path) -> None:
+    """Wrote tests/files/golden/golden_v2_learned0.th with the code of the learned grid's
+    zero-level levels (commit 3e8c05b, run once): the tiny DiffQ model on ``grid="learned"``,
+    and in its metrics the logits of a model restored from that state."""
+    _write_restored(path, golden_diffq(golden_model(), grid="learned").get_quantized_state())
 
 
 def write_golden_channel(path) -> None:
@@ -135,15 +139,4 @@ def write_golden_channel(path) -> None:
     grid (``grid="channel"``, commit 746d7e8, run once, before that grid was removed from
     training): the tiny DiffQ model, and in its metrics the logits of a model restored from it.
     Files on that grid keep loading and evaluating the same."""
-    from diffq_cli import restore_quantized_state
-    from diffq_cli.files.artifact import save_artifact
-
-    state = golden_diffq(golden_model(), grid="channel").get_quantized_state()
-    model = golden_model()
-    restore_quantized_state(model, state)
-    with torch.no_grad():
-        logits = model.eval()(golden_input())
-    spec = {"name": "golden_mlp", "source": "torch", "num_classes": 3, "in_chans": 1,
-            "input_size": 6}
-    save_artifact(path, state, spec, {"dataset": None}, {"quant": {"method": "DiffQuantizer"}},
-                  {"expected_logits": logits.tolist()})
+    _write_restored(path, golden_diffq(golden_model(), grid="channel").get_quantized_state())

@@ -249,6 +249,5 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
         return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
     out = plain(dataclasses.asdict(recipe))
-    keys = QUANT_KEYS[recipe.quant.method]
-    out["quant"] = {k: v for k, v in out["quant"].items() if k == "method" or k in keys}
+    out["quant"] = plain({"method": recipe.quant.method, **recipe.quant.settings()})
     return out

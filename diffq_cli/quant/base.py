@@ -239,7 +239,7 @@ class BaseQuantizer:
         with torch.no_grad():
             for qp in self._qparams:
                 total += tensor_bits(self._true_bits(qp), qp.numel, qp.group_size,
-                                              self._side_bits(qp))[1]
+                                     self._side_bits(qp))[1]
         return total / MIB_BITS
 
     def model_size(self, exact: bool = False, file: bool = False) -> torch.Tensor:

@@ -198,24 +198,15 @@ class Learned:
                                        qp.group_size, mult)
 
     def fake(self, qp, bits, qmax=None) -> torch.Tensor:
-        """With a learned scale, LSQ-style (gradients to the scale too); without one, the
-        per-row MSE clip's levels, straight through to the weight."""
-        if qp.scale_param is None:
-            with torch.no_grad():
-                enc = self.encode(qp, bits)
-                q = learned_dequantize(enc["levels"], enc["scales"], bits, enc["shape"],
-                                       qp.group_size)
-            return qp.param + (q.view(qp.param.shape).to(qp.param.dtype) - qp.param).detach()
+        """LSQ-style: rounding straight through, gradients to the learned scale too (uniform
+        QAT, which learns no scale, goes straight through its evaluation's levels instead)."""
         half = torch.exp2(per_group(bits, qp.numel, qp.group_size) - 1.0)
         alpha = per_row(qp.scale_param.exp(), qp.param.shape)
         return learned_fake(qp.param, alpha, half)
 
     def group_range(self, qp) -> torch.Tensor:
         rows, per_row_ = rows_of(qp.param.shape)
-        if qp.scale_param is not None:
-            row_range = 2.0 * qp.scale_param.detach().exp().float().reshape(rows)
-        else:
-            row_range = 2.0 * mse_alpha(qp.param.reshape(-1), qp.param.shape, 8)
+        row_range = 2.0 * qp.scale_param.detach().exp().float().reshape(rows)
         # A group belongs to the row of its first weight (rows hold whole groups on every layer
         # whose row length is a multiple of the group size; otherwise this is the nearest row).
         first = torch.arange(qp.n_groups) * qp.group_size

@@ -136,8 +136,6 @@ class SizeTarget:
 
     def __init__(self, quantizer, mu: float, target_mb: float | None, file_mb=None,
                  squares: dict | None = None, ctx=None):
-        from diffq_cli.quant.allocate import group_sensitivity
-
         self.quantizer, self.target_mb, self.file_mb = quantizer, target_mb, file_mb
         self.file = file_mb is not None
         self.control = FixedMu(mu) if target_mb is None else MuController(target_mb)
@@ -150,8 +148,6 @@ class SizeTarget:
                           tensor_sensitivity(quantizer.model, squares, ctx),
                           file_sizer(quantizer, self.file))
             self._grad_sums = group_grad_sums(quantizer, squares, ctx)
-        self._price = lambda: (None if self._grad_sums is None
-                               else group_sensitivity(quantizer, self._grad_sums))
 
     @property
     def mu(self) -> float:
@@ -185,12 +181,12 @@ class SizeTarget:
         quantizer, target_mb, fill = self.quantizer, self.target_mb, not late
         if target_mb is None:
             return {}
-        price = self._price()
+        price = self._prices()
         if not self.file:
             return fit_budget(quantizer, target_mb, fill=fill, sensitivity=price)
-        if late and self.file_mb() <= target_mb:  # only lowering: a file that fits stays
-            return {"fits": True, "true_mb": quantizer.true_model_size(),
-                    "file_mb": self.file_mb(), "lowered": 0, "raised": 0, "tau": 0.0}
+        if late and (real := self.file_mb()) <= target_mb:  # only lowering: a file that fits
+            return {"fits": True, "true_mb": quantizer.true_model_size(),  # stays as it is
+                    "file_mb": real, "lowered": 0, "raised": 0, "tau": 0.0}
         sizer, share = file_sizer(quantizer, True), 0.995 if late else FILE_AIM
         aim = target_mb * share
         for _ in range(FILE_ROUNDS):
@@ -201,6 +197,14 @@ class SizeTarget:
                 break
             aim *= target_mb * share / real
         return fit
+
+    def _prices(self) -> list | None:
+        """Each group's loss per unit of 4^-bits on its grid now (``allocate``), or None."""
+        from diffq_cli.quant.allocate import group_sensitivity
+
+        if self._grad_sums is None:
+            return None
+        return group_sensitivity(self.quantizer, self._grad_sums)
 
     def state_dict(self) -> dict:
         return self.control.state_dict()
