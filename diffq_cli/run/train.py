@@ -9,6 +9,7 @@ evaluation on truly quantized weights, ``metrics.jsonl`` and an atomic checkpoin
 size target is checked once more and what the widths learned is counted.
 """
 
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -36,6 +37,14 @@ from diffq_cli.run.targets import SizeTarget
 from diffq_cli.units import human
 
 FLOAT_SHUFFLE = 10_000  # the float stage's shuffle seeds: epoch + this, apart from the runs'
+
+
+def run_seed(seed: int, stage: str, label: str) -> int:
+    """The seed of one run, from its identity alone (the recipe's seed, the method, its size,
+    mu or width): the run draws its noise, its squared-gradient batches and any sampling from
+    it, so it gives the same result alone, inside any sweep, in any order."""
+    digest = hashlib.sha256(f"{seed}/{stage}/{label}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def run_label(quant, mu: float | None, target_mb: float | None, size: str = "true") -> str:
@@ -73,6 +82,11 @@ def train(model, recipe, loaders, run_dir: Path, ctx, mu: float = 0.0,
     epochs = t.float_epochs if floating else t.epochs
     total = min(epochs * len(train_loader), t.max_steps or math.inf)
     label = "float" if floating else run_label(recipe.quant, mu, target_mb, t.target_size)
+    stage_name = "float" if floating else recipe.quant.method
+    # Its own random stream, and the first epoch's batches for the squared gradients: nothing
+    # here reads a stream that another run advanced (a resumed run restores its own below).
+    torch.manual_seed(run_seed(t.seed, stage_name, label))
+    ctx.dist.set_epoch(train_loader, FLOAT_SHUFFLE * floating, t.seed)
 
     # Set-up. Order matters: the squared gradients are the float model's, measured first; the
     # main optimizer exists before the quantizer adds the bit parameters; DDP wraps the model
@@ -184,7 +198,7 @@ def train(model, recipe, loaders, run_dir: Path, ctx, mu: float = 0.0,
                     if diffq:
                         freeze_when_due()
                 epoch += 1
-                record = {"stage": "float" if floating else recipe.quant.method,
+                record = {"stage": stage_name,
                           "epoch": epoch, "step": step, "loss": loss_sum / max(seen, 1)}
                 if floating:
                     record.update(lr=optimizers[0].param_groups[0]["lr"],

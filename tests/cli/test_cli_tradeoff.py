@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -308,3 +309,34 @@ def test_the_default_recipes_4_mib_run_learns_its_widths_and_lands_on_target(tmp
     assert 3.92 <= diffq["true_mb"] <= 4.0
     assert diffq["moved_fraction"] >= 0.2, diffq["moved_fraction"]
     assert re.search(r"\d+ % of widths moved", result.stdout)
+
+
+def test_a_run_gives_the_same_result_alone_and_inside_a_sweep(tmp_path):
+    """Each run draws from a stream seeded by its own identity: the 4 MiB DiffQ run and the
+    QAT rows train the same (losses, accuracy, size, stored levels) alone as after another
+    target's run, and in another order."""
+    from diffq_cli.files.artifact import read_file
+
+    def runs(name, *targets):
+        out = tmp_path / name
+        args = [a for t in targets for a in ("--target-mb", t)]
+        result = run(CliRunner(), "finetune", *FAST, "--max-steps", "3", *args,
+                     "--baseline", "qat", "--output", out)
+        assert result.exit_code == 0, result.output
+        found = {}
+        summary = json.loads((out / "summary.json").read_text())
+        for row in summary["runs"] + [r for r in summary["table"] if r["method"] == "qat"]:
+            path = Path(row["artifact"])
+            text = (path.parent / "metrics.jsonl").read_text()
+            losses = [r["loss"] for r in map(json.loads, text.splitlines())
+                      if r["stage"] != "float"]
+            state = read_file(path)[1]["state"]["quantized"]
+            found[row["label"]] = (row["accuracy"], row["true_mb"], losses,
+                                   [bytes(e["data"].numpy()) for e in state.values()])
+        return found
+
+    alone = runs("alone", "4")
+    for name, targets in (("after", ("6", "4")), ("before", ("4", "6"))):
+        sweep = runs(name, *targets)
+        for key, value in alone.items():
+            assert sweep[key] == value, (name, key)
