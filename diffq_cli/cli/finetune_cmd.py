@@ -128,11 +128,19 @@ def finetune(
         ),
     ] = None,
     baseline: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
-            help="none | ptq (default: uniform post-training rows) | qat (also train uniform "
-            "QAT at the width nearest each result) | lsq (LSQ instead) | all (QAT and LSQ)."
+            metavar="NAME (repeatable)",
+            help="ptq (uniform post-training rows; with every choice but none) | float (the "
+            "float model fine-tuned as long, no quantizer: what 'vs float' compares with) | "
+            "qat (train uniform QAT at the width nearest each result) | lsq (LSQ) | all | none.",
         ),
+    ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(metavar="N", help=_h("Run every fine-tuned row N times (seeds seed..seed+N-1, "
+                                          "one float model, PTQ once): mean ± sd and verdicts "
+                                          "on paired differences.", "train.seeds")),
     ] = None,
     output: Annotated[
         str | None,
@@ -197,7 +205,7 @@ def finetune(
         "train.mu": list(mu) if mu else None,
         "train.target_mb": list(target_mb) if target_mb else None,
         "train.target_size": size,
-        "train.baseline": baseline,
+        "train.baseline": list(baseline) if baseline else None,
         "train.epochs": epochs,
         "train.float_epochs": float_epochs,
         "train.max_steps": max_steps,
@@ -205,6 +213,7 @@ def finetune(
         "train.amp": amp,
         "train.channels_last": channels_last,
         "train.seed": seed,
+        "train.seeds": seeds,
         "output": output,
     }
     resolved, notes = resolve_recipe(recipe, overrides or [], flags)

@@ -189,7 +189,9 @@ class Reporter:
                      (f"{100 * (moved or 0):.0f} % of widths moved", moved is not None))
             body.append([
                 human(row.get("method")), human(row.get("label")),
-                human(row.get("accuracy"), "pct"), human(row.get("delta"), "pp"),
+                human(row.get("accuracy"), "pct") + (
+                    f" ± {row['accuracy_sd']:.2f}" if row.get("accuracy_sd") is not None
+                    else ""), human(row.get("delta"), "pp"),
                 human(row.get("true_mb"), "mib"), human(row.get("artifact_mb"), "mib"),
                 human(row.get("compression"), "ratio"), human(row.get("mean_bits"), "bits"),
                 human(row.get("mu"), "mu"), " ".join(text for text, on in flags if on)])

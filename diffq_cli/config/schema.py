@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Union, get_args, get_origin
 from diffq_cli.errors import InputError
 
 DEFAULT_MU = (1e-3,)
+BASELINES = ("none", "float", "ptq", "qat", "lsq", "all")
 _BAD = object()  # sentinel: a value that cannot be coerced to the field's type
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -171,9 +172,9 @@ class TrainConfig(_Section):
 
     section: ClassVar = "train"
     choices: ClassVar = {"amp": ("none", "bf16", "fp16"), "logger": ("none", "tensorboard"),
-                         "baseline": ("none", "ptq", "qat", "lsq", "all"),
                          "target_size": ("true", "file")}
     bounds: ClassVar = {"epochs": _GE1, "max_steps": _GE1, "log_every": _GE1, "seed": _GE0,
+                        "seeds": _GE1,
                         "float_epochs": _GE0, "freeze_bits": (0, 1, False), "bn_recalibrate": _GE0}
     epochs: int = 9  # DiffQ epochs: the widths need steps to move (3 -> 9: about +1 point)
     float_epochs: int | None = None  # None: 2 without starting weights, else 0
@@ -185,13 +186,21 @@ class TrainConfig(_Section):
     mu: tuple[float, ...] | None = None  # None and no target: DEFAULT_MU
     target_mb: tuple[float, ...] = ()
     target_size: str = "true"  # what --target-mb and the comparisons measure: true | file
-    baseline: str = "ptq"
+    # Rows to compare with: ptq (uniform post-training rows, with every choice but none), float
+    # (the float model fine-tuned as long, no quantizer: "vs float"), qat, lsq; all = every one.
+    baseline: tuple[str, ...] = ("ptq",)
     seed: int = 0
+    seeds: int = 1  # every fine-tuned row N times (seeds seed..seed+N-1) from one float model
     log_every: int = 10
     logger: str = "none"
     device: str = "auto"
     amp: str = "none"
     channels_last: bool = False
+
+    def trained_baselines(self) -> tuple[str, ...]:
+        """The baselines that train, in table order: float (the reference), qat, lsq."""
+        wanted = {"float", "qat", "lsq"} if "all" in self.baseline else set(self.baseline)
+        return tuple(name for name in ("float", "qat", "lsq") if name in wanted)
 
     def _validate(self) -> None:
         if self.mu and self.target_mb:
@@ -209,6 +218,13 @@ class TrainConfig(_Section):
         for mu in self.mu or ():
             if mu < 0:
                 raise InputError(f"mu must be >= 0, got {mu:g} (recipe key 'train.mu')")
+        for name in self.baseline:
+            if name not in BASELINES:
+                raise InputError(f"recipe key 'train.baseline' must be one of "
+                                 f"{', '.join(BASELINES)}; got {name!r}")
+        if "none" in self.baseline and len(self.baseline) > 1:
+            raise InputError("train.baseline 'none' cannot be combined with other baselines; "
+                             f"got {', '.join(self.baseline)}")
         check_logger(self.logger)  # a missing package fails at load time, before any training
         if not is_device(self.device):
             raise InputError(f"recipe key 'train.device' must be {DEVICES}; got {self.device!r}")

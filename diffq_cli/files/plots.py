@@ -53,7 +53,8 @@ def tradeoff_svg(path, rows: list[dict], title: str = "", key: str = "true_mb") 
         path: the SVG file to write.
         rows: dicts with ``method`` (float, diffq, ptq, qat, lsq, or any other name),
             ``label`` (shown next to DiffQ points), ``true_mb`` and ``accuracy`` (percent);
-            rows missing either number are skipped. ``collapsed`` rows get a hollow marker.
+            rows missing either number are skipped. ``collapsed`` rows get a hollow marker;
+            ``accuracy_sd`` (several seeds) an error bar.
         title: figure title.
     """
     fig = _figure(figsize=(7, 4.5))
@@ -71,6 +72,10 @@ def tradeoff_svg(path, rows: list[dict], title: str = "", key: str = "true_mb") 
                             markersize=8 if method != "float" else 12)
         series.set_gid(method)
         for i, r in enumerate(points):
+            if r.get("accuracy_sd"):  # several seeds: mean ± sd
+                ax.vlines(r[key], r["accuracy"] - r["accuracy_sd"],
+                          r["accuracy"] + r["accuracy_sd"], color=series.get_color()
+                          ).set_gid(f"spread-{method}-{i}")
             if r.get("collapsed"):
                 ax.plot([r[key]], [r["accuracy"]], marker="x", color="red",
                         markersize=10, linestyle="none")[0].set_gid(f"collapsed-{method}-{i}")

@@ -8,6 +8,7 @@ size and equal budget.
 """
 
 import dataclasses
+import statistics
 
 PTQ_BITS = (8, 6, 4, 3, 2)
 COLLAPSE = 1.5  # an accuracy below 1.5x chance (15 % with 10 classes) is reported as collapsed
@@ -101,7 +102,6 @@ def baseline_widths(table: dict[int, float], sizes: list[float], min_bits: int =
 
 
 # train.baseline -> the trained baselines it adds (each also gets the PTQ rows), by row method.
-TRAINED = {"none": (), "ptq": (), "qat": ("qat",), "lsq": ("lsq",), "all": ("qat", "lsq")}
 _QUANT_METHOD = {"qat": "uniform", "lsq": "lsq"}
 
 
@@ -205,6 +205,102 @@ def verdicts(rows: list[dict], key: str = "true_mb") -> list[str]:
                 f"{'smaller' if rival[key] < row[key] else 'about as small'} "
                 f"({size(rival)}) and more accurate "
                 f"({human(rival['accuracy'], 'pct')}); prefer it for this size{_where(rival)}.")
+    if lines and not any(r.get("method") in ("qat", "lsq") for r in rows):
+        lines.append("Compare with uniform QAT and LSQ at the same sizes: add --baseline all.")
+    return lines
+
+
+# ------------------------------------------------------------------ several seeds
+SEEDED = ("accuracy", "true_mb", "artifact_mb")
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation; 0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def across_seeds(per_seed: list[list[dict]]) -> list[dict]:
+    """One row per (method, label), in first-seen order, from each seed's rows: with several
+    seeds, ``accuracy`` and the sizes are means, ``accuracy_sd`` (and ``true_mb_sd`` /
+    ``artifact_mb_sd`` where sizes vary) the sample sd, and ``seeds`` every seed's values
+    (``index``: the seed's index). The rest (artifact, label) is the first seed's."""
+    if len(per_seed) <= 1:
+        return list(per_seed[0]) if per_seed else []
+    groups: dict = {}
+    for index, rows in enumerate(per_seed):
+        for row in rows:
+            groups.setdefault((row["method"], row["label"]), []).append((index, row))
+    out = []
+    for same in groups.values():
+        row = dict(same[0][1])
+        row["seeds"] = {"index": [i for i, _ in same],
+                        **{k: [r.get(k) for _, r in same] for k in SEEDED}}
+        for k in SEEDED:
+            values = [v for v in row["seeds"][k] if v is not None]
+            if values:
+                row[k], sd = mean_sd(values)
+                if k == "accuracy" or sd > 0:
+                    row[f"{k}_sd"] = sd
+        out.append(row)
+    return out
+
+
+def paired(row: dict, rival: dict) -> list[float]:
+    """``row``'s accuracy minus ``rival``'s, seed by seed (a row run once, PTQ, counts the
+    same for every seed)."""
+    mine = dict(zip(row["seeds"]["index"], row["seeds"]["accuracy"], strict=True))
+    if "seeds" not in rival:
+        return [acc - rival["accuracy"] for acc in mine.values()]
+    theirs = dict(zip(rival["seeds"]["index"], rival["seeds"]["accuracy"], strict=True))
+    return [acc - theirs[i] for i, acc in mine.items() if i in theirs]
+
+
+def verdict_of(differences: list[float]) -> str:
+    """"ahead" or "behind" when the mean paired difference is larger than the differences'
+    own spread (their sd), else "level": the seeds cannot tell the two apart."""
+    mean, sd = mean_sd(differences)
+    return "level" if abs(mean) <= sd else "ahead" if mean > 0 else "behind"
+
+
+def paired_verdicts(rows: list[dict], tolerance: float = 0.02, key: str = "true_mb") -> list[str]:
+    """One sentence per DiffQ row run on several seeds: against the most accurate baseline
+    (mean over seeds; collapsed rows left out) at most ``tolerance`` larger, by the paired
+    difference over seeds (``verdict_of``). Each row gets ``paired``: that baseline, the
+    differences, their mean and sd, and the verdict."""
+    from diffq_cli.units import human
+
+    def size(r: dict) -> str:
+        return ("file " if key == "artifact_mb" else "") + human(r[key], "mib")
+
+    lines = []
+    for row in rows:
+        if row.get("method") != "diffq" or "seeds" not in row or not _measured(row, key):
+            continue
+        rivals = [r for r in rows if r.get("method") in BASELINES and not r.get("collapsed")
+                  and _measured(r, key) and r[key] <= row[key] * (1 + tolerance)]
+        n = len(row["seeds"]["index"])
+        head = (f"DiffQ {row['label']} ({size(row)}, {human(row['accuracy'], 'pct')} ± "
+                f"{row['accuracy_sd']:.2f} over {n} seeds)")
+        if not rivals:
+            lines.append(f"{head}: no baseline at this size or smaller to compare with.")
+            continue
+        rival = max(rivals, key=lambda r: r["accuracy"])
+        differences = paired(row, rival)
+        mean, sd = mean_sd(differences)
+        verdict = verdict_of(differences)
+        row["paired"] = {"baseline": f"{rival['method']} {rival['label']}",
+                         "differences": differences, "mean": mean, "sd": sd, "verdict": verdict}
+        other = (f"{_NAMES[rival['method']]} at {rival['label']} ({size(rival)}, "
+                 f"{human(rival['accuracy'], 'pct')})")
+        amount = f"{abs(mean):.2f} ± {sd:.2f} points, paired over {len(differences)} seeds"
+        if verdict == "level":
+            lines.append(f"{head}: level with {other}: {mean:+.2f} ± {sd:.2f} points, within "
+                         "the seeds' spread.")
+        elif verdict == "ahead":
+            lines.append(f"{head}: ahead of {other} by {amount}.")
+        else:
+            lines.append(f"{head}: behind {other} by {amount}; prefer it for this "
+                         f"size{_where(rival)}.")
     if lines and not any(r.get("method") in ("qat", "lsq") for r in rows):
         lines.append("Compare with uniform QAT and LSQ at the same sizes: add --baseline all.")
     return lines

@@ -1,5 +1,6 @@
 """``diffq finetune``: data, model, float baseline, one DiffQ run per mu, artifacts, summary."""
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -40,6 +41,14 @@ class _Job:
     model_spec: dict | None = None
     float_acc: float = 0.0
     float_mb: float = 0.0
+    reference_acc: float | None = None  # the float model fine-tuned as long (--baseline float)
+    reference_row: dict | None = None  # one seed's float reference row
+    rows: list = dataclasses.field(default_factory=list)  # one seed's other fine-tuned rows
+
+    @property
+    def versus(self) -> float:
+        """The accuracy "vs float" compares with: the float reference's, else the start's."""
+        return self.float_acc if self.reference_acc is None else self.reference_acc
 
     def fresh_model(self, weights=None):
         """The recipe's model for this dataset; with ``weights``, every run starts from the
@@ -96,18 +105,23 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     rows = [{"method": "float", "label": "float32", "accuracy": job.float_acc, "delta": 0.0,
              "true_mb": job.float_mb, "compression": 1.0, "mean_bits": 32.0}]
     file = job.size_key == "artifact_mb"
-    if recipe.train.baseline != "none":
+    if "none" not in recipe.train.baseline:
         calibrate = baselines.bn_calibration(recipe.train.bn_recalibrate, job.loaders[0])
         rows += baselines.ptq_rows(model, recipe.quant, job.accuracy, calibrate=calibrate,
                                    file_mb=job.ctx.file_mb if file else None)
-    runs, layers, last = _diffq_runs(job)
-    rows += [row_of(metrics) for metrics in runs]
-    trained = baselines.TRAINED[recipe.train.baseline]
-    if trained:  # one table of uniform sizes serves every trained baseline
-        table = baselines.uniform_sizes(job.fresh_model(job.start_weights), recipe.quant,
-                                        file=file)
-    for method in trained:
-        rows += _trained_rows(job, runs, method, table)
+    # Every fine-tuned row once per seed, from the same float model (PTQ rows: once).
+    by_seed, runs, layers, last = [], [], [], ""
+    for index in range(recipe.train.seeds):
+        seeded, seed_runs, seed_layers, seed_last = _fine_tuned(job, index)
+        by_seed.append(seeded)
+        runs += seed_runs
+        if index == 0:  # the table's artifacts, layers and verdict paths are seed 0's
+            layers, last = seed_layers, seed_last
+    references = [[s.reference_row] for s in by_seed if s.reference_row]
+    if references:  # right under the start: "vs float" is measured against it
+        rows[1:1] = baselines.across_seeds(references)
+        job.reference_acc = rows[1]["accuracy"]
+    rows += baselines.across_seeds([s.rows for s in by_seed])
     summary = _summarize(job, runs, rows, started)
     if not keep_checkpoint:  # only now: an interrupted sweep resumes its finished runs
         for path in job.run_dir.glob("**/checkpoint.pt"):
@@ -208,9 +222,11 @@ def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
     """Deltas, collapse flags and best marks on the rows; ``summary.json`` and
     ``tradeoff.svg``; a warning per collapsed row."""
     from diffq_cli.run import baselines
+
+    t = job.recipe.train
     classes = job.info["num_classes"]
     for row in rows:
-        row["delta"] = None if row.get("accuracy") is None else row["accuracy"] - job.float_acc
+        row["delta"] = None if row.get("accuracy") is None else row["accuracy"] - job.versus
         row["collapsed"] = baselines.collapsed(row.get("accuracy"), classes)
     key = job.size_key
     if key == "artifact_mb":  # the float row's file: its float32 weights
@@ -222,12 +238,17 @@ def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
         "model": job.recipe.model.name,
         "dataset": job.info["dataset"],
         "run_dir": str(job.run_dir),
-        "float": {"accuracy": job.float_acc, "mb": job.float_mb},
+        "float": {"accuracy": job.float_acc, "mb": job.float_mb,
+                  "reference_accuracy": job.reference_acc},
         "runs": runs,
         "baselines": [r for r in rows if r["method"] in baselines.BASELINES],
         "table": rows,
         "size": "file" if key == "artifact_mb" else "true",
-        "verdicts": baselines.verdicts(rows, key=key),
+        "verdicts": (baselines.paired_verdicts(rows, key=key) if t.seeds > 1
+                     else baselines.verdicts(rows, key=key)),
+        "seeds": {"count": t.seeds, "seeds": [t.seed + i for i in range(t.seeds)],
+                  "artifacts": "model.th files are seed 0's (train.seed); seed i's are in "
+                               "seed<i>/" if t.seeds > 1 else "model.th"},
         "seconds": time.time() - started,
     }
     if job.ctx.dist.is_main:
@@ -242,6 +263,49 @@ def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
                 f"{row['method']} {row['label']}: accuracy {human(row['accuracy'], 'pct')} is "
                 f"at chance level ({human(100 / classes, 'pct')}): collapsed")
     return summary
+
+
+def _fine_tuned(job: _Job, index: int):
+    """Seed ``index``'s fine-tuned rows (the float reference, DiffQ's runs, QAT / LSQ) in a
+    copy of ``job`` with ``train.seed + index`` and its own directory (``seed<index>/``, the run
+    directory itself for seed 0): (that job, with ``rows`` set, DiffQ's run metrics, the last
+    run's layer rows and label)."""
+    from diffq_cli.run import baselines
+
+    recipe = job.recipe
+    if index:
+        train_cfg = dataclasses.replace(recipe.train, seed=recipe.train.seed + index)
+        recipe = dataclasses.replace(recipe, train=train_cfg)
+    seeded = dataclasses.replace(job, recipe=recipe, run_dir=job.run_dir / f"seed{index}"
+                                 if index else job.run_dir)
+    trained = recipe.train.trained_baselines()
+    seeded.reference_row = _reference_row(seeded) if "float" in trained else None
+    runs, layers, last = _diffq_runs(seeded)
+    seeded.rows = [row_of(metrics) for metrics in runs]
+    quantized = [method for method in trained if method != "float"]
+    if quantized:  # one table of uniform sizes serves every trained baseline
+        table = baselines.uniform_sizes(job.fresh_model(job.start_weights), recipe.quant,
+                                        file=job.size_key == "artifact_mb")
+    for method in quantized:
+        seeded.rows += _trained_rows(seeded, runs, method, table)
+    return seeded, runs, layers, last
+
+
+def _reference_row(job: _Job) -> dict:
+    """The float model fine-tuned with the recipe and steps of the quantized runs and no
+    quantizer (in ``float-reference/``): what quantization costs is measured against it."""
+    from diffq_cli.run.train import train
+
+    run_dir = job.run_dir / "float-reference"
+    if job.ctx.dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    result = train(job.fresh_model(job.start_weights), job.recipe, job.loaders, run_dir,
+                   job.ctx, stage="reference")
+    job.reference_acc = result["accuracy"]
+    job.reporter.note(f"{job.title}: float reference (fine-tuned as long, no quantizer) "
+                      f"{job.reference_acc:.2f}%")
+    return {"method": "float", "label": "fine-tuned", "accuracy": job.reference_acc,
+            "true_mb": job.float_mb, "compression": 1.0, "mean_bits": 32.0}
 
 
 def _trained_rows(job: _Job, runs: list, method: str, table: dict) -> list:

@@ -47,7 +47,7 @@ def save_run(job, run_dir: Path, label, target, result, state, sizes) -> dict:
     if job.ctx.dist.is_main:
         draw_bits(run_dir / "bits.svg", state, f"{job.title}, {label}",
                   result.get("start_widths"))
-    metrics["delta"] = result["accuracy"] - job.float_acc
+    metrics["delta"] = result["accuracy"] - job.versus
     return metrics
 
 

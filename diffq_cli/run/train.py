@@ -72,17 +72,20 @@ def train(model, recipe, loaders, run_dir: Path, ctx, mu: float = 0.0,
         target_mb: a DiffQ size budget in MiB (the true size, or the file's with ``--size
             file``); the widths start at it and are fitted to it when they freeze.
         stage: ``"float"`` for plain float training (``train.float_epochs``, no quantizer, no
-            evaluation), else the quantized stage of ``quant.method``.
+            evaluation), ``"reference"`` for the float reference (the quantized runs' epochs and
+            evaluations, no quantizer), else the quantized stage of ``quant.method``.
     """
     o, t = recipe.optim, recipe.train
     train_loader, val_loader = loaders
     floating = stage == "float"
-    diffq = not floating and recipe.quant.method == "diffq"
+    quantized = stage not in ("float", "reference")
+    diffq = quantized and recipe.quant.method == "diffq"
     file = diffq and t.target_size == "file"
     epochs = t.float_epochs if floating else t.epochs
     total = min(epochs * len(train_loader), t.max_steps or math.inf)
-    label = "float" if floating else run_label(recipe.quant, mu, target_mb, t.target_size)
-    stage_name = "float" if floating else recipe.quant.method
+    label = (run_label(recipe.quant, mu, target_mb, t.target_size) if quantized
+             else {"float": "float", "reference": "float reference"}[stage])
+    stage_name = recipe.quant.method if quantized else stage
     # Its own random stream, and the first epoch's batches for the squared gradients: nothing
     # here reads a stream that another run advanced (a resumed run restores its own below).
     torch.manual_seed(run_seed(t.seed, stage_name, label))
@@ -94,7 +97,7 @@ def train(model, recipe, loaders, run_dir: Path, ctx, mu: float = 0.0,
     squares = grad_squares(model, train_loader, ctx, t.channels_last) if target_mb else None
     optimizers = [build_optimizer(model.parameters(), o)]
     quantizer = size = None
-    if not floating:
+    if quantized:
         quantizer = build_quantizer(model, recipe.quant)
         # The paper: a separate Adam for the bits. Fused: one kernel for all logits (5x faster
         # on CPU than the per-tensor loop), for float32 parameters on CPU and CUDA.
@@ -141,13 +144,14 @@ def train(model, recipe, loaders, run_dir: Path, ctx, mu: float = 0.0,
         ckpt = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizers[0].load_state_dict(ckpt["optimizer"])
-        saved = ckpt["bits_optimizer"]
-        if sum(len(g["params"]) for g in saved["param_groups"]) < sum(
-                len(g["params"]) for g in optimizers[1].param_groups):
-            _drop_widths(optimizers[1], quantizer)  # saved after the widths froze
-        optimizers[1].load_state_dict(saved)
         scaler.load_state_dict(ckpt["scaler"])
-        quantizer.load_noise_state_dict(ckpt["noise"])
+        if quantizer is not None:
+            saved = ckpt["bits_optimizer"]
+            if sum(len(g["params"]) for g in saved["param_groups"]) < sum(
+                    len(g["params"]) for g in optimizers[1].param_groups):
+                _drop_widths(optimizers[1], quantizer)  # saved after the widths froze
+            optimizers[1].load_state_dict(saved)
+            quantizer.load_noise_state_dict(ckpt["noise"])
         set_rng_state(ckpt["rng"])
         if size is not None and "aim" in ckpt:  # checkpoints before --target-mb have no aim
             size.load_state_dict(ckpt["aim"])
@@ -157,10 +161,11 @@ def train(model, recipe, loaders, run_dir: Path, ctx, mu: float = 0.0,
     if diffq:
         freeze_when_due()  # at once with train.freeze_bits=1, or where a resumed run stopped
     log = run_log(ctx, label, t, total, run_dir)
-    bits = None if floating else (lambda: mean_bits(quantizer))  # read only when logged
+    bits = (lambda: mean_bits(quantizer)) if quantized else None  # read only when logged
 
     def calibrate():  # train.bn_recalibrate: BatchNorm statistics of the quantized model
-        return recalibrate_batchnorm(model, train_loader, t.bn_recalibrate)
+        if quantized:
+            recalibrate_batchnorm(model, train_loader, t.bn_recalibrate)
 
     with ctx.reporter.progress(total - step, label) as bar:
         try:
@@ -217,20 +222,21 @@ def train(model, recipe, loaders, run_dir: Path, ctx, mu: float = 0.0,
                               seconds=time.time() - started)
                 history.append(record)
                 mu_text = f"mu {human(size.mu, 'mu')}, " if diffq else ""
-                ctx.reporter.note(
-                    f"{label} epoch {epoch}/{epochs} step {step}: {mu_text}loss "
-                    f"{human(record['loss'], 'loss')}, quantized accuracy "
-                    f"{human(record['accuracy'], 'pct')}, true size "
-                    f"{human(record['true_mb'], 'mib')}")
+                measured = (f"quantized accuracy {human(record['accuracy'], 'pct')}, true size "
+                            f"{human(record['true_mb'], 'mib')}" if quantized
+                            else f"accuracy {human(record['accuracy'], 'pct')}")
+                ctx.reporter.note(f"{label} epoch {epoch}/{epochs} step {step}: {mu_text}loss "
+                                  f"{human(record['loss'], 'loss')}, {measured}")
                 log.epoch(record)
                 if ctx.dist.is_main:
                     write_metrics(metrics_path, kept + history)
                     atomic_write(ckpt_path, torch_bytes({
                         "model": model.state_dict(), "optimizer": optimizers[0].state_dict(),
-                        "bits_optimizer": optimizers[1].state_dict(),
-                        "scaler": scaler.state_dict(), "noise": quantizer.noise_state_dict(),
-                        "rng": rng_state(), "epoch": epoch, "step": step, "history": history,
-                        "mu": mu, **({"aim": size.state_dict()} if size else {})}))
+                        "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch,
+                        "step": step, "history": history, "mu": mu,
+                        **({"bits_optimizer": optimizers[1].state_dict(),
+                            "noise": quantizer.noise_state_dict()} if quantizer else {}),
+                        **({"aim": size.state_dict()} if size else {})}))
         finally:
             log.close()  # flushes TensorBoard scalars even when a step fails
     model.eval()
@@ -261,12 +267,15 @@ def train(model, recipe, loaders, run_dir: Path, ctx, mu: float = 0.0,
 
 
 def _evaluation(model, quantizer, size, val_loader, ctx, target_mb, file, start_widths) -> dict:
-    """The epoch's measures of ``metrics.jsonl``: quantized accuracy on all ranks, sizes, and
+    """The epoch's measures of ``metrics.jsonl``: (quantized) accuracy on all ranks, sizes, and
     how many widths moved."""
+    accuracy = ctx.dist.accuracy(model, val_loader, ctx.device)  # over all ranks' shards
+    if quantizer is None:  # the float reference
+        return {"accuracy": accuracy}
     return {
         "mu": size.mu if size is not None else 0.0,
         "target_mb": target_mb,
-        "accuracy": ctx.dist.accuracy(model, val_loader, ctx.device),  # all ranks' shards
+        "accuracy": accuracy,
         "true_mb": quantizer.true_model_size(),
         "model_size": float(quantizer.model_size(file=file).detach()),
         **({"file_mb": quantizer.file_model_size()} if file else {}),

@@ -195,7 +195,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(runner, tmp_path, monkeypatch)
             return loss * float("nan") if calls["n"] > 6 else loss
 
     monkeypatch.setattr("diffq_cli.run.train.torch.nn.CrossEntropyLoss", NanAfterFirstEpoch)
-    result = run(runner, "finetune", *FAST, "--epochs", "2", "--output", out)
+    # The DiffQ run's loss (no float reference trains before it).
+    result = run(runner, "finetune", *FAST, "--epochs", "2", "--baseline", "ptq", "--output", out)
     assert result.exit_code == 1
     assert "loss became nan" in result.stderr
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)

@@ -340,3 +340,52 @@ def test_a_run_gives_the_same_result_alone_and_inside_a_sweep(tmp_path):
         sweep = runs(name, *targets)
         for key, value in alone.items():
             assert sweep[key] == value, (name, key)
+
+
+def test_the_float_reference_trains_as_long_and_is_what_vs_float_compares_with(tmp_path):
+    """``--baseline float``: the float model fine-tuned with the same recipe and steps and no
+    quantizer; every row's "vs float" is measured against it, not against the start."""
+    out = tmp_path / "ref"
+    result = run(CliRunner(), "finetune", *FAST, "--max-steps", "3", "--baseline", "float",
+                 "--output", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    start, reference = summary["table"][:2]
+    assert (start["label"], reference["method"], reference["label"]) == (
+        "float32", "float", "fine-tuned")
+    assert summary["float"]["reference_accuracy"] == reference["accuracy"]
+
+    def steps(path):
+        records = [json.loads(x) for x in path.read_text().splitlines()]
+        return [r["step"] for r in records if r["stage"] != "float"][-1]
+
+    assert steps(out / "float-reference" / "metrics.jsonl") == steps(out / "metrics.jsonl") == 3
+    for row in summary["table"]:
+        assert row["delta"] == pytest.approx(row["accuracy"] - reference["accuracy"])
+    methods = {r["method"] for r in summary["table"]}
+    assert "ptq" in methods and not methods & {"qat", "lsq"}
+    assert "float reference (fine-tuned as long, no quantizer)" in result.stderr
+
+
+def test_several_seeds_give_mean_and_sd_and_paired_verdicts(tmp_path):
+    """``--seeds 2``: every fine-tuned row twice from one float model (PTQ once), mean ± sd in
+    the table, every seed's values in summary.json, verdicts by paired difference, seed 1's
+    artifacts in seed1/, model.th seed 0's."""
+    out = tmp_path / "seeds"
+    # A float model trained for 30 steps, so that the baselines are not at chance level.
+    result = run(CliRunner(), "finetune", *FAST, "--target-mb", "4", "--baseline", "qat",
+                 "--seeds", "2", "train.float_epochs=5", "--output", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"]["count"] == 2 and "seed 0" in summary["seeds"]["artifacts"]
+    diffq = next(r for r in summary["table"] if r["method"] == "diffq")
+    assert len(diffq["seeds"]["accuracy"]) == 2 and diffq["seeds"]["index"] == [0, 1]
+    assert diffq["accuracy"] == pytest.approx(sum(diffq["seeds"]["accuracy"]) / 2)
+    pair = diffq["paired"]  # against the most accurate uncollapsed baseline at its size
+    names = {f"{r['method']} {r['label']}": r for r in summary["table"]}
+    assert not names[pair["baseline"]]["collapsed"] and len(pair["differences"]) == 2
+    assert len([r for r in summary["table"] if r["method"] == "ptq"]) == 5  # once
+    assert all("seeds" not in r for r in summary["table"] if r["method"] == "ptq")
+    assert (out / "model.th").is_file() and (out / "seed1" / "model.th").is_file()
+    assert "over 2 seeds" in summary["verdicts"][0] and " ± " in result.stdout
+    assert "spread-diffq-0" in groups(out / "tradeoff.svg")

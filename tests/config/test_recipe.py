@@ -296,3 +296,20 @@ def test_shipped_recipes_take_the_grid_s_floor(name):
 
     assert load_recipe(name).quant.min_bits == 2
     assert load_recipe(name, ["quant.grid=learned"]).quant.min_bits == 1
+
+
+def test_baselines_are_one_or_several_and_all_trains_every_one():
+    def trained(*values):
+        return load_recipe("default", [f"train.baseline=[{','.join(values)}]"]
+                           ).train.trained_baselines()
+
+    assert load_recipe().train.baseline == ("ptq", "float")  # the default recipe's table
+    assert Recipe().train.baseline == ("ptq",)
+    assert trained("qat", "float") == ("float", "qat")
+    assert trained("all") == ("float", "qat", "lsq")
+    assert trained("ptq") == () and load_recipe("default", ["train.baseline=lsq"]
+                                                ).train.baseline == ("lsq",)
+    with pytest.raises(InputError, match="'none' cannot be combined"):
+        trained("none", "qat")
+    with pytest.raises(InputError, match="train.baseline' must be one of none, float, ptq"):
+        trained("qatt")

@@ -122,3 +122,51 @@ def test_baseline_widths_are_the_nearest_uniform_sizes_and_respect_the_lowest_wi
     learned = uniform_sizes(model, QuantConfig(min_size=0, grid="learned"))
     assert sorted(learned) == list(range(1, 9))  # 1 bit is +-alpha/2 on the learned grid
     assert learned[1] < learned[2]
+
+
+def _seeds(method, label, mb, accuracies):
+    return [{"method": method, "label": label, "true_mb": mb, "accuracy": a} for a in accuracies]
+
+
+def test_rows_across_seeds_hold_means_sds_and_every_seed():
+    from diffq_cli.run.baselines import across_seeds
+
+    per_seed = [[*_seeds("diffq", "target=4MiB", 4.0, [a]), *_seeds("qat", "3 bits", m, [b])]
+                for a, b, m in ((90.0, 89.0, 4.03), (91.0, 89.5, 4.03), (92.0, 91.0, 4.03))]
+    per_seed[2].append(_seeds("qat", "2 bits", 2.7, [80.0])[0])  # one seed only
+    diffq, qat3, qat2 = across_seeds(per_seed)
+    assert (diffq["accuracy"], diffq["accuracy_sd"]) == pytest.approx((91.0, 1.0))
+    assert diffq["seeds"]["accuracy"] == [90.0, 91.0, 92.0] and "true_mb_sd" not in diffq
+    assert qat3["accuracy"] == pytest.approx(89.8333333) and qat2["seeds"]["index"] == [2]
+    assert across_seeds([per_seed[0]]) == per_seed[0]  # one seed: the rows as they are
+
+
+@pytest.mark.parametrize(("mine", "theirs", "verdict", "mean", "sd"), [
+    ([90.0, 91.0, 92.0], [89.0, 89.5, 91.0], "ahead", 1.1666667, 0.2886751),
+    ([90.0, 91.0, 92.0], [91.0, 90.0, 92.5], "level", -0.1666667, 1.0408330),
+    ([88.0, 89.0, 90.0], [89.0, 90.5, 91.0], "behind", -1.1666667, 0.2886751),
+])
+def test_paired_verdicts_on_known_numbers(mine, theirs, verdict, mean, sd):
+    """The paired difference over seeds: ahead / behind only when its mean is outside its
+    own spread (sd), else level."""
+    from diffq_cli.run.baselines import across_seeds, paired_verdicts
+
+    rows = across_seeds([[*_seeds("diffq", "target=4MiB", 4.0, [a]),
+                          *_seeds("qat", "3 bits", 4.03, [b]),
+                          *_seeds("lsq", "3 bits", 4.03, [b - 5])]
+                         for a, b in zip(mine, theirs, strict=True)])
+    (line,) = paired_verdicts(rows)
+    pair = rows[0]["paired"]
+    assert pair["baseline"] == "qat 3 bits" and pair["verdict"] == verdict
+    assert (pair["mean"], pair["sd"]) == pytest.approx((mean, sd))
+    words = {"ahead": "ahead of uniform QAT at 3 bits", "level": "level with uniform QAT",
+             "behind": "behind uniform QAT at 3 bits"}[verdict]
+    assert line.startswith("DiffQ target=4MiB (4.000 MiB, ") and words in line
+    assert f"{abs(mean):.2f} ± {sd:.2f} points" in line and "over 3 seeds" in line
+
+
+def test_a_baseline_run_once_is_paired_as_the_same_value_every_seed():
+    from diffq_cli.run.baselines import across_seeds, paired
+
+    (diffq,) = across_seeds([_seeds("diffq", "mu=1", 1.0, [a]) for a in (80.0, 82.0)])
+    assert paired(diffq, {"method": "ptq", "label": "4 bits", "accuracy": 81.0}) == [-1.0, 1.0]

@@ -72,8 +72,9 @@ def test_ddp_run_writes_one_artifact(ddp_run):
     assert not list(out.rglob("*.tmp*"))
     summary = json.loads(proc.stdout)  # only rank 0 printed: one JSON document
     assert summary == json.loads((out / "summary.json").read_text())
-    # Only rank 0 reports: the per-epoch line appears once.
-    assert proc.stderr.count("epoch 1/1") == 1, proc.stderr[-3000:]
+    # Only rank 0 reports: each run's per-epoch line appears once.
+    assert proc.stderr.count("mu=0.001 epoch 1/1") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("float reference epoch 1/1") == 1, proc.stderr[-3000:]
 
 
 def test_ddp_ranks_end_identical(ddp_run):
