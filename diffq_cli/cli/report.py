@@ -156,12 +156,12 @@ class Reporter:
         self.note(f"{description}: done in {human(time.perf_counter() - start, 'seconds')}")
 
     def _table(self, title: str | None, headers: list[str], rows: list[list[str]],
-               left: tuple[int, ...] = (0,)) -> None:
+               left: tuple[int, ...] = (0,), whole: tuple[int, ...] = ()) -> None:
         table = Table(title=title, title_justify="left")
         for i, header in enumerate(headers):
-            # the name and the last column (bits bars) are never wrapped
+            # the name, the last column (bits bars) and ``whole`` ones are never wrapped
             table.add_column(header, justify="left" if i in left else "right",
-                             no_wrap=i in (0, len(headers) - 1))
+                             no_wrap=i in (0, len(headers) - 1, *whole))
         for row in rows:
             table.add_row(*row)
         self.out.print(table)
@@ -196,7 +196,8 @@ class Reporter:
                 human(row.get("compression"), "ratio"), human(row.get("mean_bits"), "bits"),
                 human(row.get("mu"), "mu"), " ".join(text for text, on in flags if on)])
         self._table(title, ["method", "run", "accuracy", "vs float", "true size", "artifact",
-                            "compression", "mean bits", "mu", "note"], body, left=(0, 1, 9))
+                            "compression", "mean bits", "mu", "note"], body, left=(0, 1, 9),
+                    whole=(2,))  # "98.98 % ± 0.32" on one line
         if any(row.get("best") for row in rows) or any(row.get("collapsed") for row in rows):
             self.out.print("★ best accuracy at its size or smaller; chance: accuracy at chance "
                            "level (collapsed)", markup=False, highlight=False)
