@@ -95,7 +95,8 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
     the post-training baselines, one DiffQ run per mu or size target, the trained baselines
     (uniform QAT, LSQ) if asked, then the summary, pictures and tables. ``checkpoint.pt``
     (optimizer state: several times the model) is deleted once everything has finished, unless
-    ``keep_checkpoint``; ``float.pt`` stays as the float starting point."""
+    ``keep_checkpoint``; ``float.pt`` stays as the float starting point. With ``train.seeds``
+    N, every fine-tuned row runs once per seed (``_fine_tuned``) and the rows are their means."""
     from diffq_cli.errors import GateError
     from diffq_cli.run import baselines
 
@@ -111,8 +112,12 @@ def finetune(recipe, reporter, resume: bool = False, overwrite: bool = False,
                                    file_mb=job.ctx.file_mb if file else None)
     # Every fine-tuned row once per seed, from the same float model (PTQ rows: once).
     by_seed, runs, layers, last = [], [], [], ""
+    table = None  # one table of uniform sizes serves every trained baseline and seed
+    if set(recipe.train.trained_baselines()) & {"qat", "lsq"}:
+        table = baselines.uniform_sizes(job.fresh_model(job.start_weights), recipe.quant,
+                                        file=file)
     for index in range(recipe.train.seeds):
-        seeded, seed_runs, seed_layers, seed_last = _fine_tuned(job, index)
+        seeded, seed_runs, seed_layers, seed_last = _fine_tuned(job, index, table)
         by_seed.append(seeded)
         runs += seed_runs
         if index == 0:  # the table's artifacts, layers and verdict paths are seed 0's
@@ -265,13 +270,12 @@ def _summarize(job: _Job, runs: list, rows: list, started: float) -> dict:
     return summary
 
 
-def _fine_tuned(job: _Job, index: int):
+def _fine_tuned(job: _Job, index: int, table: dict | None):
     """Seed ``index``'s fine-tuned rows (the float reference, DiffQ's runs, QAT / LSQ) in a
     copy of ``job`` with ``train.seed + index`` and its own directory (``seed<index>/``, the run
     directory itself for seed 0): (that job, with ``rows`` set, DiffQ's run metrics, the last
-    run's layer rows and label)."""
-    from diffq_cli.run import baselines
-
+    run's layer rows and label; ``table``: the uniform sizes the QAT / LSQ widths are chosen
+    from)."""
     recipe = job.recipe
     if index:
         train_cfg = dataclasses.replace(recipe.train, seed=recipe.train.seed + index)
@@ -282,11 +286,7 @@ def _fine_tuned(job: _Job, index: int):
     seeded.reference_row = _reference_row(seeded) if "float" in trained else None
     runs, layers, last = _diffq_runs(seeded)
     seeded.rows = [row_of(metrics) for metrics in runs]
-    quantized = [method for method in trained if method != "float"]
-    if quantized:  # one table of uniform sizes serves every trained baseline
-        table = baselines.uniform_sizes(job.fresh_model(job.start_weights), recipe.quant,
-                                        file=job.size_key == "artifact_mb")
-    for method in quantized:
+    for method in (m for m in trained if m != "float"):
         seeded.rows += _trained_rows(seeded, runs, method, table)
     return seeded, runs, layers, last
 
